@@ -1,0 +1,180 @@
+//! Types shared by tcpstate's kernel probe (`tcpstate-ebpf`, runs in the kernel) and its
+//! userspace loader (`tcpstate-user`).
+//!
+//! Everything that crosses the kernel/user boundary is a `#[repr(C)]` struct of
+//! fixed-width integers and byte arrays with no implicit padding; compile-time
+//! assertions below guard the layouts. States travel as plain integers.
+#![no_std]
+
+/// Names of maps, globals and programs in the BPF object, used by both sides.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const PROG_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_ACCEPT_EXIT: &str = "sys_exit_accept";
+    pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
+}
+
+pub const IPPROTO_TCP: u16 = 6;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as numbered in the kernel's `include/net/tcp_states.h`.
+pub mod state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+    pub const BOUND_INACTIVE: i32 = 13;
+}
+
+/// `Event::prev_ns` when the time spent in the old state is unknown (first transition
+/// seen for this socket: it predates the tool, or it was just created).
+pub const PREV_UNKNOWN: u64 = u64::MAX;
+
+/// One state transition, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the transition.
+    pub ts_ns: u64,
+    /// Nanoseconds spent in `oldstate`, or [`PREV_UNKNOWN`].
+    pub prev_ns: u64,
+    /// Socket cookie: stable for the socket's life and never reused (`ss -e` shows it).
+    pub cookie: u64,
+    /// Local address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Remote address; IPv4 uses the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Owning process (tgid), 0 when not known yet.
+    pub pid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// Kernel state numbers; `i32` in the kernel but always < 256.
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// `EV_*` bits.
+    pub flags: u32,
+    /// Owner's process name (its thread-group leader's comm), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// The owner was learned in this very event: the task on the CPU is the owner.
+pub const EV_OWNER_CURRENT: u32 = 1;
+/// The kernel's socket table was full: this socket is not tracked (no owner, no durations).
+pub const EV_UNTRACKED: u32 = 2;
+
+/// What the kernel remembers per live socket (`SOCKS` map, keyed by cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// Time of the last transition, 0 when unknown (the socket predates the tool).
+    pub since_ns: u64,
+    /// Owner tgid, 0 when unknown.
+    pub pid: u32,
+    /// Current state.
+    pub state: u32,
+    pub comm: [u8; 16],
+}
+
+/// Kernel structure offsets (from vmlinux BTF) and settings, set as a read-only global
+/// before load so the probe needs neither CO-RE nor kernel headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    // struct sock / sock_common / inet_sock
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_state: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_cookie: u32,
+    pub inet_sport: u32,
+    // task_struct -> files -> fdtable -> file -> socket -> sock
+    pub task_files: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
+    /// drains on a timer, so wake-ups are batched rather than one per event.
+    pub wakeup_bytes: u64,
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Sockets not tracked because the `SOCKS` table was full.
+    pub const TABLE_FULL: u32 = 1;
+    /// accept() results whose socket could not be resolved (owner stays unknown).
+    pub const ACCEPT_UNRESOLVED: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// Whether the task on the CPU during this transition is the socket's owner.
+///
+/// These transitions only happen inside the owner's own system calls:
+/// `tcp_v4_connect`/`tcp_v6_connect` (CLOSE->SYN_SENT), `inet_csk_listen_start`
+/// (CLOSE->LISTEN), `tcp_close`/`tcp_shutdown` via `tcp_close_state`
+/// (ESTABLISHED->FIN_WAIT1, CLOSE_WAIT->LAST_ACK) and `tcp_close` of a listener
+/// (LISTEN->CLOSE). Every other transition may run in softirq or timer context,
+/// where the task on the CPU is unrelated (or the peer, on loopback).
+pub const fn owner_is_current(old: i32, new: i32) -> bool {
+    matches!(
+        (old, new),
+        (state::CLOSE, state::SYN_SENT)
+            | (state::CLOSE, state::LISTEN)
+            | (state::ESTABLISHED, state::FIN_WAIT1)
+            | (state::CLOSE_WAIT, state::LAST_ACK)
+            | (state::LISTEN, state::CLOSE)
+    )
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<SockState>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data structs of integers and byte arrays, no padding.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_context_transitions() {
+        assert!(owner_is_current(state::CLOSE, state::SYN_SENT));
+        assert!(owner_is_current(state::ESTABLISHED, state::FIN_WAIT1));
+        assert!(owner_is_current(state::CLOSE_WAIT, state::LAST_ACK));
+        // Softirq transitions: the CPU's task is not the owner.
+        assert!(!owner_is_current(state::ESTABLISHED, state::CLOSE_WAIT));
+        assert!(!owner_is_current(state::SYN_SENT, state::ESTABLISHED));
+        assert!(!owner_is_current(state::LISTEN, state::SYN_RECV));
+        assert!(!owner_is_current(state::FIN_WAIT2, state::CLOSE));
+        // A reset can arrive in softirq: ESTABLISHED->CLOSE is ambiguous.
+        assert!(!owner_is_current(state::ESTABLISHED, state::CLOSE));
+    }
+}

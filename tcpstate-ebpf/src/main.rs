@@ -1,0 +1,304 @@
+//! tcpstate's kernel probe (runs in the kernel; built for `bpfel-unknown-none`).
+//!
+//! `inet_sock_set_state` (a BTF tracepoint) sees every TCP state change, keeps a small
+//! per-socket record keyed by the socket cookie (time of the last change, owner), and
+//! sends one compact [`Event`] per change through a ring buffer. `sys_exit_accept*`
+//! learns the owner of accepted sockets, whose early transitions run in softirq.
+//!
+//! Why a BTF tracepoint: a classic tracepoint program is skipped whenever any BPF
+//! program already runs on the CPU (`trace_call_bpf` checks `bpf_prog_active`), which
+//! loses events under churn; `__bpf_trace_run` only skips nested runs of the same
+//! program, and counts them in the program's `recursion_misses`, which userspace reports.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpstate_common::{
+    counter, owner_is_current, state, Config, Event, SockState, AF_INET, AF_INET6,
+    EV_OWNER_CURRENT, EV_UNTRACKED, IPPROTO_TCP, PREV_UNKNOWN,
+};
+
+/// Filled in by userspace before load (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    sk_family: 0,
+    sk_protocol: 0,
+    sk_state: 0,
+    sk_dport: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_cookie: 0,
+    inet_sport: 0,
+    task_files: 0,
+    task_group_leader: 0,
+    task_comm: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    wakeup_bytes: 0,
+};
+
+/// Size set by userspace at load time.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Live sockets by cookie. Bounded; a failed insert is counted (`TABLE_FULL`).
+/// Not preallocated, so an idle host pays only for the sockets it has.
+#[map(name = "SOCKS")]
+static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn cfg() -> Config {
+    // SAFETY: CONFIG is a read-only global; volatile keeps the compiler from folding
+    // the zero initialiser into the code.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }
+}
+
+/// The current process (tgid) and its thread-group leader's comm, as `ss -p` names it.
+#[inline(always)]
+fn current_owner(c: &Config) -> (u32, [u8; 16]) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 {
+        // The idle task is never an owner.
+        return (0, [0; 16]);
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let comm = unsafe { read::<*const u8>(task, c.task_group_leader) }
+        .and_then(|leader| unsafe { read::<[u8; 16]>(leader, c.task_comm) })
+        .or_else(|_| bpf_get_current_comm())
+        .unwrap_or([0; 16]);
+    (tgid, comm)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let c = cfg();
+    // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
+    let protocol: u16 = unsafe { read(sk, c.sk_protocol)? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let learned = owner_is_current(old, new);
+    let (cur_pid, cur_comm) = if learned {
+        current_owner(&c)
+    } else {
+        (0, [0; 16])
+    };
+    let learned = learned && cur_pid != 0;
+
+    let mut flags = if learned { EV_OWNER_CURRENT } else { 0 };
+    let mut prev_ns = PREV_UNKNOWN;
+    let (pid, comm) = match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => {
+            // SAFETY: a valid map value; the socket lock serialises its transitions.
+            let st = unsafe { &mut *p };
+            if st.since_ns != 0 {
+                prev_ns = now.saturating_sub(st.since_ns);
+            }
+            if learned {
+                st.pid = cur_pid;
+                st.comm = cur_comm;
+            }
+            let owner = (st.pid, st.comm);
+            if new == state::CLOSE {
+                // The socket's life ends here; its address may be reused.
+                let _ = SOCKS.remove(&cookie);
+            } else {
+                st.since_ns = now;
+                st.state = new as u32;
+            }
+            owner
+        }
+        None => {
+            if new != state::CLOSE {
+                let st = SockState {
+                    since_ns: now,
+                    pid: cur_pid,
+                    state: new as u32,
+                    comm: cur_comm,
+                };
+                if SOCKS.insert(&cookie, &st, 0).is_err() {
+                    count(counter::TABLE_FULL);
+                    flags |= EV_UNTRACKED;
+                }
+            }
+            (cur_pid, cur_comm)
+        }
+    };
+
+    let family: u16 = unsafe { read(sk, c.sk_family)? };
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
+        let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
+        daddr = unsafe { read(sk, c.sk_v6_daddr)? };
+    }
+    // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port() clears.
+    let sport: u16 = unsafe { read::<u16>(sk, c.inet_sport)? };
+    let dport: u16 = unsafe { read::<u16>(sk, c.sk_dport)? };
+
+    // Wake the reader only when the backlog crosses the threshold; userspace drains on
+    // a short timer otherwise, so a busy host costs one wake-up per batch, not per event.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let size = core::mem::size_of::<Event>() as u64;
+    let wake = if avail < c.wakeup_bytes && avail + size >= c.wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_FULL);
+        return Ok(());
+    };
+    entry.write(Event {
+        ts_ns: now,
+        prev_ns,
+        cookie,
+        saddr,
+        daddr,
+        pid,
+        sport: u16::from_be(sport),
+        dport: u16::from_be(dport),
+        family,
+        oldstate: old as u8,
+        newstate: new as u8,
+        flags,
+        comm,
+    });
+    entry.submit(wake.into());
+    Ok(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx)
+}
+
+#[inline(always)]
+fn accept_exit(ctx: &TracePointContext) -> u32 {
+    if try_accept_exit(ctx).is_err() {
+        count(counter::ACCEPT_UNRESOLVED);
+    }
+    0
+}
+
+/// accept() returned a new fd: the caller owns the socket behind it. Walks
+/// `current->files->fdt->fd[ret]->private_data` (a `struct socket`, see
+/// `sock_alloc_file`) to its `sk`, and records the owner under the socket's cookie.
+fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    // syscalls/sys_exit_*: common header (8 bytes), int __syscall_nr, long ret @16.
+    let ret: i64 = unsafe { ctx.read_at(16)? };
+    if ret < 0 {
+        return Ok(());
+    }
+    let fd = ret as u32;
+    let c = cfg();
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe {
+        let files: *const u8 = read(task, c.task_files)?;
+        let fdt: *const u8 = read(files, c.files_fdt)?;
+        let max_fds: u32 = read(fdt, c.fdt_max_fds)?;
+        if fd >= max_fds {
+            return Err(-1);
+        }
+        let fd_array: *const *const u8 = read(fdt, c.fdt_fd)?;
+        let file: *const u8 = bpf_probe_read_kernel(fd_array.add(fd as usize))?;
+        let sock: *const u8 = read(file, c.file_private_data)?;
+        let sk: *const u8 = read(sock, c.socket_sk)?;
+        let protocol: u16 = read(sk, c.sk_protocol)?;
+        let family: u16 = read(sk, c.sk_family)?;
+        if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+            return Ok(());
+        }
+        // The set_state probe already asked for this socket's cookie
+        // (sock_gen_cookie), so it is set unless the socket predates the probe.
+        let cookie: u64 = read(sk, c.sk_cookie)?;
+        let sk_state: u8 = read(sk, c.sk_state)?;
+        if cookie == 0 || sk_state as i32 == state::CLOSE {
+            return Err(-1);
+        }
+        let (pid, comm) = current_owner(&c);
+        match SOCKS.get_ptr_mut(&cookie) {
+            Some(p) => {
+                (*p).pid = pid;
+                (*p).comm = comm;
+            }
+            None => {
+                let st = SockState {
+                    since_ns: 0,
+                    pid,
+                    state: sk_state as u32,
+                    comm,
+                };
+                if SOCKS.insert(&cookie, &st, 0).is_err() {
+                    count(counter::TABLE_FULL);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

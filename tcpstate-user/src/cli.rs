@@ -1,0 +1,180 @@
+//! Command line: subcommands, flags and their value parsers.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::events::TcpState;
+
+/// TCP state transitions with their true owning process, from an eBPF probe on
+/// `sock:inet_sock_set_state`.
+#[derive(Debug, Parser)]
+#[command(name = "tcpstate", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `trace`, the default command.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every TCP state transition, one line each, until Ctrl-C (the default).
+    Trace(TraceArgs),
+}
+
+/// Filters shared by every command. All filters combine with AND; repeated ones with OR.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Local or remote port (repeatable).
+    #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Local port (repeatable).
+    #[arg(long = "lport", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub lports: Vec<u16>,
+    /// Remote port (repeatable).
+    #[arg(long = "rport", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub rports: Vec<u16>,
+    /// Owning process id (repeatable); sockets whose owner is unknown never match.
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Keep transitions whose old or new state is S (repeatable; kernel names such as
+    /// CLOSE_WAIT, SYN_SENT; case-insensitive).
+    #[arg(long = "state", value_name = "S", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after D (`10`, `10s`, `500ms`, `2m`, `1h`), then print the summary.
+    #[arg(long, value_name = "D", value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+    /// Full-width IPv6 address columns.
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1h`, `1.5s`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}': expected e.g. 10, 10s, 500ms, 2m"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" => 1e-6,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("invalid duration '{s}': too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Like [`parse_duration`], but zero is refused.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("invalid duration '{s}': must be greater than 0"));
+    }
+    Ok(d)
+}
+
+pub fn parse_state(s: &str) -> Result<TcpState, String> {
+    s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["abc", "", "-1", "10x", "1e400", "s", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("1ms").is_ok());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_is_the_default() {
+        let cli = Cli::try_parse_from(["tcpstate", "--port", "80", "--json"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.trace.filter.ports, vec![80]);
+        assert!(cli.trace.json);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["tcpstate", "--port", "0"][..],
+            &["tcpstate", "--port", "70000"],
+            &["tcpstate", "trace", "--duration", "abc"],
+            &["tcpstate", "trace", "--state", "NOPE"],
+            &["tcpstate", "--bogus"],
+            &["tcpstate", "-4", "-6"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn states_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "tcpstate",
+            "trace",
+            "--state",
+            "close_wait",
+            "--state",
+            "LISTEN",
+            "--pid",
+            "7",
+            "--pid",
+            "9",
+        ])
+        .unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("not trace")
+        };
+        assert_eq!(t.states, vec![TcpState::CloseWait, TcpState::Listen]);
+        assert_eq!(t.filter.pids, vec![7, 9]);
+    }
+}

@@ -1,0 +1,189 @@
+//! Which transitions the user asked for. Filters combine with AND, repeated values of
+//! one filter with OR.
+
+use tcpstate_common::Event;
+
+use crate::{
+    cli::FilterArgs,
+    events::{display_family, TcpState},
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    family: Option<u8>,
+    ports: Vec<u16>,
+    lports: Vec<u16>,
+    rports: Vec<u16>,
+    pids: Vec<u32>,
+    states: Vec<u8>,
+}
+
+impl Filter {
+    pub fn new(args: &FilterArgs, states: &[TcpState]) -> Self {
+        Self {
+            family: match (args.ipv4, args.ipv6) {
+                (true, _) => Some(4),
+                (_, true) => Some(6),
+                _ => None,
+            },
+            ports: args.ports.clone(),
+            lports: args.lports.clone(),
+            rports: args.rports.clone(),
+            pids: args.pids.clone(),
+            states: states.iter().map(|s| s.number() as u8).collect(),
+        }
+    }
+
+    pub fn matches(&self, ev: &Event) -> bool {
+        let any =
+            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
+        self.family.is_none_or(|f| display_family(ev) == f)
+            && any(&self.ports, &|p| ev.sport == p || ev.dport == p)
+            && any(&self.lports, &|p| ev.sport == p)
+            && any(&self.rports, &|p| ev.dport == p)
+            && (self.pids.is_empty() || self.pids.contains(&ev.pid))
+            && (self.states.is_empty()
+                || self.states.contains(&ev.oldstate)
+                || self.states.contains(&ev.newstate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tcpstate_common::{state, AF_INET, AF_INET6};
+
+    use super::*;
+    use crate::events::tests::event;
+
+    fn args() -> FilterArgs {
+        FilterArgs::default()
+    }
+
+    #[test]
+    fn empty_filter_keeps_all() {
+        assert!(Filter::new(&args(), &[]).matches(&event(AF_INET, 7, 2)));
+    }
+
+    #[test]
+    fn ports_pids_states_and_family() {
+        let mut ev = event(AF_INET, state::ESTABLISHED, state::CLOSE_WAIT);
+        ev.sport = 8080;
+        ev.dport = 50000;
+        ev.pid = 7;
+        let f = |a: FilterArgs, s: &[TcpState]| Filter::new(&a, s).matches(&ev);
+        assert!(f(
+            FilterArgs {
+                ports: vec![1, 50000],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(!f(
+            FilterArgs {
+                ports: vec![1],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(f(
+            FilterArgs {
+                lports: vec![8080],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(!f(
+            FilterArgs {
+                lports: vec![50000],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(f(
+            FilterArgs {
+                rports: vec![50000],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(f(
+            FilterArgs {
+                pids: vec![3, 7],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(!f(
+            FilterArgs {
+                pids: vec![3],
+                ..args()
+            },
+            &[]
+        ));
+        assert!(f(args(), &[TcpState::CloseWait]));
+        assert!(f(args(), &[TcpState::Established]));
+        assert!(!f(args(), &[TcpState::Listen]));
+        assert!(f(
+            FilterArgs {
+                ipv4: true,
+                ..args()
+            },
+            &[]
+        ));
+        assert!(!f(
+            FilterArgs {
+                ipv6: true,
+                ..args()
+            },
+            &[]
+        ));
+        // AND across filters.
+        assert!(!f(
+            FilterArgs {
+                lports: vec![8080],
+                pids: vec![3],
+                ..args()
+            },
+            &[]
+        ));
+    }
+
+    #[test]
+    fn unknown_owner_never_matches_a_pid() {
+        let ev = event(AF_INET, 7, 2);
+        assert!(!Filter::new(
+            &FilterArgs {
+                pids: vec![1],
+                ..args()
+            },
+            &[]
+        )
+        .matches(&ev));
+    }
+
+    #[test]
+    fn mapped_ipv6_counts_as_ipv4() {
+        let mut ev = event(AF_INET6, 7, 2);
+        ev.saddr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        ev.daddr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        assert!(Filter::new(
+            &FilterArgs {
+                ipv4: true,
+                ..args()
+            },
+            &[]
+        )
+        .matches(&ev));
+        ev.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert!(Filter::new(
+            &FilterArgs {
+                ipv6: true,
+                ..args()
+            },
+            &[]
+        )
+        .matches(&ev));
+    }
+}

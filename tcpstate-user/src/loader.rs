@@ -1,0 +1,252 @@
+//! Loads the embedded kernel probe, attaches it, and reads its loss counters.
+//!
+//! Lifecycle (as in libbpf-tools): check privileges -> mount tracefs if needed ->
+//! resolve kernel offsets from BTF -> set them as the probe's read-only `CONFIG` ->
+//! load -> attach. Links live as long as [`Probe`]: they close with the process, so an
+//! early exit leaves nothing attached.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use tcpstate_common::{counter, names};
+
+use crate::{offsets, tracefs};
+
+/// The probe built by `cargo xtask build-ebpf`, embedded by build.rs.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate.bpf.o"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tcpstate needs root, or the CAP_BPF and CAP_PERFMON capabilities (missing: {0}); run it with sudo or grant them (setcap cap_bpf,cap_perfmon,cap_sys_admin+ep)")]
+    Privileges(String),
+    #[error("this tcpstate binary was built without its kernel probe; build it with `cargo xtask build --release` or run `cargo xtask run`")]
+    NoObject,
+    #[error("tracefs is not mounted at {dir} and mounting it failed ({0}); mount it with `mount -t tracefs tracefs {dir}` or run as root", dir = tracefs::TRACEFS)]
+    Tracefs(io::Error),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] Box<aya::EbpfError>),
+    #[error("{what} failed: {source}{hint}")]
+    Program {
+        what: String,
+        source: ProgramError,
+        hint: &'static str,
+    },
+    #[error("the BPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+}
+
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Wake userspace once this many bytes wait (see `Config::wakeup_bytes`).
+    pub wakeup_bytes: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+        }
+    }
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    /// Whether this run mounted tracefs (reported once).
+    pub mounted_tracefs: bool,
+}
+
+/// Loss and coverage counters, summed over CPUs and programs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_full: u64,
+    pub table_full: u64,
+    pub accept_unresolved: u64,
+    /// `recursion_misses` of the transition probe.
+    pub set_state_skipped: u64,
+    /// `recursion_misses` of the accept probes.
+    pub accept_skipped: u64,
+}
+
+/// Fails early, with the one line users need, when privileges are missing.
+pub fn check_privileges() -> Result<(), LoadError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Privileges(missing.join(", ")))
+    }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(ProgramError) -> LoadError {
+    let what = what.into();
+    move |source| {
+        let hint = match &source {
+            ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                " (EPERM: run as root or grant CAP_BPF and CAP_PERFMON)"
+            }
+            _ => "",
+        };
+        LoadError::Program { what, source, hint }
+    }
+}
+
+impl Probe {
+    /// Loads and attaches everything, and hands over the event ring buffer.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, RingBuf<MapData>), LoadError> {
+        check_privileges()?;
+        if BPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mounted_tracefs = tracefs::ensure_mounted().map_err(LoadError::Tracefs)?;
+        raise_memlock();
+
+        let mut config = offsets::kernel_config(&offsets::load_vmlinux()?)?;
+        config.wakeup_bytes = opts.wakeup_bytes;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, opts.ring_bytes)
+            .load(BPF_OBJECT)
+            .map_err(Box::new)?;
+
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| LoadError::Offsets(offsets::OffsetError::Load(e.to_string())))?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(names::PROG_SET_STATE)
+            .ok_or(LoadError::Missing(names::PROG_SET_STATE))?
+            .try_into()
+            .map_err(prog_err("tp_btf/inet_sock_set_state"))?;
+        prog.load("inet_sock_set_state", &btf)
+            .map_err(prog_err("loading tp_btf/inet_sock_set_state"))?;
+        prog.attach()
+            .map_err(prog_err("attaching tp_btf/inet_sock_set_state"))?;
+
+        for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing("an accept tracepoint"))?
+                .try_into()
+                .map_err(prog_err(format!("syscalls/{name}")))?;
+            tp.load()
+                .map_err(prog_err(format!("loading syscalls/{name}")))?;
+            tp.attach("syscalls", name)
+                .map_err(prog_err(format!("attaching syscalls/{name}")))?;
+        }
+
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS)
+                .ok_or(LoadError::Missing(names::COUNTERS))?,
+        )
+        .map_err(|e| LoadError::Map(names::COUNTERS, e))?;
+        let events = RingBuf::try_from(
+            ebpf.take_map(names::EVENTS)
+                .ok_or(LoadError::Missing(names::EVENTS))?,
+        )
+        .map_err(|e| LoadError::Map(names::EVENTS, e))?;
+        Ok((
+            Self {
+                ebpf,
+                counters,
+                mounted_tracefs,
+            },
+            events,
+        ))
+    }
+
+    pub fn counters(&self) -> Counters {
+        let sum = |idx: u32| -> u64 {
+            self.counters
+                .get(&idx, 0)
+                .map(|v| v.iter().copied().sum())
+                .unwrap_or(0)
+        };
+        let misses = |name: &str| -> u64 {
+            self.ebpf
+                .program(name)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| recursion_misses(fd.as_fd().as_raw_fd()).ok())
+                .unwrap_or(0)
+        };
+        Counters {
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            table_full: sum(counter::TABLE_FULL),
+            accept_unresolved: sum(counter::ACCEPT_UNRESOLVED),
+            set_state_skipped: misses(names::PROG_SET_STATE),
+            accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory
+/// cgroup. Raising it needs CAP_SYS_RESOURCE, so a failure is not an error.
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// The kernel's count of runs it skipped for this program (`bpf_prog_info`, read with
+/// `BPF_OBJ_GET_INFO_BY_FD`; aya's `ProgramInfo` does not expose it).
+pub fn recursion_misses(prog_fd: i32) -> io::Result<u64> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: prog_fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD with a valid attr of the given size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as i64,
+            &mut attr as *mut InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}

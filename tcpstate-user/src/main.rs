@@ -1,0 +1,55 @@
+//! tcpstate (userspace side): loads the kernel probe, follows every TCP socket's
+//! lifetime with its true owner, and prints what the user asked for.
+//!
+//! Event path, by module: `loader` (load and attach the probe from `tcpstate-ebpf`)
+//! -> `events` (decode ring-buffer records) -> `filter` -> `output` (table or JSON).
+//! `trace` wires them for the `trace` command.
+
+mod cli;
+mod events;
+mod filter;
+mod loader;
+mod offsets;
+mod output;
+mod trace;
+mod tracefs;
+
+use std::{io, process::ExitCode};
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Trace(t)) => t,
+        None => cli.trace,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcpstate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(trace::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing left to say, and nowhere to say it.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpstate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,142 @@
+//! Kernel structure offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`),
+//! handed to the probe as its `CONFIG` global, so it needs neither CO-RE nor headers.
+
+use btf_rs::{Btf, Type};
+use tcpstate_common::Config;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF at {VMLINUX_BTF} (kernel built without CONFIG_DEBUG_INFO_BTF?): {0}")]
+    Load(String),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {0} has no member {1}")]
+    NoMember(String, String),
+    #[error("kernel BTF: {0}.{1} is a bitfield or not byte-aligned")]
+    Unaligned(String, String),
+}
+
+/// Resolves every offset the probe uses.
+pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
+    let o = |s: &str, path: &str| offset_of(btf, s, path);
+    Ok(Config {
+        sk_family: o("sock", "__sk_common.skc_family")?,
+        sk_protocol: o("sock", "sk_protocol")?,
+        sk_state: o("sock", "__sk_common.skc_state")?,
+        sk_dport: o("sock", "__sk_common.skc_dport")?,
+        sk_rcv_saddr: o("sock", "__sk_common.skc_rcv_saddr")?,
+        sk_daddr: o("sock", "__sk_common.skc_daddr")?,
+        sk_v6_rcv_saddr: o("sock", "__sk_common.skc_v6_rcv_saddr")?,
+        sk_v6_daddr: o("sock", "__sk_common.skc_v6_daddr")?,
+        sk_cookie: o("sock", "__sk_common.skc_cookie")?,
+        inet_sport: o("inet_sock", "inet_sport")?,
+        task_files: o("task_struct", "files")?,
+        task_group_leader: o("task_struct", "group_leader")?,
+        task_comm: o("task_struct", "comm")?,
+        files_fdt: o("files_struct", "fdt")?,
+        fdt_max_fds: o("fdtable", "max_fds")?,
+        fdt_fd: o("fdtable", "fd")?,
+        file_private_data: o("file", "private_data")?,
+        socket_sk: o("socket", "sk")?,
+        wakeup_bytes: 0,
+    })
+}
+
+pub fn load_vmlinux() -> Result<Btf, OffsetError> {
+    Btf::from_file(VMLINUX_BTF).map_err(|e| OffsetError::Load(e.to_string()))
+}
+
+/// Byte offset of `path` (members separated by dots) inside `struct name`, looking
+/// through anonymous structs and unions as C does.
+pub fn offset_of(btf: &Btf, name: &str, path: &str) -> Result<u32, OffsetError> {
+    let mut ty = btf
+        .resolve_types_by_name(name)
+        .map_err(|_| OffsetError::NoStruct(name.into()))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| OffsetError::NoStruct(name.into()))?;
+    let mut bits = 0u32;
+    for member in path.split('.') {
+        let (off, next) = find_member(btf, &ty, member)?
+            .ok_or_else(|| OffsetError::NoMember(name.into(), path.into()))?;
+        bits += off;
+        ty = next;
+    }
+    if bits % 8 != 0 {
+        return Err(OffsetError::Unaligned(name.into(), path.into()));
+    }
+    Ok(bits / 8)
+}
+
+/// Finds `name` in a struct or union: (bit offset, member type with typedefs and
+/// qualifiers stripped).
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    for m in members {
+        if m.bitfield_size().is_some_and(|b| b != 0) {
+            continue;
+        }
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        let mty = strip(btf, btf.resolve_chained_type(m).ok());
+        if mname == name {
+            return Ok(Some((m.bit_offset(), mty.unwrap_or(Type::Void))));
+        }
+        if mname.is_empty() {
+            if let Some(inner) = mty {
+                if let Some((off, t)) = find_member(btf, &inner, name)? {
+                    return Ok(Some((m.bit_offset() + off, t)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn strip(btf: &Btf, mut ty: Option<Type>) -> Option<Type> {
+    for _ in 0..16 {
+        let next = match &ty {
+            Some(Type::Typedef(t)) => btf.resolve_chained_type(t).ok(),
+            Some(Type::Volatile(t)) => btf.resolve_chained_type(t).ok(),
+            Some(Type::Const(t)) => btf.resolve_chained_type(t).ok(),
+            Some(Type::Restrict(t)) => btf.resolve_chained_type(t).ok(),
+            Some(Type::TypeTag(t)) => btf.resolve_chained_type(t).ok(),
+            _ => return ty,
+        };
+        ty = next;
+    }
+    ty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the running kernel's BTF (readable by any user), so it checks the exact
+    /// layout the probe will use here.
+    #[test]
+    fn resolves_every_offset_on_this_kernel() {
+        let btf = load_vmlinux().expect("this machine has /sys/kernel/btf/vmlinux");
+        let c = kernel_config(&btf).unwrap();
+        // struct sock_common starts struct sock, and these two are at fixed places
+        // in it on every kernel since 4.x: skc_daddr first, skc_rcv_saddr next.
+        assert_eq!(c.sk_daddr, 0);
+        assert_eq!(c.sk_rcv_saddr, 4);
+        assert_eq!(c.sk_dport, 12);
+        assert!(c.sk_family > c.sk_dport && c.sk_family < 32);
+        assert!(c.sk_v6_daddr > c.sk_family);
+        assert!(c.inet_sport > c.sk_protocol);
+        assert!(matches!(
+            offset_of(&btf, "sock", "no_such_field"),
+            Err(OffsetError::NoMember(..))
+        ));
+        assert!(matches!(
+            offset_of(&btf, "no_such_struct", "x"),
+            Err(OffsetError::NoStruct(..))
+        ));
+    }
+}
