@@ -11,8 +11,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCKS: &str = "SOCKS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const RECENT: &str = "RECENT";
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
     pub const PROG_ACCEPT_EXIT: &str = "sys_exit_accept";
     pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
 }
@@ -126,7 +128,12 @@ pub mod counter {
     pub const TABLE_FULL: u32 = 1;
     /// accept() results whose socket could not be resolved (owner stays unknown).
     pub const ACCEPT_UNRESOLVED: u32 = 2;
-    pub const COUNT: u32 = 4;
+    /// Transitions the primary program missed (the kernel skipped it) and the backup
+    /// program handled.
+    pub const RECOVERED: u32 = 3;
+    /// Transitions dropped because a kernel read failed (should never happen).
+    pub const READ_FAILED: u32 = 4;
+    pub const COUNT: u32 = 8;
 }
 
 /// Whether the task on the CPU during this transition is the socket's owner.

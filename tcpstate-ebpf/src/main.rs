@@ -65,6 +65,45 @@ static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Per CPU, the last few transitions the handler completed without leaving a `SOCKS`
+/// entry that shows them (the socket closed, or the table was full), so the backup
+/// program can tell them from transitions the primary never saw.
+#[map(name = "RECENT")]
+static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+
+const RECENT_SLOTS: usize = 8;
+
+#[repr(C)]
+struct Recent {
+    slots: [u64; RECENT_SLOTS],
+    next: u64,
+}
+
+/// A transition's identity: a socket never makes the same transition twice in a row.
+#[inline(always)]
+fn transition_key(cookie: u64, new: i32) -> u64 {
+    (cookie << 8) | (new as u64 & 0xff)
+}
+
+#[inline(always)]
+fn remember(key: u64) {
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        let r = unsafe { &mut *r };
+        let i = (r.next as usize) % RECENT_SLOTS;
+        r.slots[i] = key;
+        r.next = r.next.wrapping_add(1);
+    }
+}
+
+#[inline(always)]
+fn remembered(key: u64) -> bool {
+    match RECENT.get(0) {
+        Some(r) => r.slots.iter().any(|&k| k == key),
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn cfg() -> Config {
     // SAFETY: CONFIG is a read-only global; volatile keeps the compiler from folding
@@ -102,17 +141,35 @@ fn current_owner(c: &Config) -> (u32, [u8; 16]) {
     (tgid, comm)
 }
 
+/// Primary program: handles every transition.
+///
+/// The kernel skips a BTF tracepoint program when it fires again on a CPU where the
+/// same program is already running (`__bpf_trace_run`): an interrupt during this
+/// program followed by softirq TCP processing does that. The backup program below
+/// handles exactly the transitions skipped here.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_set_state(&ctx);
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false).is_err() {
+        count(counter::READ_FAILED);
+    }
     0
 }
 
-fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-    let sk: *const u8 = ctx.arg(0);
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
+/// Backup program on the same tracepoint: a separate program, so the kernel guards
+/// its recursion separately. It runs after the primary for every transition and
+/// handles it only if the primary did not: the socket's record does not show the new
+/// state yet. Never both, so nothing is counted twice.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
+    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let c = cfg();
     // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
     let protocol: u16 = unsafe { read(sk, c.sk_protocol)? };
@@ -120,6 +177,18 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let key = transition_key(cookie, new);
+    if backup {
+        let done = match SOCKS.get_ptr(&cookie) {
+            // SAFETY: a valid map value.
+            Some(st) => (unsafe { (*st).state }) == new as u32,
+            None => remembered(key),
+        };
+        if done {
+            return Ok(());
+        }
+        count(counter::RECOVERED);
+    }
     let now = unsafe { bpf_ktime_get_ns() };
 
     let learned = owner_is_current(old, new);
@@ -147,6 +216,7 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             if new == state::CLOSE {
                 // The socket's life ends here; its address may be reused.
                 let _ = SOCKS.remove(&cookie);
+                remember(key);
             } else {
                 st.since_ns = now;
                 st.state = new as u32;
@@ -164,7 +234,10 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 if SOCKS.insert(&cookie, &st, 0).is_err() {
                     count(counter::TABLE_FULL);
                     flags |= EV_UNTRACKED;
+                    remember(key);
                 }
+            } else {
+                remember(key);
             }
             (cur_pid, cur_comm)
         }

@@ -1,1 +1,215 @@
-fn main() {}
+//! tcpkit (userspace, test tooling): real loopback TCP workloads for tcpstate's
+//! integration tests and benchmark. Servers and clients run as separate processes so
+//! that tests can check which process tcpstate names as each socket's owner.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tcpkit", about = "Loopback TCP workloads for tcpstate's tests")]
+struct Cli {
+    /// Set this process's name (comm), e.g. to one with escape bytes.
+    #[arg(long, global = true)]
+    comm: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The client closes first (client ends in TIME_WAIT).
+    ClientClose,
+    /// The server closes first (server ends in TIME_WAIT).
+    ServerClose,
+    /// The client aborts with SO_LINGER 0 (RST).
+    Reset,
+    /// Whoever is told to hold never closes (leaves the peer's socket in CLOSE_WAIT or
+    /// its own in CLOSE_WAIT after the peer closed).
+    Hold,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Listen on ADDR, print `ready PORT`, serve CONNS connections one by one.
+    Server {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, value_enum)]
+        mode: Mode,
+    },
+    /// Make CONNS connections to ADDR one by one.
+    Client {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, value_enum)]
+        mode: Mode,
+    },
+    /// Server and client in one process, as fast as possible, for CONNS connections
+    /// or SECS seconds; prints `conns N secs S rate R`.
+    Churn {
+        /// Listen addresses; clients rotate over them so TIME_WAIT does not cap the rate.
+        #[arg(long, required = true, num_args = 1..)]
+        addr: Vec<SocketAddr>,
+        #[arg(long)]
+        conns: Option<u64>,
+        #[arg(long)]
+        secs: Option<f64>,
+        #[arg(long, value_enum, default_value = "client-close")]
+        mode: Mode,
+    },
+}
+
+fn set_comm(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}
+
+fn linger0(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option buffer.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+fn drain_to_eof(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Server side of one connection: greet (so the client knows it was accepted), then
+/// act per mode. Returns the socket when it must stay open.
+fn serve(mut s: TcpStream, mode: Mode) -> Option<TcpStream> {
+    let _ = s.write_all(b"A");
+    match mode {
+        Mode::ClientClose | Mode::Reset => {
+            drain_to_eof(&mut s);
+            None
+        }
+        Mode::ServerClose => None,
+        Mode::Hold => Some(s),
+    }
+}
+
+/// Client side of one connection.
+fn client(addr: SocketAddr, mode: Mode) -> Result<Option<TcpStream>> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).context("reading the greeting")?;
+    match mode {
+        Mode::ClientClose => Ok(None),
+        Mode::ServerClose => {
+            drain_to_eof(&mut s);
+            Ok(None)
+        }
+        Mode::Reset => {
+            linger0(&s);
+            Ok(None)
+        }
+        Mode::Hold => {
+            drain_to_eof(&mut s);
+            Ok(Some(s))
+        }
+    }
+}
+
+fn wait_for_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(c) = &cli.comm {
+        set_comm(c);
+    }
+    let mut out = std::io::stdout();
+    match cli.cmd {
+        Cmd::Server { addr, conns, mode } => {
+            let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+            writeln!(out, "ready {}", l.local_addr()?.port())?;
+            out.flush()?;
+            let mut held = Vec::new();
+            for _ in 0..conns {
+                let (s, _) = l.accept()?;
+                held.extend(serve(s, mode));
+            }
+            drop(l);
+            if mode == Mode::Hold {
+                writeln!(out, "held {}", held.len())?;
+                out.flush()?;
+                wait_for_stdin_eof();
+            }
+        }
+        Cmd::Client { addr, conns, mode } => {
+            let mut held = Vec::new();
+            for _ in 0..conns {
+                held.extend(client(addr, mode)?);
+            }
+            writeln!(out, "done {conns}")?;
+            out.flush()?;
+            if mode == Mode::Hold {
+                wait_for_stdin_eof();
+            }
+        }
+        Cmd::Churn {
+            addr,
+            conns,
+            secs,
+            mode,
+        } => {
+            let listeners: Vec<TcpListener> = addr
+                .iter()
+                .map(|a| TcpListener::bind(a).with_context(|| format!("bind {a}")))
+                .collect::<Result<_>>()?;
+            let targets: Vec<SocketAddr> = listeners
+                .iter()
+                .map(|l| l.local_addr())
+                .collect::<std::io::Result<_>>()?;
+            for l in listeners {
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        serve(s, mode);
+                    }
+                });
+            }
+            let start = Instant::now();
+            let limit = secs.map(Duration::from_secs_f64);
+            let mut n = 0u64;
+            while conns.is_none_or(|c| n < c) && limit.is_none_or(|l| start.elapsed() < l) {
+                client(targets[n as usize % targets.len()], mode)?;
+                n += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            writeln!(out, "conns {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
+        }
+    }
+    Ok(())
+}

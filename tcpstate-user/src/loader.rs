@@ -79,8 +79,12 @@ pub struct Counters {
     pub ringbuf_full: u64,
     pub table_full: u64,
     pub accept_unresolved: u64,
-    /// `recursion_misses` of the transition probe.
+    /// Transitions the kernel skipped in the primary probe...
     pub set_state_skipped: u64,
+    /// ...and those of them the backup probe handled.
+    pub set_state_recovered: u64,
+    /// Transitions dropped because a kernel read failed.
+    pub read_failed: u64,
     /// `recursion_misses` of the accept probes.
     pub accept_skipped: u64,
 }
@@ -143,15 +147,18 @@ impl Probe {
 
         let btf = Btf::from_sys_fs()
             .map_err(|e| LoadError::Offsets(offsets::OffsetError::Load(e.to_string())))?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(names::PROG_SET_STATE)
-            .ok_or(LoadError::Missing(names::PROG_SET_STATE))?
-            .try_into()
-            .map_err(prog_err("tp_btf/inet_sock_set_state"))?;
-        prog.load("inet_sock_set_state", &btf)
-            .map_err(prog_err("loading tp_btf/inet_sock_set_state"))?;
-        prog.attach()
-            .map_err(prog_err("attaching tp_btf/inet_sock_set_state"))?;
+        // Primary first, then its backup (see tcpstate-ebpf for why there are two).
+        for name in [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing(name))?
+                .try_into()
+                .map_err(prog_err(format!("tp_btf {name}")))?;
+            prog.load("inet_sock_set_state", &btf)
+                .map_err(prog_err(format!("loading tp_btf {name}")))?;
+            prog.attach()
+                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
+        }
 
         for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
             let tp: &mut TracePoint = ebpf
@@ -204,6 +211,8 @@ impl Probe {
             table_full: sum(counter::TABLE_FULL),
             accept_unresolved: sum(counter::ACCEPT_UNRESOLVED),
             set_state_skipped: misses(names::PROG_SET_STATE),
+            set_state_recovered: sum(counter::RECOVERED),
+            read_failed: sum(counter::READ_FAILED),
             accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
         }
     }

@@ -64,7 +64,7 @@ pub fn offset_of(btf: &Btf, name: &str, path: &str) -> Result<u32, OffsetError> 
         bits += off;
         ty = next;
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         return Err(OffsetError::Unaligned(name.into(), path.into()));
     }
     Ok(bits / 8)

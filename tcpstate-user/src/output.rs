@@ -154,8 +154,13 @@ pub struct Summary {
     pub lost: u64,
     /// Ring buffer full (userspace too slow), counted per CPU by the probe.
     pub lost_ringbuf: u64,
-    /// Runs the kernel skipped (`recursion_misses` of the transition probe).
+    /// Runs the kernel skipped (`recursion_misses` of the transition probe) that the
+    /// backup probe did not recover.
     pub lost_skipped: u64,
+    /// Transitions dropped because a kernel read failed.
+    pub lost_read: u64,
+    /// Skipped runs that the backup probe handled (not lost).
+    pub recovered: u64,
     /// Sockets not tracked because the probe's socket table was full.
     pub untracked: u64,
     /// accept() calls whose socket could not be resolved, or the kernel skipped.
@@ -322,9 +327,17 @@ impl<W: Write> TraceWriter<W> {
 
 pub fn summary_text(s: &Summary) -> String {
     format!(
-        "tcpstate: {} events, {} shown, {} lost ({} ring buffer full, {} skipped by the kernel), \
-         {} untracked sockets (table full), {} accepts unresolved",
-        s.events, s.shown, s.lost, s.lost_ringbuf, s.lost_skipped, s.untracked, s.accept_unresolved
+        "tcpstate: {} events, {} shown, {} lost ({} ring buffer full, {} skipped by the kernel, \
+         {} unreadable; {} recovered), {} untracked sockets (table full), {} accepts unresolved",
+        s.events,
+        s.shown,
+        s.lost,
+        s.lost_ringbuf,
+        s.lost_skipped,
+        s.lost_read,
+        s.recovered,
+        s.untracked,
+        s.accept_unresolved
     )
 }
 

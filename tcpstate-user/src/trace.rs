@@ -13,7 +13,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
 };
 
 use crate::{
@@ -35,6 +35,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         );
     }
     let filter = Filter::new(&args.filter, &args.states);
+    // Before attaching: a SIGTERM right after "attached" must still end with a summary.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+    };
     let started = Instant::now();
     let (probe, ring) = Probe::load(&LoadOptions::default())?;
     if probe.mounted_tracefs {
@@ -53,11 +58,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         Clock::new(),
     );
     let mut summary = Summary::default();
-    let result = event_loop(&args, &filter, ring, &mut out, &mut summary).await;
+    let result = event_loop(&args, &filter, ring, signals, &mut out, &mut summary).await;
     let c = probe.counters();
     summary.lost_ringbuf = c.ringbuf_full;
-    summary.lost_skipped = c.set_state_skipped;
-    summary.lost = c.ringbuf_full + c.set_state_skipped;
+    summary.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered);
+    summary.recovered = c.set_state_recovered;
+    summary.lost_read = c.read_failed;
+    summary.lost = summary.lost_ringbuf + summary.lost_skipped + summary.lost_read;
     summary.untracked = c.table_full;
     summary.accept_unresolved = c.accept_unresolved + c.accept_skipped;
     result?;
@@ -66,10 +73,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
 async fn event_loop<W: Write>(
     args: &TraceArgs,
     filter: &Filter,
     ring: RingBuf<MapData>,
+    mut signals: Signals,
     out: &mut TraceWriter<W>,
     summary: &mut Summary,
 ) -> io::Result<()> {
@@ -77,8 +90,6 @@ async fn event_loop<W: Write>(
     // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
     // open until it is dropped.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -97,8 +108,8 @@ async fn event_loop<W: Write>(
                 guard.clear_ready();
             }
             _ = tick.tick() => drain(ring.get_mut(), filter, out, summary)?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break,
             _ = &mut stop => break,
         }
     }

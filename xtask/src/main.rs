@@ -1,1 +1,328 @@
-fn main() {}
+//! xtask (host side, developer tooling): builds the kernel probe with the BPF
+//! toolchain, installing that toolchain when it is missing, then builds, runs and
+//! tests tcpstate.
+//!
+//! `cargo xtask run [-- ARGS]`, `cargo xtask test`, `cargo xtask build [--debug]`,
+//! `cargo xtask build-ebpf`, `cargo xtask setup`.
+
+use std::{
+    env,
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages that provide a rustc whose LLVM matches bpf-linker's, with a
+/// prebuilt `core` for bpfel-unknown-none (rustup's nightly has no rust-src here).
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+];
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <command>\n\
+         \n  run [--debug] [-- ARGS]  build everything and run `tcpstate ARGS` (root needed)\
+         \n  test                     install what is missing, build, run every test (root needed)\
+         \n  build [--debug]          build the probe and the tcpstate binary\
+         \n  build-ebpf               build only the kernel probe\
+         \n  setup                    install the BPF toolchain and bpf-linker if missing"
+    );
+    std::process::exit(2)
+}
+
+fn run() -> Result<ExitCode> {
+    let mut args = env::args_os().skip(1);
+    let cmd = args.next().and_then(|a| a.into_string().ok());
+    let rest: Vec<OsString> = args.collect();
+    let root = workspace_root()?;
+    env::set_current_dir(&root)?;
+    match cmd.as_deref() {
+        Some("setup") => {
+            setup()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("build-ebpf") => {
+            let obj = build_ebpf()?;
+            println!("{}", obj.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("build") => {
+            let release = !rest.iter().any(|a| a == "--debug");
+            let bin = build_user(release)?;
+            println!("{}", bin.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("run") => {
+            let (flags, tool_args) = split_dashdash(&rest);
+            let release = !flags.iter().any(|a| a == "--debug");
+            let bin = build_user(release)?;
+            exec_tool(&bin, tool_args)
+        }
+        Some("test") => test(),
+        _ => usage(),
+    }
+}
+
+fn split_dashdash(args: &[OsString]) -> (&[OsString], &[OsString]) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[]),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("run me with `cargo xtask`")?);
+    Ok(dir
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn status(cmd: &mut Command, what: &str) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Installs the Debian BPF toolchain and bpf-linker when they are missing.
+fn setup() -> Result<PathBuf> {
+    if !(Path::new(DEBIAN_RUSTC).exists()
+        && Path::new(DEBIAN_CARGO).exists()
+        && Path::new(BPF_CORE).is_dir()
+        && Path::new(LLVM_PREFIX).join("bin/llvm-config").exists())
+    {
+        if !is_root() {
+            bail!(
+                "the BPF toolchain is missing; install it as root with: apt-get install -y {}",
+                APT_PACKAGES.join(" ")
+            );
+        }
+        eprintln!(
+            "xtask: installing the BPF toolchain from Debian (first run only): {}",
+            APT_PACKAGES.join(" ")
+        );
+        status(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+        )?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(APT_PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install",
+        )?;
+    }
+    let linker = cargo_home().join("bin/bpf-linker");
+    let ok = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (first run only, about 2 minutes)"
+        );
+        let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
+        status(
+            Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("PATH", path)
+                .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
+            "cargo install bpf-linker",
+        )?;
+    }
+    Ok(linker)
+}
+
+/// Reads cargo's `--message-format=json` output for the executable of `bin` built
+/// from `package`, instead of guessing paths under target/.
+fn cargo_artifact(cmd: &mut Command, package: &str, bin: &str) -> Result<PathBuf> {
+    cmd.arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("starting cargo")?;
+    let mut found = None;
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == bin
+            && msg["package_id"].as_str().is_some_and(|id| {
+                id.contains(&format!("/{package}#")) || id.contains(&format!("{package} "))
+            })
+        {
+            if let Some(exe) = msg["executable"].as_str() {
+                found = Some(PathBuf::from(exe));
+            }
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("cargo build of {package} failed ({st})");
+    }
+    found.with_context(|| format!("cargo reported no executable for {package}/{bin}"))
+}
+
+/// Builds the kernel probe with Debian's rustc (whose LLVM matches bpf-linker's).
+fn build_ebpf() -> Result<PathBuf> {
+    let linker = setup()?;
+    let path = format!(
+        "{}:{}",
+        linker.parent().context("bpf-linker dir")?.display(),
+        env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(DEBIAN_CARGO);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "tcpstate-ebpf",
+        "--release",
+        "--target",
+        BPF_TARGET,
+    ])
+    .env("RUSTC", DEBIAN_RUSTC)
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env("PATH", path)
+    .env_remove("RUSTC_WRAPPER")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    cargo_artifact(&mut cmd, "tcpstate-ebpf", "tcpstate")
+}
+
+fn host_cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds `tcpstate` with the probe embedded; returns the binary's path.
+fn build_user(release: bool) -> Result<PathBuf> {
+    let obj = build_ebpf()?;
+    let mut cmd = host_cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "tcpstate-user",
+        "--bin",
+        "tcpstate",
+    ])
+    .env("TCPSTATE_BPF_OBJECT", &obj);
+    if release {
+        cmd.arg("--release");
+    }
+    cargo_artifact(&mut cmd, "tcpstate-user", "tcpstate")
+}
+
+fn exec_tool(bin: &Path, args: &[OsString]) -> Result<ExitCode> {
+    let mut cmd = if is_root() {
+        Command::new(bin)
+    } else {
+        eprintln!("xtask: tcpstate needs root (or CAP_BPF and CAP_PERFMON): running it with sudo");
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    };
+    cmd.args(args);
+    // Let Ctrl-C reach tcpstate (same process group) while we wait for its summary.
+    let st = cmd.status().context("starting tcpstate")?;
+    Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// Every test: formatting, lints, unit tests, then the privileged kernel tests.
+fn test() -> Result<ExitCode> {
+    if !is_root() {
+        bail!("the kernel tests load BPF programs: run `sudo cargo xtask test` (or as root)");
+    }
+    let obj = build_ebpf()?;
+    eprintln!("xtask: checking formatting and lints");
+    status(
+        host_cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
+    status(
+        host_cargo()
+            .args([
+                "clippy",
+                "--quiet",
+                "--workspace",
+                "--exclude",
+                "tcpstate-ebpf",
+                "--release",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("TCPSTATE_BPF_OBJECT", &obj),
+        "cargo clippy",
+    )?;
+    let bin = build_user(true)?;
+    eprintln!("xtask: running unit and kernel tests");
+    status(
+        host_cargo()
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tcpstate-ebpf",
+            ])
+            .env("TCPSTATE_BPF_OBJECT", &obj)
+            .env("TCPSTATE_BIN", &bin),
+        "cargo test",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

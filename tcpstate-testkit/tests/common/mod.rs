@@ -1,0 +1,186 @@
+//! Helpers for the privileged integration tests: run the real `tcpstate` (path from
+//! `TCPSTATE_BIN`, set by `cargo xtask test`) and real `tcpkit` workload processes.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub const TCPKIT: &str = env!("CARGO_BIN_EXE_tcpkit");
+
+/// The tcpstate binary under test. Not set means the tests were not started by
+/// `cargo xtask test`: fail loudly rather than skip.
+pub fn tcpstate_bin() -> String {
+    std::env::var("TCPSTATE_BIN")
+        .expect("TCPSTATE_BIN is not set: run the kernel tests with `cargo xtask test`")
+}
+
+/// A port that was free a moment ago, on the given loopback address.
+pub fn free_port(ip: &str) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("bind a free port");
+    l.local_addr().unwrap().port()
+}
+
+pub struct Tracer {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stdout: Option<ChildStdout>,
+}
+
+impl Tracer {
+    /// Starts `tcpstate ARGS` and waits until its probe is attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tcpstate_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpstate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer {
+            stdout: child.stdout.take(),
+            child,
+            stderr_lines: rx,
+        };
+        let mut seen = Vec::new();
+        loop {
+            match t.stderr_lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("probe attached") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = t.child.kill();
+                    panic!("tcpstate did not attach; stderr: {seen:?}");
+                }
+            }
+        }
+        t
+    }
+
+    pub fn stdout(&mut self) -> ChildStdout {
+        self.stdout.take().expect("stdout taken once")
+    }
+
+    /// SIGINT, then everything it printed: (stdout, stderr, status).
+    pub fn stop(&mut self) -> (String, Vec<String>, ExitStatus) {
+        // Let the 100 ms drain timer pass so nothing is in flight.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        if let Some(mut s) = self.stdout.take() {
+            s.read_to_string(&mut out).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        let err: Vec<String> = self.stderr_lines.try_iter().collect();
+        (out, err, status)
+    }
+}
+
+impl Drop for Tracer {
+    /// A failed assertion must not leave a tracer running after the test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses JSON lines; every line must be valid JSON.
+pub fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn summary(lines: &[Value]) -> &Value {
+    let s = lines.last().expect("some output");
+    assert_eq!(s["type"], "summary", "last line is the summary");
+    s
+}
+
+pub fn transitions(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "transition").collect()
+}
+
+/// A tcpkit process.
+pub struct Kit {
+    pub child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Drop for Kit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kit {
+    pub fn spawn(args: &[&str]) -> Kit {
+        let mut child = Command::new(TCPKIT)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tcpkit");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Kit { child, out }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    }
+
+    /// Closes its stdin (which ends `hold` modes) and waits for success.
+    pub fn finish(&mut self) {
+        drop(self.child.stdin.take());
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "tcpkit failed: {st}");
+    }
+
+    pub fn write_stdin(&mut self, b: &[u8]) {
+        self.child.stdin.as_mut().unwrap().write_all(b).unwrap();
+    }
+}
+
+/// Runs server and client processes for `conns` connections in `mode`.
+/// Returns (server pid, client pid).
+pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
+    let addr: SocketAddr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .unwrap();
+    let addr = addr.to_string();
+    let n = conns.to_string();
+    let mut server = Kit::spawn(&["server", "--addr", &addr, "--conns", &n, "--mode", mode]);
+    assert!(server.line().starts_with("ready"));
+    let mut client = Kit::spawn(&["client", "--addr", &addr, "--conns", &n, "--mode", mode]);
+    assert!(client.line().starts_with("done"));
+    let (sp, cp) = (server.pid(), client.pid());
+    client.finish();
+    server.finish();
+    (sp, cp)
+}

@@ -1,0 +1,395 @@
+//! `tcpstate trace` against the real kernel: real loopback connections between real
+//! processes, exact transition sequences and owners. Needs root; run by `cargo xtask test`.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+type Seq = Vec<(String, String)>;
+
+/// Transitions grouped per socket, in order of arrival.
+fn per_socket(ts: &[&Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in ts {
+        m.entry(t["sock"].as_str().unwrap().to_string())
+            .or_default()
+            .push((*t).clone());
+    }
+    m
+}
+
+fn seq(evs: &[Value]) -> Seq {
+    evs.iter()
+        .map(|e| {
+            (
+                e["old"].as_str().unwrap().to_string(),
+                e["new"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn s(pairs: &[(&str, &str)]) -> Seq {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Owner of each transition: `Some(pid)` or `None` (null).
+fn owners(evs: &[Value]) -> Vec<Option<u64>> {
+    evs.iter().map(|e| e["pid"].as_u64()).collect()
+}
+
+struct Expect {
+    client: Seq,
+    server: Seq,
+}
+
+const CLIENT_CLOSE: &[(&str, &str)] = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    ("FIN_WAIT2", "CLOSE"),
+];
+const PASSIVE_CLOSE: &[(&str, &str)] = &[
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+];
+
+fn expect(mode: &str) -> Expect {
+    let client_open = s(&[("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED")]);
+    let server_open = s(&[("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")]);
+    let active = s(&CLIENT_CLOSE[2..]);
+    let passive = s(PASSIVE_CLOSE);
+    let reset = s(&[("ESTABLISHED", "CLOSE")]);
+    let join = |a: &Seq, b: &Seq| a.iter().chain(b).cloned().collect::<Seq>();
+    match mode {
+        "client-close" => Expect {
+            client: join(&client_open, &active),
+            server: join(&server_open, &passive),
+        },
+        "server-close" => Expect {
+            client: join(&client_open, &passive),
+            server: join(&server_open, &active),
+        },
+        "reset" => Expect {
+            client: join(&client_open, &reset),
+            server: join(&server_open, &reset),
+        },
+        _ => unreachable!(),
+    }
+}
+
+/// Runs `conns` connections in `mode` between two processes on `ip` under a tracer
+/// filtered to the port, and checks every transition and owner exactly.
+fn exact_pair(ip: &str, mode: &str, conns: usize) {
+    let port = free_port(ip);
+    let mut tracer = Tracer::start(&["trace", "--json", "--port", &port.to_string()]);
+    let (server, client) = run_pair(ip, port, conns as u32, mode);
+    let (out, err, status) = tracer.stop();
+    assert!(status.success(), "tcpstate failed: {status} {err:?}");
+    let lines = json_lines(&out);
+    let sum = summary(&lines);
+    assert_eq!(sum["lost"], 0, "{sum}");
+    let ts = transitions(&lines);
+    let e = expect(mode);
+    let per_conn = e.client.len() + e.server.len();
+    assert_eq!(
+        ts.len(),
+        per_conn * conns + 2,
+        "exactly {per_conn} transitions per connection plus the listener's two:\n{out}"
+    );
+    let (server, client) = (u64::from(server), u64::from(client));
+    let fam = if ip.contains(':') { 6 } else { 4 };
+    let (mut n_client, mut n_server, mut n_listener) = (0, 0, 0);
+    for (sock, evs) in per_socket(&ts) {
+        let sq = seq(&evs);
+        let own = owners(&evs);
+        for ev in &evs {
+            assert_eq!(ev["family"], fam);
+            assert_eq!(ev["saddr"], ip);
+            // connect() picks the local port after CLOSE->SYN_SENT (tcp_v4_connect).
+            if ev["new"] != "SYN_SENT" {
+                assert_ne!(ev["sport"], 0, "{ev}");
+            }
+        }
+        if sq == s(&[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]) {
+            n_listener += 1;
+            assert_eq!(own, vec![Some(server); 2], "listener {sock}");
+        } else if sq[0].0 == "CLOSE" {
+            n_client += 1;
+            assert_eq!(sq, e.client, "client socket {sock}");
+            // Learned at connect(), carried through softirq transitions, including
+            // those that ran in the server's context on loopback.
+            assert_eq!(
+                own,
+                vec![Some(client); sq.len()],
+                "client socket {sock}: {evs:?}"
+            );
+            for ev in &evs {
+                assert_eq!(ev["comm"], "tcpkit");
+                assert_eq!(ev["daddr"], ip);
+                assert_eq!(ev["dport"], port);
+            }
+        } else {
+            n_server += 1;
+            assert_eq!(sq, e.server, "server socket {sock}");
+            // Unknown until accept(), then the server, never the client whose
+            // segments drove the softirq transitions.
+            let mut want = vec![None, None];
+            want.extend(vec![Some(server); sq.len() - 2]);
+            assert_eq!(own, want, "server socket {sock}: {evs:?}");
+        }
+        // Durations: unknown for a socket's first transition, measured afterwards.
+        assert!(evs[0]["prev_ms"].is_null(), "{sock}");
+        for ev in &evs[1..] {
+            assert!(ev["prev_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{ev}");
+        }
+    }
+    assert_eq!((n_client, n_server, n_listener), (conns, conns, 1));
+}
+
+#[test]
+fn client_closes_first_ipv4() {
+    exact_pair("127.0.0.1", "client-close", 5);
+}
+
+#[test]
+fn client_closes_first_ipv6() {
+    exact_pair("::1", "client-close", 5);
+}
+
+#[test]
+fn server_closes_first_ipv4() {
+    exact_pair("127.0.0.1", "server-close", 5);
+}
+
+#[test]
+fn server_closes_first_ipv6() {
+    exact_pair("::1", "server-close", 5);
+}
+
+#[test]
+fn reset_ipv4() {
+    exact_pair("127.0.0.1", "reset", 5);
+}
+
+#[test]
+fn reset_ipv6() {
+    exact_pair("::1", "reset", 5);
+}
+
+/// Under connection churn every transition arrives exactly once and the kernel skips
+/// no run of the probe (the BTF tracepoint's recursion_misses stay at zero).
+#[test]
+fn churn_is_exact_and_nothing_is_lost() {
+    const N: usize = 4000;
+    let port = free_port("127.0.0.1");
+    let mut tracer = Tracer::start(&["--json", "--port", &port.to_string()]);
+    let out = Command::new(TCPKIT)
+        .args(["churn", "--addr", &format!("127.0.0.1:{port}"), "--conns"])
+        .arg(N.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (out, err, status) = tracer.stop();
+    assert!(status.success(), "{err:?}");
+    let lines = json_lines(&out);
+    let sum = summary(&lines);
+    assert_eq!(sum["lost"], 0, "{sum}");
+    assert_eq!(sum["lost_ringbuf"], 0, "{sum}");
+    assert_eq!(sum["lost_skipped"], 0, "{sum}");
+    assert_eq!(sum["untracked"], 0, "{sum}");
+    let ts = transitions(&lines);
+    assert_eq!(ts.len(), 10 * N + 2);
+    let socks = per_socket(&ts);
+    assert_eq!(socks.len(), 2 * N + 1);
+    let mut counts: BTreeMap<Seq, usize> = BTreeMap::new();
+    for evs in socks.values() {
+        *counts.entry(seq(evs)).or_default() += 1;
+    }
+    let e = expect("client-close");
+    assert_eq!(counts.get(&e.client), Some(&N), "{counts:?}");
+    assert_eq!(counts.get(&e.server), Some(&N), "{counts:?}");
+}
+
+#[test]
+fn filters_state_family_and_pid() {
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Kit::spawn(&[
+        "server",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--mode",
+        "client-close",
+    ]);
+    assert!(server.line().starts_with("ready"));
+    let server_pid = server.pid();
+    let sp = server_pid.to_string();
+    let mut by_state = Tracer::start(&["trace", "--json", "--port", &p, "--state", "close_wait"]);
+    let mut by_pid = Tracer::start(&["trace", "--json", "--port", &p, "--pid", &sp]);
+    let mut v6_only = Tracer::start(&["trace", "--json", "--port", &p, "-6"]);
+    let mut client = Kit::spawn(&[
+        "client",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--mode",
+        "client-close",
+    ]);
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+
+    let lines = json_lines(&by_state.stop().0);
+    let ts = transitions(&lines);
+    assert_eq!(ts.len(), 6, "into and out of CLOSE_WAIT, 3 times");
+    assert!(ts
+        .iter()
+        .all(|t| t["old"] == "CLOSE_WAIT" || t["new"] == "CLOSE_WAIT"));
+
+    let lines = json_lines(&by_pid.stop().0);
+    let ts = transitions(&lines);
+    // The server's sockets once owned: the listener's close (it listened before the
+    // tracer started) + 3 per accepted socket.
+    assert_eq!(ts.len(), 1 + 3 * 3, "{ts:?}");
+    assert!(ts.iter().all(|t| t["pid"] == server_pid));
+
+    let lines = json_lines(&v6_only.stop().0);
+    assert_eq!(transitions(&lines).len(), 0);
+    assert_eq!(summary(&lines)["lost"], 0);
+}
+
+/// A process name with escape bytes reaches neither the terminal raw nor breaks JSON.
+#[test]
+fn hostile_process_names_are_escaped() {
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let mut table = Tracer::start(&["trace", "--port", &p]);
+    let mut json = Tracer::start(&["trace", "--json", "--port", &p]);
+    let mut server = Kit::spawn(&["server", "--addr", &addr, "--mode", "client-close"]);
+    assert!(server.line().starts_with("ready"));
+    let mut client = Kit::spawn(&[
+        "--comm",
+        "ev\u{1b}[2Jil\u{7}",
+        "client",
+        "--addr",
+        &addr,
+        "--mode",
+        "client-close",
+    ]);
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+
+    let (out, _, st) = table.stop();
+    assert!(st.success());
+    assert!(out.starts_with("TIME "), "{out}");
+    assert!(!out.bytes().any(|b| b == 0x1b || b == 0x07), "{out:?}");
+    assert!(out.contains("ev\\x1b[2Jil\\x07"), "{out}");
+
+    let lines = json_lines(&json.stop().0);
+    let names: Vec<&Value> = transitions(&lines)
+        .into_iter()
+        .filter(|t| t["sport"] != port && t["pid"].is_u64())
+        .map(|t| &t["comm"])
+        .collect();
+    assert_eq!(names.len(), 5);
+    assert!(names.iter().all(|n| *n == "ev\\x1b[2Jil\\x07"), "{names:?}");
+}
+
+#[test]
+fn duration_and_sigterm_end_with_a_summary() {
+    let start = Instant::now();
+    let out = Command::new(tcpstate_bin())
+        .args(["trace", "--json", "--duration", "700ms", "--port", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let lines = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(lines.len(), 1);
+    assert_eq!(summary(&lines)["lost"], 0);
+
+    // Table mode: the summary goes to stderr, also on SIGTERM.
+    let mut child = Command::new(tcpstate_bin())
+        .args(["--port", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("probe attached") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpstate exited early"
+        );
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(rest.contains("events") && rest.contains("0 lost"), "{rest}");
+}
+
+#[test]
+fn bad_values_exit_2_with_one_line() {
+    for args in [
+        &["--port", "0"][..],
+        &["--port", "70000"],
+        &["trace", "--duration", "abc"],
+        &["trace", "--duration", "0"],
+        &["trace", "--state", "SLEEPING"],
+        &["--bogus"],
+        &["-4", "-6"],
+    ] {
+        let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn without_privileges_says_which() {
+    let out = Command::new(tcpstate_bin())
+        .args(["--json", "--duration", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    assert!(out.stdout.is_empty());
+}
