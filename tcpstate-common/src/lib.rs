@@ -16,6 +16,7 @@ pub mod names {
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
     pub const PROG_ACCEPT_EXIT: &str = "sys_exit_accept";
+    pub const PROG_TASK_SOCKETS: &str = "task_sockets";
     pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
 }
 
@@ -90,6 +91,22 @@ pub struct SockState {
     pub comm: [u8; 16],
 }
 
+/// One open file descriptor that refers to a TCP socket, written by the `task_file`
+/// iterator: which process holds which socket (by cookie) under which fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdRecord {
+    pub cookie: u64,
+    /// Process (tgid) holding the fd.
+    pub pid: u32,
+    pub fd: u32,
+    /// The process's name (thread-group leader's comm).
+    pub comm: [u8; 16],
+    /// The socket's state (`skc_state`).
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Kernel structure offsets (from vmlinux BTF) and settings, set as a read-only global
 /// before load so the probe needs neither CO-RE nor kernel headers.
 #[repr(C)]
@@ -115,6 +132,10 @@ pub struct Config {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    pub task_tgid: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    pub _pad: u32,
     /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
     /// drains on a timer, so wake-ups are batched rather than one per event.
     pub wakeup_bytes: u64,
@@ -157,7 +178,8 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<FdRecord>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -165,6 +187,7 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FdRecord {}
 }
 
 #[cfg(test)]

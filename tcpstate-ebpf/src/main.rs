@@ -18,14 +18,14 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_seq_write,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpstate_common::{
-    counter, owner_is_current, state, Config, Event, SockState, AF_INET, AF_INET6,
+    counter, owner_is_current, state, Config, Event, FdRecord, SockState, AF_INET, AF_INET6,
     EV_OWNER_CURRENT, EV_UNTRACKED, IPPROTO_TCP, PREV_UNKNOWN,
 };
 
@@ -50,6 +50,10 @@ static CONFIG: Config = Config {
     fdt_fd: 0,
     file_private_data: 0,
     socket_sk: 0,
+    task_tgid: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    _pad: 0,
     wakeup_bytes: 0,
 };
 
@@ -364,6 +368,76 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// `iter/task_file`: called by the kernel for every open file of every process (one
+/// call per fd table, not per thread; `task_file_seq_get_next`). Writes an
+/// [`FdRecord`] for each fd that refers to a TCP socket, so userspace learns every
+/// socket's holders (inherited over fork, passed over unix sockets, or predating the
+/// tool) in one read, without a /proc walk.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn task_sockets(ctx: *mut c_void) -> i32 {
+    // struct bpf_iter__task_file { meta; task; u32 fd; file; }, read directly: the
+    // verifier types these loads, and bpf_seq_write needs the typed seq pointer.
+    let ctx = ctx as *const u64;
+    let task = unsafe { core::ptr::read_volatile(ctx.add(1)) } as *const u8;
+    let file = unsafe { core::ptr::read_volatile(ctx.add(3)) } as *const u8;
+    if task.is_null() || file.is_null() {
+        return 0;
+    }
+    let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
+    let Some(rec) = socket_fd(task, file, fd) else {
+        return 0;
+    };
+    let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
+    let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
+    unsafe {
+        bpf_seq_write(
+            seq.cast(),
+            (&rec as *const FdRecord).cast(),
+            core::mem::size_of::<FdRecord>() as u32,
+        )
+    };
+    0
+}
+
+#[inline(always)]
+fn socket_fd(task: *const u8, file: *const u8, fd: u32) -> Option<FdRecord> {
+    let c = cfg();
+    unsafe {
+        let inode: *const u8 = read(file, c.file_inode).ok()?;
+        let mode: u16 = read(inode, c.inode_mode).ok()?;
+        if mode & S_IFMT != S_IFSOCK {
+            return None;
+        }
+        let sock: *const u8 = read(file, c.file_private_data).ok()?;
+        let sk: *const u8 = read(sock, c.socket_sk).ok()?;
+        if sk.is_null() {
+            return None;
+        }
+        let protocol: u16 = read(sk, c.sk_protocol).ok()?;
+        let family: u16 = read(sk, c.sk_family).ok()?;
+        if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+            return None;
+        }
+        let cookie: u64 = read(sk, c.sk_cookie).ok()?;
+        let pid: u32 = read(task, c.task_tgid).ok()?;
+        let leader: *const u8 = read(task, c.task_group_leader).ok()?;
+        let comm: [u8; 16] = read(leader, c.task_comm).ok()?;
+        let state: u8 = read(sk, c.sk_state).ok()?;
+        Some(FdRecord {
+            cookie,
+            pid,
+            fd,
+            comm,
+            state,
+            _pad: [0; 7],
+        })
+    }
 }
 
 #[cfg(not(test))]

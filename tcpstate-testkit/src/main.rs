@@ -33,23 +33,29 @@ enum Mode {
     /// Whoever is told to hold never closes (leaves the peer's socket in CLOSE_WAIT or
     /// its own in CLOSE_WAIT after the peer closed).
     Hold,
+    /// Client only: shutdown(SHUT_WR) and keep the fd, so the server's socket goes to
+    /// CLOSE_WAIT without the client's becoming an orphan (the kernel resets orphans
+    /// beyond tcp_max_orphans).
+    HalfClose,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Listen on ADDR, print `ready PORT`, serve CONNS connections one by one.
+    /// Listen on each ADDR, print `ready PORT...`, serve CONNS connections in all,
+    /// spread evenly over the listeners. `hold` prints `held N fds F,F,...`.
     Server {
-        #[arg(long)]
-        addr: SocketAddr,
+        #[arg(long, required = true, num_args = 1..)]
+        addr: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         conns: u32,
         #[arg(long, value_enum)]
         mode: Mode,
     },
-    /// Make CONNS connections to ADDR one by one.
+    /// Make CONNS connections one by one, rotating over the ADDRs. `hold` prints
+    /// `done N fds F,F,...`.
     Client {
-        #[arg(long)]
-        addr: SocketAddr,
+        #[arg(long, required = true, num_args = 1..)]
+        addr: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         conns: u32,
         #[arg(long, value_enum)]
@@ -114,7 +120,7 @@ fn serve(mut s: TcpStream, mode: Mode) -> Option<TcpStream> {
             None
         }
         Mode::ServerClose => None,
-        Mode::Hold => Some(s),
+        Mode::Hold | Mode::HalfClose => Some(s),
     }
 }
 
@@ -137,6 +143,33 @@ fn client(addr: SocketAddr, mode: Mode) -> Result<Option<TcpStream>> {
             drain_to_eof(&mut s);
             Ok(Some(s))
         }
+        Mode::HalfClose => {
+            s.shutdown(std::net::Shutdown::Write)?;
+            Ok(Some(s))
+        }
+    }
+}
+
+fn fd_list(s: &[TcpStream]) -> String {
+    s.iter()
+        .map(|s| s.as_raw_fd().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Holding 100k sockets needs more than the default 1024 fds: raise the soft limit to
+/// the hard one.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
     }
 }
 
@@ -153,29 +186,52 @@ fn main() -> Result<()> {
     let mut out = std::io::stdout();
     match cli.cmd {
         Cmd::Server { addr, conns, mode } => {
-            let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
-            writeln!(out, "ready {}", l.local_addr()?.port())?;
+            raise_nofile();
+            let listeners: Vec<TcpListener> = addr
+                .iter()
+                .map(|a| TcpListener::bind(a).with_context(|| format!("bind {a}")))
+                .collect::<Result<_>>()?;
+            let ports: Vec<String> = listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.port().to_string()))
+                .collect::<std::io::Result<_>>()?;
+            writeln!(out, "ready {}", ports.join(" "))?;
             out.flush()?;
+            let n = listeners.len() as u32;
+            let threads: Vec<_> = listeners
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let share = conns / n + u32::from((i as u32) < conns % n);
+                    std::thread::spawn(move || -> std::io::Result<Vec<TcpStream>> {
+                        let mut held = Vec::new();
+                        for _ in 0..share {
+                            let (s, _) = l.accept()?;
+                            held.extend(serve(s, mode));
+                        }
+                        Ok(held)
+                    })
+                })
+                .collect();
             let mut held = Vec::new();
-            for _ in 0..conns {
-                let (s, _) = l.accept()?;
-                held.extend(serve(s, mode));
+            for t in threads {
+                held.extend(t.join().expect("server thread")?);
             }
-            drop(l);
-            if mode == Mode::Hold {
-                writeln!(out, "held {}", held.len())?;
+            if matches!(mode, Mode::Hold | Mode::HalfClose) {
+                writeln!(out, "held {} fds {}", held.len(), fd_list(&held))?;
                 out.flush()?;
                 wait_for_stdin_eof();
             }
         }
         Cmd::Client { addr, conns, mode } => {
+            raise_nofile();
             let mut held = Vec::new();
-            for _ in 0..conns {
-                held.extend(client(addr, mode)?);
+            for i in 0..conns {
+                held.extend(client(addr[i as usize % addr.len()], mode)?);
             }
-            writeln!(out, "done {conns}")?;
+            writeln!(out, "done {conns} fds {}", fd_list(&held))?;
             out.flush()?;
-            if mode == Mode::Hold {
+            if matches!(mode, Mode::Hold | Mode::HalfClose) {
                 wait_for_stdin_eof();
             }
         }

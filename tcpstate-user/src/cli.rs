@@ -22,6 +22,38 @@ pub struct Cli {
 pub enum Command {
     /// Print every TCP state transition, one line each, until Ctrl-C (the default).
     Trace(TraceArgs),
+    /// Sockets stuck in a state (CLOSE_WAIT by default), grouped by the process that
+    /// holds them, with fd, age and growth; refreshed every --interval.
+    Linger(LingerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LingerArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// State to report (repeatable; default CLOSE_WAIT). FIN_WAIT2, SYN_RECV,
+    /// LAST_ACK... work too; TIME_WAIT is `tcpstate hist`'s.
+    #[arg(long = "state", value_name = "S", value_parser = parse_linger_state)]
+    pub states: Vec<TcpState>,
+    /// Only sockets in the state for at least D.
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub min_age: Duration,
+    /// Report every D.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub interval: Duration,
+    /// Run for D, then print one final report.
+    #[arg(long, value_name = "D", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+    /// List every socket (the table shows the 3 oldest per process).
+    #[arg(long)]
+    pub all: bool,
+    /// JSON lines: a `linger_report` per state, then a `linger` object per process.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 when the final report lists any socket (for CI and health
+    /// checks).
+    #[arg(long)]
+    pub fail_if_any: bool,
 }
 
 /// Filters shared by every command. All filters combine with AND; repeated ones with OR.
@@ -108,6 +140,12 @@ pub fn parse_state(s: &str) -> Result<TcpState, String> {
     s.parse()
 }
 
+pub fn parse_linger_state(s: &str) -> Result<TcpState, String> {
+    let st = parse_state(s)?;
+    crate::linger::check_states(&[st])?;
+    Ok(st)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,9 +189,24 @@ mod tests {
             &["tcpstate", "trace", "--state", "NOPE"],
             &["tcpstate", "--bogus"],
             &["tcpstate", "-4", "-6"],
+            &["tcpstate", "linger", "--min-age", "-1"],
+            &["tcpstate", "linger", "--interval", "0"],
+            &["tcpstate", "linger", "--state", "BOGUS"],
+            &["tcpstate", "linger", "--state", "TIME_WAIT"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn linger_defaults() {
+        let cli = Cli::try_parse_from(["tcpstate", "linger"]).unwrap();
+        let Some(Command::Linger(l)) = cli.command else {
+            panic!("not linger")
+        };
+        assert_eq!(l.min_age, Duration::from_secs(5));
+        assert_eq!(l.interval, Duration::from_secs(2));
+        assert!(l.states.is_empty() && l.duration.is_none() && !l.fail_if_any);
     }
 
     #[test]

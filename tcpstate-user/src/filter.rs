@@ -6,6 +6,7 @@ use tcpstate_common::Event;
 use crate::{
     cli::FilterArgs,
     events::{display_family, TcpState},
+    sockets::Lingering,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,19 @@ impl Filter {
             && (self.states.is_empty()
                 || self.states.contains(&ev.oldstate)
                 || self.states.contains(&ev.newstate))
+    }
+}
+
+impl Filter {
+    /// The same filters for a tracked socket, whose owner is the fd holder's pid.
+    pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
+        let any =
+            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
+        self.family.is_none_or(|f| l.family == f)
+            && any(&self.ports, &|p| l.sport == p || l.dport == p)
+            && any(&self.lports, &|p| l.sport == p)
+            && any(&self.rports, &|p| l.dport == p)
+            && (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
     }
 }
 

@@ -12,10 +12,10 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tcpstate_common::{counter, names};
+use tcpstate_common::{counter, names, FdRecord, SockState};
 
 use crate::{offsets, tracefs};
 
@@ -172,6 +172,14 @@ impl Probe {
                 .map_err(prog_err(format!("attaching syscalls/{name}")))?;
         }
 
+        let iter: &mut Iter = ebpf
+            .program_mut(names::PROG_TASK_SOCKETS)
+            .ok_or(LoadError::Missing(names::PROG_TASK_SOCKETS))?
+            .try_into()
+            .map_err(prog_err("iter/task_file"))?;
+        iter.load("task_file", &btf)
+            .map_err(prog_err("loading iter/task_file"))?;
+
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)
                 .ok_or(LoadError::Missing(names::COUNTERS))?,
@@ -190,6 +198,52 @@ impl Probe {
             },
             events,
         ))
+    }
+
+    /// Every fd that refers to a TCP socket, in every process, from one pass of the
+    /// `task_file` iterator.
+    pub fn scan_fds(&mut self) -> io::Result<Vec<FdRecord>> {
+        let iter: &mut Iter = self
+            .ebpf
+            .program_mut(names::PROG_TASK_SOCKETS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| io::Error::other("iter/task_file not loaded"))?;
+        let id = iter.attach().map_err(io::Error::other)?;
+        let link = iter.take_link(id).map_err(io::Error::other)?;
+        let mut file = link.into_file().map_err(io::Error::other)?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut buf)?;
+        const N: usize = std::mem::size_of::<FdRecord>();
+        Ok(buf
+            .chunks_exact(N)
+            // SAFETY: FdRecord is plain old data; each chunk is one whole record.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
+            .collect())
+    }
+
+    /// Tells the probe the owners of sockets it has not seen yet (they predate it), so
+    /// their transitions name the right process. Entries the probe already made win.
+    pub fn seed_owners(&mut self, holders: &[FdRecord]) -> usize {
+        let Some(map) = self.ebpf.map_mut(names::SOCKS) else {
+            return 0;
+        };
+        let Ok(mut socks) = aya::maps::HashMap::<_, u64, SockState>::try_from(map) else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in holders.iter().filter(|h| h.cookie != 0) {
+            let st = SockState {
+                since_ns: 0,
+                pid: h.pid,
+                state: u32::from(h.state),
+                comm: h.comm,
+            };
+            // BPF_NOEXIST: the probe's own record is newer.
+            if socks.insert(h.cookie, st, 1).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn counters(&self) -> Counters {

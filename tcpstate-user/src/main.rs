@@ -8,9 +8,13 @@
 mod cli;
 mod events;
 mod filter;
+mod linger;
 mod loader;
 mod offsets;
 mod output;
+mod session;
+mod sockdiag;
+mod sockets;
 mod trace;
 mod tracefs;
 
@@ -22,10 +26,6 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Trace(t)) => t,
-        None => cli.trace,
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,8 +36,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(trace::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = rt.block_on(async {
+        match cli.command {
+            None => trace::run(cli.trace).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Trace(t)) => trace::run(t).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Linger(l)) => {
+                let fail_if_any = l.fail_if_any;
+                let nonempty = linger::run(l).await?;
+                Ok(if fail_if_any && nonempty {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
         // The reader went away (`| head`): nothing left to say, and nowhere to say it.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

@@ -40,6 +40,10 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         fdt_fd: o("fdtable", "fd")?,
         file_private_data: o("file", "private_data")?,
         socket_sk: o("socket", "sk")?,
+        task_tgid: o("task_struct", "tgid")?,
+        file_inode: o("file", "f_inode")?,
+        inode_mode: o("inode", "i_mode")?,
+        _pad: 0,
         wakeup_bytes: 0,
     })
 }

@@ -307,22 +307,27 @@ impl<W: Write> TraceWriter<W> {
     /// The summary: a JSON line on stdout in JSON mode, else a line on stderr.
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         if self.json {
-            serde_json::to_writer(
-                &mut self.out,
-                &SummaryJson {
-                    r#type: "summary",
-                    s,
-                },
-            )
-            .map_err(io::Error::other)?;
-            self.out.write_all(b"\n")?;
-            self.out.flush()
+            write_summary_json(&mut self.out, s)
         } else {
             self.out.flush()?;
             eprintln!("{}", summary_text(s));
             Ok(())
         }
     }
+}
+
+/// `{"type":"summary",...}` and a newline.
+pub fn write_summary_json<W: Write>(out: &mut W, s: &Summary) -> io::Result<()> {
+    serde_json::to_writer(
+        &mut *out,
+        &SummaryJson {
+            r#type: "summary",
+            s,
+        },
+    )
+    .map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 pub fn summary_text(s: &Summary) -> String {

@@ -75,6 +75,17 @@ impl Tracer {
         self.stdout.take().expect("stdout taken once")
     }
 
+    /// Waits for it to exit by itself (`--duration`), then everything it printed.
+    pub fn stop_after_exit(&mut self) -> (String, Vec<String>, ExitStatus) {
+        let mut out = String::new();
+        if let Some(mut s) = self.stdout.take() {
+            s.read_to_string(&mut out).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        let err: Vec<String> = self.stderr_lines.try_iter().collect();
+        (out, err, status)
+    }
+
     /// SIGINT, then everything it printed: (stdout, stderr, status).
     pub fn stop(&mut self) -> (String, Vec<String>, ExitStatus) {
         // Let the 100 ms drain timer pass so nothing is in flight.
