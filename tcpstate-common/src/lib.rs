@@ -12,6 +12,9 @@ pub mod names {
     pub const SOCKS: &str = "SOCKS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const RECENT: &str = "RECENT";
+    pub const HIST: &str = "HIST";
+    pub const GEN: &str = "GEN";
+    pub const TWS: &str = "TWS";
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
@@ -77,6 +80,11 @@ pub struct Event {
 pub const EV_OWNER_CURRENT: u32 = 1;
 /// The kernel's socket table was full: this socket is not tracked (no owner, no durations).
 pub const EV_UNTRACKED: u32 = 2;
+/// FIN_WAIT2->CLOSE or CLOSING->CLOSE: `tcp_time_wait()` may have handed the connection
+/// to a timewait socket (it can also be an orphan's end or a TIME_WAIT overflow).
+pub const EV_TW_CANDIDATE: u32 = 4;
+/// A new connection took the 4-tuple of the TIME_WAIT socket `cookie`, ending it.
+pub const EV_TW_REUSED: u32 = 8;
 
 /// What the kernel remembers per live socket (`SOCKS` map, keyed by cookie).
 #[repr(C)]
@@ -135,10 +143,114 @@ pub struct Config {
     pub task_tgid: u32,
     pub file_inode: u32,
     pub inode_mode: u32,
+    /// `FLAG_*`: what the probe does with each transition.
+    pub flags: u32,
+    /// `BY_*`: the histogram key.
+    pub hist_by: u32,
     pub _pad: u32,
+    /// Kernel-side filter (see [`Filter`]); applies to what is sent or aggregated.
+    pub filter: Filter,
     /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
     /// drains on a timer, so wake-ups are batched rather than one per event.
     pub wakeup_bytes: u64,
+}
+
+/// Send every transition to userspace (`trace`, `linger`).
+pub const FLAG_STREAM: u32 = 1;
+/// Aggregate time-in-state histograms in the kernel (`hist`).
+pub const FLAG_HIST: u32 = 2;
+/// Send only TIME_WAIT hand-overs and their reuse (`hist` with TIME_WAIT).
+pub const FLAG_TIMEWAIT: u32 = 4;
+
+pub const BY_NONE: u32 = 0;
+pub const BY_PROCESS: u32 = 1;
+pub const BY_RPORT: u32 = 2;
+pub const BY_RADDR: u32 = 3;
+
+/// Most values per filter list in the kernel.
+pub const FILTER_MAX: usize = 8;
+
+/// Filters the probe applies before sending or aggregating: every non-empty list must
+/// match (ports: local or remote; pids: the owner). `family` 0 = any, 4 or 6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub family: u32,
+    pub n_ports: u32,
+    pub n_lports: u32,
+    pub n_rports: u32,
+    pub n_pids: u32,
+    pub _pad: u32,
+    pub ports: [u16; FILTER_MAX],
+    pub lports: [u16; FILTER_MAX],
+    pub rports: [u16; FILTER_MAX],
+    pub pids: [u32; FILTER_MAX],
+}
+
+/// Histogram key: generation (userspace flips it to read an interval whole), the
+/// state the time was spent in, and the `--by` key (others zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub gen: u32,
+    pub state: u32,
+    pub pid: u32,
+    pub port: u32,
+    pub addr: [u8; 16],
+}
+
+/// Log-linear buckets over microseconds: values below 16 us get their own bucket,
+/// then 16 buckets per power of two, so a bucket is at most 1/16 of its lower bound
+/// wide. Up to 2^37 us (38 hours); larger values land in the last bucket.
+pub const HIST_SUB: u32 = 16;
+pub const HIST_BUCKETS: usize = 560;
+
+/// Bucket of a duration in microseconds.
+#[inline(always)]
+pub const fn hist_bucket(us: u64) -> usize {
+    if us < HIST_SUB as u64 {
+        return us as usize;
+    }
+    let msb = 63 - us.leading_zeros();
+    let sub = (us >> (msb - 4)) & (HIST_SUB as u64 - 1);
+    let idx = (msb as usize - 3) * HIST_SUB as usize + sub as usize;
+    if idx < HIST_BUCKETS {
+        idx
+    } else {
+        HIST_BUCKETS - 1
+    }
+}
+
+/// Lower bound (inclusive) in microseconds of a bucket.
+pub const fn hist_bucket_low(idx: usize) -> u64 {
+    if idx < HIST_SUB as usize {
+        return idx as u64;
+    }
+    let msb = idx / HIST_SUB as usize + 3;
+    let sub = (idx % HIST_SUB as usize) as u64;
+    (1u64 << msb) + (sub << (msb - 4))
+}
+
+/// Time-in-state histogram (per CPU in the kernel, summed by userspace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+/// A connection's 4-tuple, from its own side: the key of a TIME_WAIT candidate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TwKey {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -154,6 +266,8 @@ pub mod counter {
     pub const RECOVERED: u32 = 3;
     /// Transitions dropped because a kernel read failed (should never happen).
     pub const READ_FAILED: u32 = 4;
+    /// Samples not aggregated because the histogram map was full.
+    pub const HIST_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -178,7 +292,10 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<Config>() == 208);
+const _: () = assert!(core::mem::size_of::<Filter>() == 104);
+const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
+const _: () = assert!(core::mem::size_of::<TwKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FdRecord>() == 40);
 
 #[cfg(feature = "user")]
@@ -188,11 +305,30 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FdRecord {}
+    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::TwKey {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_log_linear_and_contiguous() {
+        for us in [0u64, 1, 15, 16, 17, 31, 32, 33, 1000, 60_000_000, 1 << 36] {
+            let i = hist_bucket(us);
+            assert!(hist_bucket_low(i) <= us, "{us}");
+            assert!(hist_bucket_low(i + 1) > us, "{us}");
+            // A bucket is at most 1/16 of its lower bound wide.
+            let (lo, hi) = (hist_bucket_low(i), hist_bucket_low(i + 1));
+            assert!(lo < 16 || (hi - lo) * 16 <= lo, "{us}: {lo}..{hi}");
+        }
+        for i in 0..HIST_BUCKETS - 1 {
+            assert_eq!(hist_bucket(hist_bucket_low(i)), i);
+        }
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
 
     #[test]
     fn owner_context_transitions() {

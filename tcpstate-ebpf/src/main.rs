@@ -21,12 +21,14 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_seq_write,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpstate_common::{
-    counter, owner_is_current, state, Config, Event, FdRecord, SockState, AF_INET, AF_INET6,
-    EV_OWNER_CURRENT, EV_UNTRACKED, IPPROTO_TCP, PREV_UNKNOWN,
+    counter, hist_bucket, owner_is_current, state, Config, Event, FdRecord, Filter, Hist, HistKey,
+    SockState, TwKey, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_OWNER_CURRENT,
+    EV_TW_CANDIDATE, EV_TW_REUSED, EV_UNTRACKED, FILTER_MAX, FLAG_HIST, FLAG_STREAM, FLAG_TIMEWAIT,
+    HIST_BUCKETS, IPPROTO_TCP, PREV_UNKNOWN,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`).
@@ -53,7 +55,21 @@ static CONFIG: Config = Config {
     task_tgid: 0,
     file_inode: 0,
     inode_mode: 0,
+    flags: 0,
+    hist_by: 0,
     _pad: 0,
+    filter: Filter {
+        family: 0,
+        n_ports: 0,
+        n_lports: 0,
+        n_rports: 0,
+        n_pids: 0,
+        _pad: 0,
+        ports: [0; FILTER_MAX],
+        lports: [0; FILTER_MAX],
+        rports: [0; FILTER_MAX],
+        pids: [0; FILTER_MAX],
+    },
     wakeup_bytes: 0,
 };
 
@@ -65,6 +81,25 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Not preallocated, so an idle host pays only for the sockets it has.
 #[map(name = "SOCKS")]
 static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+/// Time-in-state histograms (`hist`), per CPU so updates need no atomics. Allocated
+/// on demand: --by raddr can make many keys.
+#[map(name = "HIST")]
+static HIST: PerCpuHashMap<HistKey, Hist> =
+    PerCpuHashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// A zeroed histogram to insert new keys from (too big for the BPF stack).
+#[map(name = "HIST_ZERO")]
+static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// Current histogram generation, flipped by userspace at each --interval.
+#[map(name = "GEN")]
+static GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// TIME_WAIT candidates by 4-tuple, to see a new connection take one over. Userspace
+/// deletes entries whose timewait socket is gone; LRU bounds what it misses.
+#[map(name = "TWS")]
+static TWS: LruHashMap<TwKey, u64> = LruHashMap::with_max_entries(1 << 18, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -108,11 +143,13 @@ fn remembered(key: u64) -> bool {
     }
 }
 
+/// The configuration, read through memory: `black_box` keeps the compiler from folding
+/// the zero initialiser (userspace rewrites it before load), and from copying the whole
+/// struct onto the 512-byte BPF stack.
 #[inline(always)]
-fn cfg() -> Config {
-    // SAFETY: CONFIG is a read-only global; volatile keeps the compiler from folding
-    // the zero initialiser into the code.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+fn cfg() -> &'static Config {
+    // SAFETY: CONFIG is a valid, read-only static.
+    unsafe { &*core::hint::black_box(core::ptr::addr_of!(CONFIG)) }
 }
 
 #[inline(always)]
@@ -197,7 +234,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
 
     let learned = owner_is_current(old, new);
     let (cur_pid, cur_comm) = if learned {
-        current_owner(&c)
+        current_owner(c)
     } else {
         (0, [0; 16])
     };
@@ -263,6 +300,83 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let sport: u16 = unsafe { read::<u16>(sk, c.inet_sport)? };
     let dport: u16 = unsafe { read::<u16>(sk, c.sk_dport)? };
 
+    let sport = u16::from_be(sport);
+    let dport = u16::from_be(dport);
+    if !passes(&c.filter, family, &saddr, &daddr, sport, dport, pid) {
+        return Ok(());
+    }
+    if c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN {
+        add_sample(c, old, prev_ns, pid, dport, &daddr);
+    }
+    let mut send = c.flags & FLAG_STREAM != 0;
+    let tuple = TwKey {
+        family,
+        sport,
+        dport,
+        _pad: 0,
+        saddr,
+        daddr,
+    };
+    if c.flags & FLAG_TIMEWAIT != 0 {
+        if new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING) {
+            // tcp_time_wait() moves the connection to an inet_timewait_sock, which
+            // keeps the cookie (inet_twsk_alloc) and lives on unseen by this tracepoint.
+            flags |= EV_TW_CANDIDATE;
+            let _ = TWS.insert(&tuple, &cookie, 0);
+            send = true;
+        } else if (old == state::SYN_SENT && new == state::ESTABLISHED)
+            || (old == state::LISTEN && new == state::SYN_RECV)
+        {
+            // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
+            // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
+            if let Some(tw) = unsafe { TWS.get(&tuple) }.copied() {
+                let _ = TWS.remove(&tuple);
+                emit(
+                    c,
+                    &Event {
+                        ts_ns: now,
+                        prev_ns: PREV_UNKNOWN,
+                        cookie: tw,
+                        saddr,
+                        daddr,
+                        pid,
+                        sport,
+                        dport,
+                        family,
+                        oldstate: state::TIME_WAIT as u8,
+                        newstate: state::CLOSE as u8,
+                        flags: EV_TW_REUSED,
+                        comm,
+                    },
+                );
+            }
+        }
+    }
+    if send {
+        emit(
+            c,
+            &Event {
+                ts_ns: now,
+                prev_ns,
+                cookie,
+                saddr,
+                daddr,
+                pid,
+                sport,
+                dport,
+                family,
+                oldstate: old as u8,
+                newstate: new as u8,
+                flags,
+                comm,
+            },
+        );
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(c: &Config, ev: &Event) {
     // Wake the reader only when the backlog crosses the threshold; userspace drains on
     // a short timer otherwise, so a busy host costs one wake-up per batch, not per event.
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
@@ -272,27 +386,119 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Ok(());
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(wake.into());
+        }
+        None => count(counter::RINGBUF_FULL),
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+#[inline(always)]
+fn listed16(list: &[u16; FILTER_MAX], n: u32, v: u16) -> bool {
+    let mut i = 0;
+    while i < FILTER_MAX {
+        if (i as u32) < n && list[i] == v {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The user's filters, applied here so that filtered-out transitions cost no ring
+/// space and no wake-ups.
+#[inline(always)]
+fn passes(
+    f: &Filter,
+    family: u16,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+    pid: u32,
+) -> bool {
+    if f.family != 0 {
+        let v4 = family == AF_INET || (is_v4_mapped(saddr) && is_v4_mapped(daddr));
+        if (f.family == 4) != v4 {
+            return false;
+        }
+    }
+    if f.n_ports != 0
+        && !listed16(&f.ports, f.n_ports, sport)
+        && !listed16(&f.ports, f.n_ports, dport)
+    {
+        return false;
+    }
+    if f.n_lports != 0 && !listed16(&f.lports, f.n_lports, sport) {
+        return false;
+    }
+    if f.n_rports != 0 && !listed16(&f.rports, f.n_rports, dport) {
+        return false;
+    }
+    if f.n_pids != 0 {
+        let mut found = false;
+        let mut i = 0;
+        while i < FILTER_MAX {
+            if (i as u32) < f.n_pids && f.pids[i] == pid {
+                found = true;
+            }
+            i += 1;
+        }
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
+/// Adds the time spent in `old` to its histogram, under the current generation.
+#[inline(always)]
+fn add_sample(c: &Config, old: i32, prev_ns: u64, pid: u32, dport: u16, daddr: &[u8; 16]) {
+    let mut key = HistKey {
+        gen: GEN.get(0).copied().unwrap_or(0),
+        state: old as u32,
+        pid: 0,
+        port: 0,
+        addr: [0; 16],
     };
-    entry.write(Event {
-        ts_ns: now,
-        prev_ns,
-        cookie,
-        saddr,
-        daddr,
-        pid,
-        sport: u16::from_be(sport),
-        dport: u16::from_be(dport),
-        family,
-        oldstate: old as u8,
-        newstate: new as u8,
-        flags,
-        comm,
-    });
-    entry.submit(wake.into());
-    Ok(())
+    match c.hist_by {
+        BY_PROCESS => key.pid = pid,
+        BY_RPORT => key.port = u32::from(dport),
+        BY_RADDR => key.addr = *daddr,
+        _ => {}
+    }
+    let h = match HIST.get_ptr_mut(&key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = HIST_ZERO.get(0) else { return };
+            if HIST.insert(&key, zero, 0).is_err() {
+                count(counter::HIST_FULL);
+                return;
+            }
+            match HIST.get_ptr_mut(&key) {
+                Some(h) => h,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of a valid map value.
+    let h = unsafe { &mut *h };
+    h.count += 1;
+    h.sum_ns += prev_ns;
+    if prev_ns > h.max_ns {
+        h.max_ns = prev_ns;
+    }
+    let b = hist_bucket(prev_ns / 1000);
+    if b < HIST_BUCKETS {
+        h.buckets[b] += 1;
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
@@ -348,7 +554,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
         if cookie == 0 || sk_state as i32 == state::CLOSE {
             return Err(-1);
         }
-        let (pid, comm) = current_owner(&c);
+        let (pid, comm) = current_owner(c);
         match SOCKS.get_ptr_mut(&cookie) {
             Some(p) => {
                 (*p).pid = pid;

@@ -50,6 +50,30 @@ impl Filter {
 }
 
 impl Filter {
+    /// The part of these filters the probe can apply itself (lists of at most
+    /// `FILTER_MAX`; longer ones stay with userspace only). `--state` stays here.
+    pub fn kernel(&self) -> tcpstate_common::Filter {
+        use tcpstate_common::FILTER_MAX;
+        let mut k = tcpstate_common::Filter {
+            family: self.family.map_or(0, u32::from),
+            ..Default::default()
+        };
+        let fit16 = |src: &[u16], dst: &mut [u16; FILTER_MAX], n: &mut u32| {
+            if src.len() <= FILTER_MAX {
+                dst[..src.len()].copy_from_slice(src);
+                *n = src.len() as u32;
+            }
+        };
+        fit16(&self.ports, &mut k.ports, &mut k.n_ports);
+        fit16(&self.lports, &mut k.lports, &mut k.n_lports);
+        fit16(&self.rports, &mut k.rports, &mut k.n_rports);
+        if self.pids.len() <= FILTER_MAX {
+            k.pids[..self.pids.len()].copy_from_slice(&self.pids);
+            k.n_pids = self.pids.len() as u32;
+        }
+        k
+    }
+
     /// The same filters for a tracked socket, whose owner is the fd holder's pid.
     pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
         let any =
@@ -162,6 +186,27 @@ mod tests {
             },
             &[]
         ));
+    }
+
+    #[test]
+    fn kernel_part() {
+        let f = Filter::new(
+            &FilterArgs {
+                ipv6: true,
+                lports: vec![80, 443],
+                rports: (1..=9).collect(),
+                ..args()
+            },
+            &[],
+        );
+        let k = f.kernel();
+        assert_eq!(k.family, 6);
+        assert_eq!((k.n_lports, k.lports[1]), (2, 443));
+        assert_eq!(
+            k.n_rports, 0,
+            "too many for the probe: userspace filters them"
+        );
+        assert_eq!((k.n_ports, k.n_pids), (0, 0));
     }
 
     #[test]

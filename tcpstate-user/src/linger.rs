@@ -21,7 +21,7 @@ use crate::{
     cli::LingerArgs,
     events::TcpState,
     filter::Filter,
-    loader::Probe,
+    loader::{LoadOptions, Probe},
     output::{sanitize_comm, Clock},
     session::{monotonic_ns, Consumer, Session},
     sockdiag,
@@ -512,6 +512,7 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
                 .join(", "),
             fmt_min_age(args.min_age.as_nanos() as u64)
         ),
+        &LoadOptions::default(),
         false,
     )?;
     let mut linger = Linger {

@@ -55,6 +55,11 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Wake userspace once this many bytes wait (see `Config::wakeup_bytes`).
     pub wakeup_bytes: u64,
+    /// `FLAG_*` of tcpstate-common.
+    pub flags: u32,
+    /// `BY_*` of tcpstate-common.
+    pub hist_by: u32,
+    pub filter: tcpstate_common::Filter,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +67,9 @@ impl Default for LoadOptions {
         Self {
             ring_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
+            flags: tcpstate_common::FLAG_STREAM,
+            hist_by: tcpstate_common::BY_NONE,
+            filter: Default::default(),
         }
     }
 }
@@ -139,6 +147,9 @@ impl Probe {
 
         let mut config = offsets::kernel_config(&offsets::load_vmlinux()?)?;
         config.wakeup_bytes = opts.wakeup_bytes;
+        config.flags = opts.flags;
+        config.hist_by = opts.hist_by;
+        config.filter = opts.filter;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_bytes)

@@ -43,8 +43,7 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         task_tgid: o("task_struct", "tgid")?,
         file_inode: o("file", "f_inode")?,
         inode_mode: o("inode", "i_mode")?,
-        _pad: 0,
-        wakeup_bytes: 0,
+        ..Config::default()
     })
 }
 

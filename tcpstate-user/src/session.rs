@@ -68,11 +68,11 @@ impl Session {
     /// summary), loads and attaches the probe, then seeds owners of existing sockets.
     /// `seed_owners`: tell the probe who owns existing sockets (for commands that
     /// print the probe's owner; `linger` scans fds itself at each report).
-    pub fn start(what: &str, seed_owners: bool) -> anyhow::Result<Session> {
+    pub fn start(what: &str, opts: &LoadOptions, seed_owners: bool) -> anyhow::Result<Session> {
         let int = signal(SignalKind::interrupt())?;
         let term = signal(SignalKind::terminate())?;
         let started = Instant::now();
-        let (mut probe, ring) = Probe::load(&LoadOptions::default())?;
+        let (mut probe, ring) = Probe::load(opts)?;
         let attached_ns = monotonic_ns();
         if probe.mounted_tracefs {
             eprintln!("tcpstate: mounted tracefs at {}", crate::tracefs::TRACEFS);

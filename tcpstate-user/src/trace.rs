@@ -9,6 +9,7 @@ use crate::{
     cli::TraceArgs,
     events::TcpState,
     filter::Filter,
+    loader::LoadOptions,
     output::{Clock, Summary, TraceWriter},
     session::{Consumer, Session},
 };
@@ -39,9 +40,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
              (tcp_time_wait() hands over to a timewait socket); --state TIME_WAIT matches nothing here"
         );
     }
-    let mut session = Session::start("tracing TCP state transitions", true)?;
+    let filter = Filter::new(&args.filter, &args.states);
+    let opts = LoadOptions {
+        filter: filter.kernel(),
+        ..LoadOptions::default()
+    };
+    let mut session = Session::start("tracing TCP state transitions", &opts, true)?;
     let mut trace = Trace {
-        filter: Filter::new(&args.filter, &args.states),
+        filter,
         out: TraceWriter::new(
             BufWriter::with_capacity(64 << 10, io::stdout().lock()),
             args.json,
