@@ -13,6 +13,7 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const RECENT: &str = "RECENT";
     pub const HIST: &str = "HIST";
+    pub const HIST_SPILL: &str = "HIST_SPILL";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
     pub const CONFIG: &str = "CONFIG";
@@ -266,8 +267,8 @@ pub mod counter {
     pub const RECOVERED: u32 = 3;
     /// Transitions dropped because a kernel read failed (should never happen).
     pub const READ_FAILED: u32 = 4;
-    /// Samples not aggregated because the histogram map was full.
-    pub const HIST_FULL: u32 = 5;
+    /// Samples that went to the spill histogram (kept, but without their --by key).
+    pub const HIST_SPILLED: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

@@ -88,6 +88,13 @@ static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F
 static HIST: PerCpuHashMap<HistKey, Hist> =
     PerCpuHashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
+/// Where a sample goes when its HIST key cannot be inserted: the map is full, or the
+/// bucket is locked by the program this one interrupted (`htab_lock_bucket` returns
+/// -EBUSY when nested on a CPU). Indexed by (generation & 1) * 16 + state; array
+/// lookups take no lock. Userspace merges it, without the --by key.
+#[map(name = "HIST_SPILL")]
+static HIST_SPILL: PerCpuArray<Hist> = PerCpuArray::with_max_entries(32, 0);
+
 /// A zeroed histogram to insert new keys from (too big for the BPF stack).
 #[map(name = "HIST_ZERO")]
 static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
@@ -306,7 +313,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         return Ok(());
     }
     if c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN {
-        add_sample(c, old, prev_ns, pid, dport, &daddr);
+        add_sample(c, old, prev_ns, pid, family, dport, &daddr);
     }
     let mut send = c.flags & FLAG_STREAM != 0;
     let tuple = TwKey {
@@ -460,9 +467,18 @@ fn passes(
 
 /// Adds the time spent in `old` to its histogram, under the current generation.
 #[inline(always)]
-fn add_sample(c: &Config, old: i32, prev_ns: u64, pid: u32, dport: u16, daddr: &[u8; 16]) {
+fn add_sample(
+    c: &Config,
+    old: i32,
+    prev_ns: u64,
+    pid: u32,
+    family: u16,
+    dport: u16,
+    daddr: &[u8; 16],
+) {
+    let gen = GEN.get(0).copied().unwrap_or(0);
     let mut key = HistKey {
-        gen: GEN.get(0).copied().unwrap_or(0),
+        gen,
         state: old as u32,
         pid: 0,
         port: 0,
@@ -471,18 +487,29 @@ fn add_sample(c: &Config, old: i32, prev_ns: u64, pid: u32, dport: u16, daddr: &
     match c.hist_by {
         BY_PROCESS => key.pid = pid,
         BY_RPORT => key.port = u32::from(dport),
-        BY_RADDR => key.addr = *daddr,
+        BY_RADDR => {
+            key.addr = *daddr;
+            key.port = u32::from(family);
+        }
         _ => {}
     }
+    let spill = || {
+        count(counter::HIST_SPILLED);
+        HIST_SPILL.get_ptr_mut((gen & 1) * 16 + (old as u32 & 15))
+    };
     let h = match HIST.get_ptr_mut(&key) {
         Some(h) => h,
         None => {
-            let Some(zero) = HIST_ZERO.get(0) else { return };
-            if HIST.insert(&key, zero, 0).is_err() {
-                count(counter::HIST_FULL);
-                return;
-            }
-            match HIST.get_ptr_mut(&key) {
+            let inserted = match HIST_ZERO.get(0) {
+                Some(zero) => HIST.insert(&key, zero, 0).is_ok(),
+                None => false,
+            };
+            let found = if inserted {
+                HIST.get_ptr_mut(&key)
+            } else {
+                None
+            };
+            match found.or_else(spill) {
                 Some(h) => h,
                 None => return,
             }
@@ -495,7 +522,8 @@ fn add_sample(c: &Config, old: i32, prev_ns: u64, pid: u32, dport: u16, daddr: &
     if prev_ns > h.max_ns {
         h.max_ns = prev_ns;
     }
-    let b = hist_bucket(prev_ns / 1000);
+    // black_box: keep the bound check on the index itself, where the verifier sees it.
+    let b = core::hint::black_box(hist_bucket(prev_ns / 1000));
     if b < HIST_BUCKETS {
         h.buckets[b] += 1;
     }

@@ -25,6 +25,49 @@ pub enum Command {
     /// Sockets stuck in a state (CLOSE_WAIT by default), grouped by the process that
     /// holds them, with fd, age and growth; refreshed every --interval.
     Linger(LingerArgs),
+    /// Histograms of the time sockets spend in each state, TIME_WAIT included.
+    ///
+    /// Counts and max are exact: every state but TIME_WAIT is aggregated in the
+    /// kernel. Percentiles come from log-linear buckets (16 per power of two) and are
+    /// within 3.1% of the true value. TIME_WAIT starts when the closing socket hands
+    /// over to a timewait socket and ends when that goes: expiry is read from the
+    /// kernel's own timer, reuse is exact, a reset is placed within the 1 s sock_diag
+    /// poll. Sockets whose history began before tcpstate started are not counted.
+    Hist(HistArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// The owning process (for TIME_WAIT: the one that closed first).
+    Process,
+    /// The remote port.
+    Rport,
+    /// The remote address.
+    Raddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HistArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// State to report (repeatable; default: every state seen, and TIME_WAIT).
+    #[arg(long = "state", value_name = "S", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+    /// Print and reset every D (default: one report at exit).
+    #[arg(long, value_name = "D", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub interval: Option<Duration>,
+    /// Run for D, then report.
+    #[arg(long, value_name = "D", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+    /// One histogram per process, remote port or remote address.
+    #[arg(long, value_enum)]
+    pub by: Option<By>,
+    /// Unit of the distribution rows.
+    #[arg(long, value_enum, default_value = "us")]
+    pub unit: crate::histogram::Unit,
+    /// One JSON object per state (and key) per report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -193,6 +236,10 @@ mod tests {
             &["tcpstate", "linger", "--interval", "0"],
             &["tcpstate", "linger", "--state", "BOGUS"],
             &["tcpstate", "linger", "--state", "TIME_WAIT"],
+            &["tcpstate", "hist", "--state", "NOPE"],
+            &["tcpstate", "hist", "--interval", "0"],
+            &["tcpstate", "hist", "--unit", "parsecs"],
+            &["tcpstate", "hist", "--by", "color"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

@@ -118,7 +118,8 @@ pub fn addrs(ev: &Event) -> (IpAddr, IpAddr) {
     (addr(ev.family, &ev.saddr), addr(ev.family, &ev.daddr))
 }
 
-fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
+/// An address from the probe; IPv4-mapped IPv6 becomes IPv4.
+pub fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
     match family {
         AF_INET => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
         AF_INET6 => {

@@ -74,6 +74,16 @@ impl Filter {
         k
     }
 
+    /// Family and port filters only (for sockets with no owner, e.g. TIME_WAIT).
+    pub fn matches_endpoints(&self, family: u8, sport: u16, dport: u16) -> bool {
+        let any =
+            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
+        self.family.is_none_or(|f| family == f)
+            && any(&self.ports, &|p| sport == p || dport == p)
+            && any(&self.lports, &|p| sport == p)
+            && any(&self.rports, &|p| dport == p)
+    }
+
     /// The same filters for a tracked socket, whose owner is the fd holder's pid.
     pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
         let any =

@@ -15,7 +15,7 @@ use aya::{
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tcpstate_common::{counter, names, FdRecord, SockState};
+use tcpstate_common::{counter, names, FdRecord, Hist, HistKey, SockState, TwKey};
 
 use crate::{offsets, tracefs};
 
@@ -93,6 +93,8 @@ pub struct Counters {
     pub set_state_recovered: u64,
     /// Transitions dropped because a kernel read failed.
     pub read_failed: u64,
+    /// Histogram samples kept without their --by key (see HIST_SPILL).
+    pub hist_spilled: u64,
     /// `recursion_misses` of the accept probes.
     pub accept_skipped: u64,
 }
@@ -257,6 +259,94 @@ impl Probe {
         n
     }
 
+    /// Reads and removes the histograms of every generation but a new one, which the
+    /// probe switches to first: an interval is read whole while the next one fills.
+    pub fn take_hists(&mut self) -> io::Result<Vec<(HistKey, crate::histogram::Histogram)>> {
+        let gen_map = self
+            .ebpf
+            .map_mut(names::GEN)
+            .ok_or_else(|| io::Error::other("no GEN map"))?;
+        let mut gens = aya::maps::Array::<_, u32>::try_from(gen_map).map_err(io::Error::other)?;
+        let next = gens.get(&0, 0).map_err(io::Error::other)?.wrapping_add(1);
+        gens.set(0, next, 0).map_err(io::Error::other)?;
+        // Let transitions already past their GEN read finish (they take microseconds).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let map = self
+            .ebpf
+            .map_mut(names::HIST)
+            .ok_or_else(|| io::Error::other("no HIST map"))?;
+        let mut hists = aya::maps::PerCpuHashMap::<_, HistKey, Hist>::try_from(map)
+            .map_err(io::Error::other)?;
+        let keys: Vec<HistKey> = hists
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.gen != next)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Ok(per_cpu) = hists.get(&k, 0) else {
+                continue;
+            };
+            let mut h = crate::histogram::Histogram::default();
+            for v in per_cpu.iter() {
+                h.add(v);
+            }
+            let _ = hists.remove(&k);
+            out.push((k, h));
+        }
+        // The spill slots of the generation just closed, keyed with no --by key.
+        let old = next.wrapping_sub(1) & 1;
+        let map = self
+            .ebpf
+            .map_mut(names::HIST_SPILL)
+            .ok_or_else(|| io::Error::other("no HIST_SPILL map"))?;
+        let mut spill =
+            aya::maps::PerCpuArray::<_, Hist>::try_from(map).map_err(io::Error::other)?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for state in 0..16u32 {
+            let idx = old * 16 + state;
+            let Ok(per_cpu) = spill.get(&idx, 0) else {
+                continue;
+            };
+            let mut h = crate::histogram::Histogram::default();
+            for v in per_cpu.iter() {
+                h.add(v);
+            }
+            if h.count == 0 {
+                continue;
+            }
+            let zero = Hist {
+                count: 0,
+                sum_ns: 0,
+                max_ns: 0,
+                buckets: [0; tcpstate_common::HIST_BUCKETS],
+            };
+            let zeros =
+                aya::maps::PerCpuValues::try_from(vec![zero; ncpus]).map_err(io::Error::other)?;
+            let _ = spill.set(idx, zeros, 0);
+            let key = HistKey {
+                gen: old,
+                state,
+                ..Default::default()
+            };
+            out.push((key, h));
+        }
+        Ok(out)
+    }
+
+    /// Drops TIME_WAIT candidates whose timewait socket is gone.
+    pub fn forget_timewaits(&mut self, keys: &[TwKey]) {
+        let Some(map) = self.ebpf.map_mut(names::TWS) else {
+            return;
+        };
+        let Ok(mut tws) = aya::maps::HashMap::<_, TwKey, u64>::try_from(map) else {
+            return;
+        };
+        for k in keys {
+            let _ = tws.remove(k);
+        }
+    }
+
     pub fn counters(&self) -> Counters {
         let sum = |idx: u32| -> u64 {
             self.counters
@@ -278,6 +368,7 @@ impl Probe {
             set_state_skipped: misses(names::PROG_SET_STATE),
             set_state_recovered: sum(counter::RECOVERED),
             read_failed: sum(counter::READ_FAILED),
+            hist_spilled: sum(counter::HIST_SPILLED),
             accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
         }
     }

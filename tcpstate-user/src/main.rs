@@ -8,6 +8,8 @@
 mod cli;
 mod events;
 mod filter;
+mod hist;
+mod histogram;
 mod linger;
 mod loader;
 mod offsets;
@@ -15,6 +17,7 @@ mod output;
 mod session;
 mod sockdiag;
 mod sockets;
+mod timewait;
 mod trace;
 mod tracefs;
 
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => trace::run(cli.trace).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Trace(t)) => trace::run(t).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Hist(h)) => hist::run(h).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Linger(l)) => {
                 let fail_if_any = l.fail_if_any;
                 let nonempty = linger::run(l).await?;

@@ -159,6 +159,9 @@ pub struct Summary {
     pub lost_skipped: u64,
     /// Transitions dropped because a kernel read failed.
     pub lost_read: u64,
+    /// Histogram samples kept without their --by key (map full, or its bucket locked
+    /// by the program this run interrupted).
+    pub hist_spilled: u64,
     /// Skipped runs that the backup probe handled (not lost).
     pub recovered: u64,
     /// Sockets not tracked because the probe's socket table was full.

@@ -147,6 +147,7 @@ impl Session {
         s.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered);
         s.recovered = c.set_state_recovered;
         s.lost_read = c.read_failed;
+        s.hist_spilled = c.hist_spilled;
         s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read;
         s.untracked += c.table_full;
         s.accept_unresolved = c.accept_unresolved + c.accept_skipped;

@@ -23,6 +23,9 @@ pub struct DiagSocket {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// Milliseconds until the socket's timer fires (`idiag_expires`); for TIME_WAIT,
+    /// until the timewait socket dies.
+    pub expires_ms: u32,
 }
 
 /// Dumps IPv4 and IPv6 TCP sockets whose state bit is set in `states`
@@ -69,6 +72,11 @@ fn dump_family(family: u8, states: u32, out: &mut Vec<DiagSocket>) -> io::Result
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[off..size])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             let len = msg.header.length as usize;
+            // struct inet_diag_msg after the 16-byte nlmsghdr: family, state, timer,
+            // retrans (1 byte each), inet_diag_sockid (48), then u32 idiag_expires.
+            let expires_ms = rx
+                .get(off + 16 + 52..off + 16 + 56)
+                .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
@@ -83,6 +91,7 @@ fn dump_family(family: u8, states: u32, out: &mut Vec<DiagSocket>) -> io::Result
                         sport: id.source_port,
                         daddr: id.destination_address,
                         dport: id.destination_port,
+                        expires_ms,
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),

@@ -1,0 +1,225 @@
+//! `tcpstate hist` against the real kernel: exact counts from in-kernel aggregation,
+//! and real TIME_WAIT lifetimes (one test waits for the kernel's 60 s expiry). Needs
+//! root; run by `cargo xtask test`.
+
+mod common;
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+fn hists(out: &str) -> (Vec<Value>, Value) {
+    let lines = json_lines(out);
+    let sum = summary(&lines).clone();
+    assert_eq!(sum["lost"], 0, "{sum}");
+    (
+        lines
+            .iter()
+            .filter(|l| l["type"] == "hist")
+            .cloned()
+            .collect(),
+        sum,
+    )
+}
+
+fn counts(hs: &[Value]) -> BTreeMap<String, u64> {
+    hs.iter()
+        .filter(|h| h["count"].as_u64().unwrap() > 0)
+        .map(|h| {
+            (
+                h["state"].as_str().unwrap().to_string(),
+                h["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every transition of a 3,000-connection churn lands in the histograms: counts are
+/// exact because the kernel aggregates them (no ring buffer in the way).
+#[test]
+fn counts_equal_transitions_under_churn() {
+    const N: u64 = 3000;
+    let port = free_port("127.0.0.1");
+    let mut t = Tracer::start(&[
+        "hist",
+        "--json",
+        "--port",
+        &port.to_string(),
+        "--state",
+        "SYN_SENT",
+        "--state",
+        "SYN_RECV",
+        "--state",
+        "ESTABLISHED",
+        "--state",
+        "FIN_WAIT1",
+        "--state",
+        "FIN_WAIT2",
+        "--state",
+        "CLOSE_WAIT",
+        "--state",
+        "LAST_ACK",
+        "--state",
+        "LISTEN",
+    ]);
+    let out = Command::new(TCPKIT)
+        .args(["churn", "--addr", &format!("127.0.0.1:{port}"), "--conns"])
+        .arg(N.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (out, err, st) = t.stop();
+    assert!(st.success(), "{err:?}");
+    let (hs, _) = hists(&out);
+    let c = counts(&hs);
+    let want: BTreeMap<String, u64> = [
+        ("SYN_SENT", N),
+        ("SYN_RECV", N),
+        ("ESTABLISHED", 2 * N),
+        ("FIN_WAIT1", N),
+        ("FIN_WAIT2", N),
+        ("CLOSE_WAIT", N),
+        ("LAST_ACK", N),
+        ("LISTEN", 1),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_string(), n))
+    .collect();
+    assert_eq!(c, want, "{out}");
+    for h in &hs {
+        let n: u64 = h["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, h["count"].as_u64().unwrap(), "buckets add up: {h}");
+        assert!(h["p50_ms"].as_f64().unwrap() <= h["p99_ms"].as_f64().unwrap());
+        assert!(h["p99_ms"].as_f64().unwrap() <= h["max_ms"].as_f64().unwrap());
+    }
+}
+
+/// Connections that began before tcpstate started add no made-up durations: no
+/// ESTABLISHED sample, while the states they were seen to enter are measured.
+#[test]
+fn existing_sockets_are_not_counted_with_made_up_durations() {
+    let port = free_port("127.0.0.1");
+    let a = format!("127.0.0.1:{port}");
+    let mut server = Kit::spawn(&["server", "--addr", &a, "--conns", "3", "--mode", "hold"]);
+    assert!(server.line().starts_with("ready"));
+    let mut client = Kit::spawn(&[
+        "client",
+        "--addr",
+        &a,
+        "--conns",
+        "3",
+        "--mode",
+        "half-close",
+    ]);
+    assert!(client.line().starts_with("done"));
+    assert_eq!(server.line().split(',').count(), 3);
+    let mut t = Tracer::start(&["hist", "--json", "--port", &port.to_string()]);
+    client.finish();
+    server.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, err, st) = t.stop();
+    assert!(st.success(), "{err:?}");
+    let (hs, _) = hists(&out);
+    let c = counts(&hs);
+    // Client: FIN_WAIT1 (half-close, before start) -> FIN_WAIT2 -> CLOSE; server:
+    // CLOSE_WAIT (before start) -> LAST_ACK -> CLOSE. Only LAST_ACK and FIN_WAIT2
+    // were entered under observation.
+    for st in [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "CLOSE_WAIT",
+        "FIN_WAIT1",
+    ] {
+        assert!(!c.contains_key(st), "{st}: {out}");
+    }
+    assert_eq!(c.get("LAST_ACK"), Some(&3), "{out}");
+}
+
+/// The real thing: TIME_WAIT lasts the kernel's 60 s, on whichever side closed first,
+/// attributed to that process; a reset leaves no TIME_WAIT. Takes about 65 s.
+#[test]
+fn time_wait_lifetimes_per_closing_process() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
+    let mut args = vec![
+        "hist",
+        "--json",
+        "--state",
+        "TIME_WAIT",
+        "--by",
+        "process",
+        "--duration",
+        "64",
+    ];
+    let ps: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    for p in &ps {
+        args.push("--port");
+        args.push(p);
+    }
+    let mut t = Tracer::start(&args);
+    let (_, client) = run_pair("127.0.0.1", ports[0], 5, "client-close");
+    let (server, _) = run_pair("127.0.0.1", ports[1], 5, "server-close");
+    run_pair("127.0.0.1", ports[2], 5, "reset");
+    // Cross-check with ss while they live.
+    std::thread::sleep(Duration::from_millis(500));
+    let ss = Command::new("ss")
+        .args(["-Htan", "state", "time-wait"])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let on = |p: u16| {
+        let end = format!(":{p}");
+        ss.lines()
+            .filter(|l| l.split_whitespace().any(|c| c.ends_with(&end)))
+            .count()
+    };
+    assert_eq!(
+        (on(ports[0]), on(ports[1]), on(ports[2])),
+        (5, 5, 0),
+        "{ss}"
+    );
+
+    let (out, err, st) = t.stop_after_exit();
+    assert!(st.success(), "{err:?}");
+    let (hs, _) = hists(&out);
+    let tw: Vec<&Value> = hs
+        .iter()
+        .filter(|h| h["state"] == "TIME_WAIT" && h["count"].as_u64().unwrap() > 0)
+        .collect();
+    assert_eq!(tw.len(), 2, "client and server groups: {out}");
+    for (pid, who) in [(client, "client"), (server, "server")] {
+        let h = tw
+            .iter()
+            .find(|h| h["key"]["pid"] == pid)
+            .unwrap_or_else(|| panic!("{who} group: {out}"));
+        assert_eq!(h["count"], 5, "{h}");
+        assert_eq!(h["ended"]["expired"], 5, "{h}");
+        assert_eq!(h["ended"]["reused"], 0);
+        assert_eq!(h["ended"]["reset"], 0);
+        // TCP_TIMEWAIT_LEN is 60 s; the timer wheel may add a fraction of a second.
+        for q in ["p50_ms", "max_ms"] {
+            let v = h[q].as_f64().unwrap();
+            assert!((59_000.0..=61_500.0).contains(&v), "{q} {v}: {h}");
+        }
+    }
+}
+
+#[test]
+fn bad_values_exit_2() {
+    for args in [
+        &["hist", "--state", "PARKED"][..],
+        &["hist", "--interval", "0"],
+        &["hist", "--unit", "parsecs"],
+    ] {
+        let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
