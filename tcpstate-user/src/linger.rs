@@ -45,9 +45,18 @@ pub struct Holder {
 }
 
 /// Indexes an fd scan by cookie.
+#[cfg(test)]
 pub fn holders(fds: &[FdRecord]) -> HashMap<u64, Holder> {
-    let mut m: HashMap<u64, Holder> = HashMap::with_capacity(fds.len());
-    for f in fds.iter().filter(|f| f.cookie != 0) {
+    let mut m = HashMap::new();
+    for f in fds {
+        add_holder(&mut m, f);
+    }
+    m
+}
+
+/// Adds one fd to the holders of its socket.
+pub fn add_holder(m: &mut HashMap<u64, Holder>, f: &FdRecord) {
+    if f.cookie != 0 {
         m.entry(f.cookie)
             .and_modify(|h| {
                 if (f.pid, f.fd) < (h.pid, h.fd) {
@@ -64,7 +73,6 @@ pub fn holders(fds: &[FdRecord]) -> HashMap<u64, Holder> {
                 holders: 1,
             });
     }
-    m
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -432,8 +440,14 @@ struct Linger<W: Write> {
 
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
-        let fds = probe.scan_fds()?;
-        let holders = holders(&fds);
+        // Only the sockets the table tracks: the host may hold many more.
+        let mut holders = HashMap::with_capacity(self.table.len());
+        let table = &self.table;
+        probe.scan_fds(|f| {
+            if table.contains(f.cookie) {
+                add_holder(&mut holders, f);
+            }
+        })?;
         let now = monotonic_ns();
         let mut reports = build(
             &self.table,
@@ -502,6 +516,15 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
     }
     args.states.dedup();
     let watched = args.states.iter().fold(0u32, |m, s| m | (1 << s.number()));
+    let filter = Filter::new(&args.filter, &[]);
+    // Ports and family filter in the probe; --pid stays here, where the holder (not
+    // the probe's owner) decides.
+    let mut kfilter = filter.kernel();
+    kfilter.n_pids = 0;
+    let opts = LoadOptions {
+        filter: kfilter,
+        ..LoadOptions::default()
+    };
     let mut session = Session::start(
         &format!(
             "watching {} longer than {}",
@@ -512,11 +535,11 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
                 .join(", "),
             fmt_min_age(args.min_age.as_nanos() as u64)
         ),
-        &LoadOptions::default(),
+        &opts,
         false,
     )?;
     let mut linger = Linger {
-        filter: Filter::new(&args.filter, &[]),
+        filter,
         table: SocketTable::new(watched, TABLE_CAPACITY),
         rates: Rates::default(),
         clock: Clock::new(),

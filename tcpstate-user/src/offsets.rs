@@ -48,7 +48,10 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
 }
 
 pub fn load_vmlinux() -> Result<Btf, OffsetError> {
-    Btf::from_file(VMLINUX_BTF).map_err(|e| OffsetError::Load(e.to_string()))
+    // Mmap: resolves the few structs we need lazily (the cached backend indexes all
+    // ~100k kernel types first, which cost ~130 ms of startup here).
+    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .map_err(|e| OffsetError::Load(e.to_string()))
 }
 
 /// Byte offset of `path` (members separated by dots) inside `struct name`, looking

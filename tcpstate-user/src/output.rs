@@ -207,6 +207,7 @@ pub struct TraceWriter<W: Write> {
     comm: String,
     scratch: String,
     scratch2: String,
+    scratch3: String,
 }
 
 impl<W: Write> TraceWriter<W> {
@@ -221,6 +222,7 @@ impl<W: Write> TraceWriter<W> {
             comm: String::with_capacity(64),
             scratch: String::with_capacity(64),
             scratch2: String::with_capacity(64),
+            scratch3: String::with_capacity(64),
         }
     }
 
@@ -249,11 +251,8 @@ impl<W: Write> TraceWriter<W> {
             self.clock.utc_rfc3339(ev.ts_ns, &mut self.time);
             self.scratch.clear();
             let _ = write!(self.scratch, "{}", ev.cookie);
-            self.scratch2.clear();
-            let _ = write!(self.scratch2, "{old}");
-            let old_len = self.scratch2.len();
-            let _ = write!(self.scratch2, "{new}");
-            let (old_s, new_s) = self.scratch2.split_at(old_len);
+            let old_s = state_name(old, &mut self.scratch2);
+            let new_s = state_name(new, &mut self.scratch3);
             let rec = TransitionJson {
                 r#type: "transition",
                 time: &self.time,
@@ -347,6 +346,18 @@ pub fn summary_text(s: &Summary) -> String {
         s.untracked,
         s.accept_unresolved
     )
+}
+
+/// A state's kernel name; only unknown numbers are formatted (into `buf`).
+fn state_name(s: StateNum, buf: &mut String) -> &str {
+    match s.state() {
+        Some(st) => st.name(),
+        None => {
+            buf.clear();
+            let _ = write!(buf, "{s}");
+            buf
+        }
+    }
 }
 
 /// `addr:port`, IPv6 in brackets; longer than `width` keeps the tail (port visible).

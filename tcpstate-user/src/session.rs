@@ -182,12 +182,9 @@ fn seed_existing(probe: &mut Probe) {
         );
         return;
     }
-    match probe.scan_fds() {
-        Ok(fds) => {
-            probe.seed_owners(&fds);
-        }
-        Err(e) => eprintln!(
+    if let Err(e) = probe.seed_owners() {
+        eprintln!(
             "tcpstate: warning: scanning file descriptors failed ({e}); owners of existing sockets stay unknown"
-        ),
+        );
     }
 }

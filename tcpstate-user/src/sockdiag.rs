@@ -4,9 +4,7 @@
 
 use std::{io, net::IpAddr};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
@@ -64,47 +62,65 @@ fn dump_family(family: u8, states: u32, out: &mut Vec<DiagSocket>) -> io::Result
     req.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
-    let mut rx = vec![0u8; 64 << 10];
+    // Responses are parsed in place: a dump can hold 100k+ sockets every second
+    // (TIME_WAIT polls), and per-message decoding would dominate tcpstate's CPU.
+    let mut rx = vec![0u8; 256 << 10];
     loop {
         let size = socket.recv(&mut &mut rx[..], 0)?;
         let mut off = 0;
-        while off < size {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[off..size])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = msg.header.length as usize;
-            // struct inet_diag_msg after the 16-byte nlmsghdr: family, state, timer,
-            // retrans (1 byte each), inet_diag_sockid (48), then u32 idiag_expires.
-            let expires_ms = rx
-                .get(off + 16 + 52..off + 16 + 56)
-                .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let id = &r.header.socket_id;
-                    out.push(DiagSocket {
-                        // inet_diag stores the cookie as two host-order u32, low first
-                        // (sock_diag_save_cookie).
-                        cookie: u64::from(u32::from_ne_bytes(id.cookie[..4].try_into().unwrap()))
-                            | u64::from(u32::from_ne_bytes(id.cookie[4..].try_into().unwrap()))
-                                << 32,
-                        state: r.header.state,
-                        saddr: id.source_address,
-                        sport: id.source_port,
-                        daddr: id.destination_address,
-                        dport: id.destination_port,
-                        expires_ms,
-                    });
+        while off + 16 <= size {
+            let u32_at = |o: usize| u32::from_ne_bytes(rx[o..o + 4].try_into().unwrap());
+            let len = u32_at(off) as usize;
+            let kind = u16::from_ne_bytes(rx[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > size {
+                break;
+            }
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let errno = u32_at(off + 16) as i32;
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
                 }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return Err(io::Error::other(format!("sock_diag dump failed: {e:?}")))
+                SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
+                    out.push(parse_inet_diag_msg(&rx[off + 16..off + len]))
                 }
                 _ => {}
             }
-            if len == 0 {
-                break;
-            }
-            off += len;
+            off += (len + 3) & !3;
         }
+    }
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// `struct inet_diag_msg` (linux/inet_diag.h): family, state, timer, retrans, then
+/// `inet_diag_sockid` { be16 sport, be16 dport, be32 src[4], be32 dst[4], u32 if,
+/// u32 cookie[2] }, then u32 expires, rqueue, wqueue, uid, inode.
+fn parse_inet_diag_msg(m: &[u8]) -> DiagSocket {
+    let family = m[0];
+    let be16 = |o: usize| u16::from_be_bytes([m[o], m[o + 1]]);
+    let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().unwrap());
+    let addr = |o: usize| -> IpAddr {
+        if family == AF_INET {
+            IpAddr::from([m[o], m[o + 1], m[o + 2], m[o + 3]])
+        } else {
+            let a: [u8; 16] = m[o..o + 16].try_into().unwrap();
+            IpAddr::from(a)
+        }
+    };
+    DiagSocket {
+        // sock_diag_save_cookie: low 32 bits first, each in host order.
+        cookie: u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32),
+        state: m[1],
+        saddr: addr(8),
+        sport: be16(4),
+        daddr: addr(24),
+        dport: be16(6),
+        expires_ms: u32_at(52),
     }
 }
 

@@ -94,6 +94,10 @@ impl SocketTable {
         }
     }
 
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.socks.contains_key(&cookie)
+    }
+
     pub fn len(&self) -> usize {
         self.socks.len()
     }

@@ -3,7 +3,7 @@
 //! tests tcpstate.
 //!
 //! `cargo xtask run [-- ARGS]`, `cargo xtask test`, `cargo xtask build [--debug]`,
-//! `cargo xtask build-ebpf`, `cargo xtask setup`.
+//! `cargo xtask build-ebpf`, `cargo xtask setup`, `cargo xtask bench`.
 
 use std::{
     env,
@@ -14,6 +14,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+mod bench;
 
 /// Debian packages that provide a rustc whose LLVM matches bpf-linker's, with a
 /// prebuilt `core` for bpfel-unknown-none (rustup's nightly has no rust-src here).
@@ -48,7 +50,9 @@ fn usage() -> ! {
          \n  test                     install what is missing, build, run every test (root needed)\
          \n  build [--debug]          build the probe and the tcpstate binary\
          \n  build-ebpf               build only the kernel probe\
-         \n  setup                    install the BPF toolchain and bpf-linker if missing"
+         \n  setup                    install the BPF toolchain and bpf-linker if missing\
+         \n  bench [--rounds N] [--secs S] [--json] [--soak D]\
+         \n                           overhead on a loopback churn, side by side (root needed)"
     );
     std::process::exit(2)
 }
@@ -82,6 +86,29 @@ fn run() -> Result<ExitCode> {
             exec_tool(&bin, tool_args)
         }
         Some("test") => test(),
+        Some("bench") => {
+            if !is_root() {
+                bail!("the benchmark loads BPF programs: run it as root");
+            }
+            let bin = build_user(true)?;
+            let mut cmd = host_cargo();
+            cmd.args([
+                "build",
+                "--quiet",
+                "--release",
+                "--package",
+                "tcpstate-testkit",
+                "--bin",
+                "tcpkit",
+            ]);
+            let tcpkit = cargo_artifact(&mut cmd, "tcpstate-testkit", "tcpkit")?;
+            let rest: Vec<String> = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            bench::bench(&bin, &tcpkit, &rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
         _ => usage(),
     }
 }
