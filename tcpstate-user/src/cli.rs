@@ -31,8 +31,9 @@ pub enum Command {
     /// kernel. Percentiles come from log-linear buckets (16 per power of two) and are
     /// within 3.1% of the true value. TIME_WAIT starts when the closing socket hands
     /// over to a timewait socket and ends when that goes: expiry is read from the
-    /// kernel's own timer, reuse is exact, a reset is placed within the 1 s sock_diag
-    /// poll. Sockets whose history began before tcpstate started are not counted.
+    /// kernel's own timer, reuse is exact, a reset is placed within the sock_diag poll
+    /// period (1 s; longer when a host holds so many TIME_WAIT sockets that listing
+    /// them would cost more than 1% of a CPU; reports state the period used). Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
 }
 

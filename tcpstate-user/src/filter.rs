@@ -36,12 +36,7 @@ impl Filter {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        let any =
-            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
-        self.family.is_none_or(|f| display_family(ev) == f)
-            && any(&self.ports, &|p| ev.sport == p || ev.dport == p)
-            && any(&self.lports, &|p| ev.sport == p)
-            && any(&self.rports, &|p| ev.dport == p)
+        self.matches_endpoints(display_family(ev), ev.sport, ev.dport)
             && (self.pids.is_empty() || self.pids.contains(&ev.pid))
             && (self.states.is_empty()
                 || self.states.contains(&ev.oldstate)
@@ -76,22 +71,16 @@ impl Filter {
 
     /// Family and port filters only (for sockets with no owner, e.g. TIME_WAIT).
     pub fn matches_endpoints(&self, family: u8, sport: u16, dport: u16) -> bool {
-        let any =
-            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
+        let any = |set: &[u16], port: u16| set.is_empty() || set.contains(&port);
         self.family.is_none_or(|f| family == f)
-            && any(&self.ports, &|p| sport == p || dport == p)
-            && any(&self.lports, &|p| sport == p)
-            && any(&self.rports, &|p| dport == p)
+            && (any(&self.ports, sport) || any(&self.ports, dport))
+            && any(&self.lports, sport)
+            && any(&self.rports, dport)
     }
 
     /// The same filters for a tracked socket, whose owner is the fd holder's pid.
     pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
-        let any =
-            |set: &[u16], f: &dyn Fn(u16) -> bool| set.is_empty() || set.iter().any(|&p| f(p));
-        self.family.is_none_or(|f| l.family == f)
-            && any(&self.ports, &|p| l.sport == p || l.dport == p)
-            && any(&self.lports, &|p| l.sport == p)
-            && any(&self.rports, &|p| l.dport == p)
+        self.matches_endpoints(l.family, l.sport, l.dport)
             && (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
     }
 }

@@ -32,8 +32,11 @@ use crate::{
     timewait::{Ended, Sample, Sighting, TimeWaits},
 };
 
-/// How often TIME_WAIT sockets are listed (the end-time resolution of resets).
+/// How often TIME_WAIT sockets are listed at most (the end-time resolution of
+/// resets). A dump costs in proportion to all TIME_WAIT sockets on the host, so the
+/// period stretches to keep dumping under 1/POLL_BUDGET of one CPU.
 const TW_POLL: Duration = Duration::from_secs(1);
+const POLL_BUDGET: u64 = 100;
 
 /// The `--by` key of a histogram.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,10 +66,6 @@ impl Key {
             Key::Raddr(a) => Some(serde_json::json!(a.to_string())),
         }
     }
-}
-
-fn addr_of(family: u16, bytes: &[u8; 16]) -> IpAddr {
-    crate::events::addr(family, bytes)
 }
 
 fn comm_text(comm: &[u8]) -> String {
@@ -106,6 +105,11 @@ struct Hist<W: Write> {
     gauge_total: u64,
     port_range: u64,
     last_report_ns: u64,
+    next_poll_ns: u64,
+    /// Current poll period, and the longest one since the last report (the
+    /// resolution of this report's reset times).
+    poll_ns: u64,
+    worst_poll_ns: u64,
     clock: Clock,
     out: W,
 }
@@ -115,7 +119,7 @@ impl<W: Write> Hist<W> {
         match self.by {
             BY_PROCESS => Key::Process(s.origin.pid, comm_text(&s.origin.comm)),
             BY_RPORT => Key::Rport(s.origin.dport),
-            BY_RADDR => Key::Raddr(addr_of(s.origin.family, &s.origin.daddr)),
+            BY_RADDR => Key::Raddr(crate::events::addr(s.origin.family, &s.origin.daddr)),
             _ => Key::None,
         }
     }
@@ -135,6 +139,9 @@ impl<W: Write> Hist<W> {
         let dump_ns = monotonic_ns();
         let socks = sockdiag::dump_tcp(1 << state::TIME_WAIT)?;
         let now = monotonic_ns();
+        self.poll_ns = (TW_POLL.as_nanos() as u64).max(POLL_BUDGET * (now - dump_ns));
+        self.worst_poll_ns = self.worst_poll_ns.max(self.poll_ns);
+        self.next_poll_ns = dump_ns + self.poll_ns;
         let seen: Vec<Sighting> = socks
             .iter()
             .map(|s| Sighting {
@@ -173,7 +180,7 @@ impl<W: Write> Hist<W> {
                 ),
                 BY_RPORT => Key::Rport(k.port as u16),
                 // The probe keeps the family in `port` for --by raddr.
-                BY_RADDR => Key::Raddr(addr_of(k.port as u16, &k.addr)),
+                BY_RADDR => Key::Raddr(crate::events::addr(k.port as u16, &k.addr)),
                 _ => Key::None,
             };
             self.current
@@ -253,6 +260,7 @@ impl<W: Write> Hist<W> {
         })?;
         self.out.flush()?;
         self.last_report_ns = now;
+        self.worst_poll_ns = self.poll_ns;
         Ok(())
     }
 
@@ -306,7 +314,7 @@ impl<W: Write> Hist<W> {
                     .map(|(lo, hi, count)| BucketJson { lo, hi, count })
                     .collect(),
                 ended,
-                end_resolution_ms: ended.map(|_| TW_POLL.as_millis() as u64),
+                end_resolution_ms: ended.map(|_| self.worst_poll_ns / 1_000_000),
             };
             serde_json::to_writer(&mut *json, &j)?;
             json.push(b'\n');
@@ -331,10 +339,10 @@ impl<W: Write> Hist<W> {
         if let Some(e) = ended {
             let _ = write!(
                 text,
-                "; ended early: {} reused, {} reset; end resolution {}s",
+                "; ended early: {} reused, {} reset; end resolution {}",
                 thousands(e.reused as usize),
                 thousands(e.reset as usize),
-                TW_POLL.as_secs()
+                fmt_ns(self.worst_poll_ns)
             );
         }
         text.push_str(")\n");
@@ -371,10 +379,7 @@ impl<W: Write> Hist<W> {
             thousands(self.gauge_total as usize)
         );
         for ((a, p), c) in top {
-            let ep = match a {
-                IpAddr::V4(a) => format!("{a}:{p}"),
-                IpAddr::V6(a) => format!("[{a}]:{p}"),
-            };
+            let ep = crate::linger::endpoint(*a, *p);
             let _ = write!(
                 text,
                 "; {ep} {} of {} local ports ({:.1}%)",
@@ -466,6 +471,9 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         gauge_total: 0,
         port_range: local_port_range(),
         last_report_ns: now,
+        next_poll_ns: now,
+        poll_ns: TW_POLL.as_nanos() as u64,
+        worst_poll_ns: TW_POLL.as_nanos() as u64,
         clock: Clock::new(),
         out: BufWriter::new(io::stdout().lock()),
         args,

@@ -254,11 +254,9 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V4(a) => format!("{a}:{p}"),
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-    }
+/// `10.0.0.5:8080`, `[::1]:8080`.
+pub fn endpoint(a: IpAddr, p: u16) -> String {
+    std::net::SocketAddr::new(a, p).to_string()
 }
 
 fn age_text(ns: u64, lower_bound: bool) -> String {
