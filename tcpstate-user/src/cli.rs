@@ -33,7 +33,8 @@ pub enum Command {
     /// over to a timewait socket and ends when that goes: expiry is read from the
     /// kernel's own timer, reuse is exact, a reset is placed within the sock_diag poll
     /// period (1 s; longer when a host holds so many TIME_WAIT sockets that listing
-    /// them would cost more than 1% of a CPU; reports state the period used). Sockets whose history began before tcpstate started are not counted.
+    /// them would cost more than 1% of a CPU; reports state the period used).
+    /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
 }
 

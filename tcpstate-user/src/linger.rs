@@ -161,8 +161,12 @@ pub fn build(
         .map(|(state, groups)| {
             let mut groups: Vec<Group> = groups.into_values().collect();
             for g in &mut groups {
-                g.sockets
-                    .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.cookie.cmp(&b.cookie)));
+                g.sockets.sort_by(|a, b| {
+                    b.age_ns
+                        .cmp(&a.age_ns)
+                        .then(a.fd.cmp(&b.fd))
+                        .then(a.cookie.cmp(&b.cookie))
+                });
             }
             groups.sort_by(|a, b| {
                 b.sockets

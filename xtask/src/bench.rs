@@ -74,6 +74,9 @@ struct Running {
     child: Child,
     started: Instant,
     startup_ms: f64,
+    /// CPU time (ns, /proc/PID/schedstat) once attached: startup is not part of
+    /// the per-transition cost.
+    cpu_at_attach_ns: u64,
     stderr: BufReader<std::process::ChildStderr>,
 }
 
@@ -125,28 +128,23 @@ fn start_tracer(bin: &Path, v: &Variant, out_file: &Path) -> Result<Running> {
     }
     Ok(Running {
         startup_ms: started.elapsed().as_secs_f64() * 1e3,
+        cpu_at_attach_ns: cpu_ns(child.id()),
         child,
         started,
         stderr,
     })
 }
 
-/// SIGINT, then wait4 for its CPU time, and its summary. Peak RSS is VmHWM, read
-/// before the signal (wait4's ru_maxrss also counts the pre-exec fork of xtask).
+/// Reads CPU time and memory (VmHWM: wait4's ru_maxrss would also count the pre-exec
+/// fork of xtask), then SIGINT and the summary.
 fn stop_tracer(mut r: Running, v: &Variant, out_file: &Path) -> Result<Sample> {
     let alive = r.started.elapsed().as_secs_f64();
     let hwm = proc_status_kib(r.child.id(), "VmHWM:");
+    let attached_cpu_ms = cpu_ns(r.child.id()).saturating_sub(r.cpu_at_attach_ns) as f64 / 1e6;
     let rss = proc_status_kib(r.child.id(), "VmRSS:");
-    // SAFETY: kill/wait4 on our own child.
-    let usage = unsafe {
-        libc::kill(r.child.id() as i32, libc::SIGINT);
-        let mut status = 0;
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::wait4(r.child.id() as i32, &mut status, 0, &mut ru);
-        ru
-    };
-    let cpu_ms = (usage.ru_utime.tv_sec as f64 + usage.ru_stime.tv_sec as f64) * 1e3
-        + (usage.ru_utime.tv_usec as f64 + usage.ru_stime.tv_usec as f64) / 1e3;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
+    r.child.wait()?;
     let mut err = String::new();
     let _ = r.stderr.read_to_string(&mut err);
     let (events, lost) = if v.bpftrace {
@@ -178,7 +176,7 @@ fn stop_tracer(mut r: Running, v: &Variant, out_file: &Path) -> Result<Sample> {
         events,
         events_per_s: events as f64 / alive,
         lost,
-        cpu_ms,
+        cpu_ms: attached_cpu_ms,
         peak_rss_kib: hwm,
         rss_kib: rss,
         startup_ms: r.startup_ms,
@@ -321,7 +319,7 @@ fn report(variants: &[Variant], samples: &[Vec<Sample>], json: bool) {
                 "ratio": (m(|x| x.ratio) * 1000.0).round() / 1000.0,
                 "events_per_s": if v.args.is_some() { Some(m(|x| x.events_per_s).round() as u64) } else { None },
                 "lost": if v.args.is_some() { Some(s.iter().map(|x| x.lost).max().unwrap_or(0)) } else { None },
-                "cpu_ms_total": if v.args.is_some() || v.bpftrace { Some((m(|x| x.cpu_ms) * 10.0).round() / 10.0) } else { None },
+                "cpu_ms_attached": if v.args.is_some() || v.bpftrace { Some((m(|x| x.cpu_ms) * 10.0).round() / 10.0) } else { None },
                 "cpu_ms_per_million_transitions": if cpu_per_m.is_finite() { Some((cpu_per_m * 10.0).round() / 10.0) } else { None },
                 "peak_rss_kib": if v.args.is_some() || v.bpftrace { Some(m(|x| x.peak_rss_kib as f64) as u64) } else { None },
                 "rss_at_end_kib": if v.args.is_some() || v.bpftrace { Some(m(|x| x.rss_kib as f64) as u64) } else { None },
@@ -385,6 +383,14 @@ fn parse_secs(s: &str) -> Result<f64> {
         bail!("duration must be positive: {s}");
     }
     Ok(v * mult)
+}
+
+/// Time the process has run on a CPU, in ns (first field of /proc/PID/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
