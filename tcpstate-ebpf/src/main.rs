@@ -316,19 +316,34 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         add_sample(c, old, prev_ns, pid, family, dport, &daddr);
     }
     let mut send = c.flags & FLAG_STREAM != 0;
-    let tuple = TwKey {
-        family,
-        sport,
-        dport,
-        _pad: 0,
+    let mut ev = Event {
+        ts_ns: now,
+        prev_ns,
+        cookie,
         saddr,
         daddr,
+        pid,
+        sport,
+        dport,
+        family,
+        oldstate: old as u8,
+        newstate: new as u8,
+        flags,
+        comm,
     };
     if c.flags & FLAG_TIMEWAIT != 0 {
+        let tuple = TwKey {
+            family,
+            sport,
+            dport,
+            _pad: 0,
+            saddr,
+            daddr,
+        };
         if new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING) {
             // tcp_time_wait() moves the connection to an inet_timewait_sock, which
             // keeps the cookie (inet_twsk_alloc) and lives on unseen by this tracepoint.
-            flags |= EV_TW_CANDIDATE;
+            ev.flags |= EV_TW_CANDIDATE;
             let _ = TWS.insert(&tuple, &cookie, 0);
             send = true;
         } else if (old == state::SYN_SENT && new == state::ESTABLISHED)
@@ -338,46 +353,20 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
             if let Some(tw) = unsafe { TWS.get(&tuple) }.copied() {
                 let _ = TWS.remove(&tuple);
-                emit(
-                    c,
-                    &Event {
-                        ts_ns: now,
-                        prev_ns: PREV_UNKNOWN,
-                        cookie: tw,
-                        saddr,
-                        daddr,
-                        pid,
-                        sport,
-                        dport,
-                        family,
-                        oldstate: state::TIME_WAIT as u8,
-                        newstate: state::CLOSE as u8,
-                        flags: EV_TW_REUSED,
-                        comm,
-                    },
-                );
+                let reused = Event {
+                    prev_ns: PREV_UNKNOWN,
+                    cookie: tw,
+                    oldstate: state::TIME_WAIT as u8,
+                    newstate: state::CLOSE as u8,
+                    flags: EV_TW_REUSED,
+                    ..ev
+                };
+                emit(c, &reused);
             }
         }
     }
     if send {
-        emit(
-            c,
-            &Event {
-                ts_ns: now,
-                prev_ns,
-                cookie,
-                saddr,
-                daddr,
-                pid,
-                sport,
-                dport,
-                family,
-                oldstate: old as u8,
-                newstate: new as u8,
-                flags,
-                comm,
-            },
-        );
+        emit(c, &ev);
     }
     Ok(())
 }

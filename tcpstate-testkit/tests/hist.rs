@@ -212,14 +212,14 @@ fn time_wait_lifetimes_per_closing_process() {
 
 #[test]
 fn bad_values_exit_2() {
-    for args in [
-        &["hist", "--state", "PARKED"][..],
+    assert_usage_errors(&[
+        &["hist", "--state", "PARKED"],
         &["hist", "--interval", "0"],
         &["hist", "--unit", "parsecs"],
-    ] {
-        let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("error: "), "{err}");
-    }
+        &["hist", "--by", "color"],
+        &[
+            "hist", "--port", "1", "--port", "2", "--port", "3", "--port", "4", "--port", "5",
+            "--port", "6", "--port", "7", "--port", "8", "--port", "9",
+        ],
+    ]);
 }

@@ -92,11 +92,7 @@ fn closed_stdout_exits_quietly_and_detaches() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("probe attached") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0);
-    }
+    wait_attached(&mut err);
     // The transition probe and its backup.
     assert_eq!(ours(), before + 2, "the probe is loaded while tracing");
     let mut out = BufReader::new(child.stdout.take().unwrap());

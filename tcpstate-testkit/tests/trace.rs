@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
+    io::BufReader,
     os::unix::process::CommandExt,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -337,14 +337,7 @@ fn duration_and_sigterm_end_with_a_summary() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("probe attached") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "tcpstate exited early"
-        );
-    }
+    wait_attached(&mut err);
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();
@@ -356,23 +349,15 @@ fn duration_and_sigterm_end_with_a_summary() {
 
 #[test]
 fn bad_values_exit_2_with_one_line() {
-    for args in [
-        &["--port", "0"][..],
+    assert_usage_errors(&[
+        &["--port", "0"],
         &["--port", "70000"],
         &["trace", "--duration", "abc"],
         &["trace", "--duration", "0"],
         &["trace", "--state", "SLEEPING"],
         &["--bogus"],
         &["-4", "-6"],
-    ] {
-        let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err.lines().next().unwrap_or_default();
-        assert!(first.starts_with("error: "), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(out.stdout.is_empty());
-    }
+    ]);
 }
 
 #[test]

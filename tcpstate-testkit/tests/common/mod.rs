@@ -110,6 +110,31 @@ impl Drop for Tracer {
     }
 }
 
+/// Each argument list must be refused before anything runs: exit status 2 and a
+/// one-line `error: ...` naming the problem, no panic, nothing on stdout.
+pub fn assert_usage_errors(cases: &[&[&str]]) {
+    for args in cases {
+        let out = Command::new(tcpstate_bin()).args(*args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// Reads a tcpstate's stderr until its probe is attached.
+pub fn wait_attached(err: &mut impl BufRead) {
+    let mut line = String::new();
+    while !line.contains("probe attached") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpstate exited before attaching"
+        );
+    }
+}
+
 /// Parses JSON lines; every line must be valid JSON.
 pub fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
