@@ -173,6 +173,7 @@ pub const FILTER_MAX: usize = 8;
 
 /// Filters the probe applies before sending or aggregating: every non-empty list must
 /// match (ports: local or remote; pids: the owner). `family` 0 = any, 4 or 6.
+/// `states`: bit `1 << state` for each state the old or new state must be; 0 = any.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -181,7 +182,7 @@ pub struct Filter {
     pub n_lports: u32,
     pub n_rports: u32,
     pub n_pids: u32,
-    pub _pad: u32,
+    pub states: u32,
     pub ports: [u16; FILTER_MAX],
     pub lports: [u16; FILTER_MAX],
     pub rports: [u16; FILTER_MAX],

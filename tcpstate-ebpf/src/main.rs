@@ -64,7 +64,7 @@ static CONFIG: Config = Config {
         n_lports: 0,
         n_rports: 0,
         n_pids: 0,
-        _pad: 0,
+        states: 0,
         ports: [0; FILTER_MAX],
         lports: [0; FILTER_MAX],
         rports: [0; FILTER_MAX],
@@ -309,7 +309,9 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
 
     let sport = u16::from_be(sport);
     let dport = u16::from_be(dport);
-    if !passes(&c.filter, family, &saddr, &daddr, sport, dport, pid) {
+    if !passes(
+        &c.filter, old, new, family, &saddr, &daddr, sport, dport, pid,
+    ) {
         return Ok(());
     }
     if c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN {
@@ -411,8 +413,11 @@ fn listed16(list: &[u16; FILTER_MAX], n: u32, v: u16) -> bool {
 /// The user's filters, applied here so that filtered-out transitions cost no ring
 /// space and no wake-ups.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn passes(
     f: &Filter,
+    old: i32,
+    new: i32,
     family: u16,
     saddr: &[u8; 16],
     daddr: &[u8; 16],
@@ -420,6 +425,9 @@ fn passes(
     dport: u16,
     pid: u32,
 ) -> bool {
+    if f.states != 0 && f.states & ((1 << (old & 31)) | (1 << (new & 31))) == 0 {
+        return false;
+    }
     if f.family != 0 {
         let v4 = family == AF_INET || (is_v4_mapped(saddr) && is_v4_mapped(daddr));
         if (f.family == 4) != v4 {

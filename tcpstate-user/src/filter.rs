@@ -51,6 +51,7 @@ impl Filter {
         use tcpstate_common::FILTER_MAX;
         let mut k = tcpstate_common::Filter {
             family: self.family.map_or(0, u32::from),
+            states: self.states.iter().fold(0, |m, &s| m | (1u32 << (s & 31))),
             ..Default::default()
         };
         let fit16 = |src: &[u16], dst: &mut [u16; FILTER_MAX], n: &mut u32| {
@@ -206,6 +207,9 @@ mod tests {
             "too many for the probe: userspace filters them"
         );
         assert_eq!((k.n_ports, k.n_pids), (0, 0));
+        assert_eq!(k.states, 0);
+        let k = Filter::new(&args(), &[TcpState::CloseWait, TcpState::Listen]).kernel();
+        assert_eq!(k.states, (1 << 8) | (1 << 10));
     }
 
     #[test]

@@ -519,10 +519,12 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
     args.states.dedup();
     let watched = args.states.iter().fold(0u32, |m, s| m | (1 << s.number()));
     let filter = Filter::new(&args.filter, &[]);
-    // Ports and family filter in the probe; --pid stays here, where the holder (not
-    // the probe's owner) decides.
+    // Ports, family and states filter in the probe; --pid stays here, where the holder
+    // (not the probe's owner) decides.
     let mut kfilter = filter.kernel();
     kfilter.n_pids = 0;
+    // Only transitions into or out of a watched state matter to the table.
+    kfilter.states = watched;
     let opts = LoadOptions {
         filter: kfilter,
         ..LoadOptions::default()
