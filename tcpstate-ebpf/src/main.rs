@@ -291,28 +291,50 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         }
     };
 
-    let family: u16 = unsafe { read(sk, c.sk_family)? };
+    // Filters that need no socket reads first: most transitions stop here in linger
+    // (states) and never need their addresses in hist.
+    let f = &c.filter;
+    if !passes_owner_and_states(f, old, new, pid) {
+        return Ok(());
+    }
+    let hist_sample = c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN;
+    let tw_candidate = new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING);
+    let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
+        || (old == state::LISTEN && new == state::SYN_RECV);
+    let need_addrs = c.flags & FLAG_STREAM != 0
+        || (c.flags & FLAG_TIMEWAIT != 0 && (tw_candidate || tw_reuse))
+        || f.family != 0
+        || f.n_ports != 0
+        || f.n_lports != 0
+        || f.n_rports != 0
+        || (hist_sample && (c.hist_by == BY_RPORT || c.hist_by == BY_RADDR));
+    if !need_addrs && !hist_sample {
+        return Ok(());
+    }
+
+    let mut family = 0u16;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
-        let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-    } else if family == AF_INET6 {
-        saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
-        daddr = unsafe { read(sk, c.sk_v6_daddr)? };
-    }
-    // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port() clears.
-    let sport: u16 = unsafe { read::<u16>(sk, c.inet_sport)? };
-    let dport: u16 = unsafe { read::<u16>(sk, c.sk_dport)? };
-
-    let sport = u16::from_be(sport);
-    let dport = u16::from_be(dport);
-    if !passes(
-        &c.filter, old, new, family, &saddr, &daddr, sport, dport, pid,
-    ) {
-        return Ok(());
+    let mut sport = 0u16;
+    let mut dport = 0u16;
+    if need_addrs {
+        family = unsafe { read(sk, c.sk_family)? };
+        if family == AF_INET {
+            let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
+            let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+        } else if family == AF_INET6 {
+            saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
+            daddr = unsafe { read(sk, c.sk_v6_daddr)? };
+        }
+        // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
+        // clears.
+        sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
+        dport = u16::from_be(unsafe { read::<u16>(sk, c.sk_dport)? });
+        if !passes_endpoints(f, family, &saddr, &daddr, sport, dport) {
+            return Ok(());
+        }
     }
     if c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN {
         add_sample(c, old, prev_ns, pid, family, dport, &daddr);
@@ -342,15 +364,13 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             saddr,
             daddr,
         };
-        if new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING) {
+        if tw_candidate {
             // tcp_time_wait() moves the connection to an inet_timewait_sock, which
             // keeps the cookie (inet_twsk_alloc) and lives on unseen by this tracepoint.
             ev.flags |= EV_TW_CANDIDATE;
             let _ = TWS.insert(&tuple, &cookie, 0);
             send = true;
-        } else if (old == state::SYN_SENT && new == state::ESTABLISHED)
-            || (old == state::LISTEN && new == state::SYN_RECV)
-        {
+        } else if tw_reuse {
             // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
             // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
             if let Some(tw) = unsafe { TWS.get(&tuple) }.copied() {
@@ -410,24 +430,39 @@ fn listed16(list: &[u16; FILTER_MAX], n: u32, v: u16) -> bool {
     false
 }
 
-/// The user's filters, applied here so that filtered-out transitions cost no ring
-/// space and no wake-ups.
+/// The user's state and owner filters, applied here so that filtered-out transitions
+/// cost no socket reads, no ring space and no wake-ups.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn passes(
+fn passes_owner_and_states(f: &Filter, old: i32, new: i32, pid: u32) -> bool {
+    if f.states != 0 && f.states & ((1 << (old & 31)) | (1 << (new & 31))) == 0 {
+        return false;
+    }
+    if f.n_pids != 0 {
+        let mut found = false;
+        let mut i = 0;
+        while i < FILTER_MAX {
+            if (i as u32) < f.n_pids && f.pids[i] == pid {
+                found = true;
+            }
+            i += 1;
+        }
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
+/// The user's family and port filters.
+#[inline(always)]
+fn passes_endpoints(
     f: &Filter,
-    old: i32,
-    new: i32,
     family: u16,
     saddr: &[u8; 16],
     daddr: &[u8; 16],
     sport: u16,
     dport: u16,
-    pid: u32,
 ) -> bool {
-    if f.states != 0 && f.states & ((1 << (old & 31)) | (1 << (new & 31))) == 0 {
-        return false;
-    }
     if f.family != 0 {
         let v4 = family == AF_INET || (is_v4_mapped(saddr) && is_v4_mapped(daddr));
         if (f.family == 4) != v4 {
@@ -445,19 +480,6 @@ fn passes(
     }
     if f.n_rports != 0 && !listed16(&f.rports, f.n_rports, dport) {
         return false;
-    }
-    if f.n_pids != 0 {
-        let mut found = false;
-        let mut i = 0;
-        while i < FILTER_MAX {
-            if (i as u32) < f.n_pids && f.pids[i] == pid {
-                found = true;
-            }
-            i += 1;
-        }
-        if !found {
-            return false;
-        }
     }
     true
 }
