@@ -9,8 +9,10 @@
 //! program already runs on the CPU (`trace_call_bpf` checks `bpf_prog_active`), which
 //! loses events under churn; `__bpf_trace_run` only skips nested runs of the same
 //! program, and counts them in the program's `recursion_misses`, which userspace reports.
-#![no_std]
-#![no_main]
+// Built for real only for bpfel-unknown-none; on the host (`cargo clippy --workspace`)
+// it is an ordinary, empty binary so that the whole workspace checks.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use core::ffi::c_void;
 
@@ -145,7 +147,7 @@ fn remember(key: u64) {
 #[inline(always)]
 fn remembered(key: u64) -> bool {
     match RECENT.get(0) {
-        Some(r) => r.slots.iter().any(|&k| k == key),
+        Some(r) => r.slots.contains(&key),
         None => false,
     }
 }
@@ -227,7 +229,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let key = transition_key(cookie, new);
     if backup {
-        let done = match SOCKS.get_ptr(&cookie) {
+        let done = match SOCKS.get_ptr(cookie) {
             // SAFETY: a valid map value.
             Some(st) => (unsafe { (*st).state }) == new as u32,
             None => remembered(key),
@@ -249,7 +251,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
 
     let mut flags = if learned { EV_OWNER_CURRENT } else { 0 };
     let mut prev_ns = PREV_UNKNOWN;
-    let (pid, comm) = match SOCKS.get_ptr_mut(&cookie) {
+    let (pid, comm) = match SOCKS.get_ptr_mut(cookie) {
         Some(p) => {
             // SAFETY: a valid map value; the socket lock serialises its transitions.
             let st = unsafe { &mut *p };
@@ -263,7 +265,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             let owner = (st.pid, st.comm);
             if new == state::CLOSE {
                 // The socket's life ends here; its address may be reused.
-                let _ = SOCKS.remove(&cookie);
+                let _ = SOCKS.remove(cookie);
                 remember(key);
             } else {
                 st.since_ns = now;
@@ -279,7 +281,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
                     state: new as u32,
                     comm: cur_comm,
                 };
-                if SOCKS.insert(&cookie, &st, 0).is_err() {
+                if SOCKS.insert(cookie, st, 0).is_err() {
                     count(counter::TABLE_FULL);
                     flags |= EV_UNTRACKED;
                     remember(key);
@@ -368,13 +370,13 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             // tcp_time_wait() moves the connection to an inet_timewait_sock, which
             // keeps the cookie (inet_twsk_alloc) and lives on unseen by this tracepoint.
             ev.flags |= EV_TW_CANDIDATE;
-            let _ = TWS.insert(&tuple, &cookie, 0);
+            let _ = TWS.insert(tuple, cookie, 0);
             send = true;
         } else if tw_reuse {
             // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
             // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
-            if let Some(tw) = unsafe { TWS.get(&tuple) }.copied() {
-                let _ = TWS.remove(&tuple);
+            if let Some(tw) = unsafe { TWS.get(tuple) }.copied() {
+                let _ = TWS.remove(tuple);
                 let reused = Event {
                     prev_ns: PREV_UNKNOWN,
                     cookie: tw,
@@ -516,15 +518,15 @@ fn add_sample(
         count(counter::HIST_SPILLED);
         HIST_SPILL.get_ptr_mut((gen & 1) * 16 + (old as u32 & 15))
     };
-    let h = match HIST.get_ptr_mut(&key) {
+    let h = match HIST.get_ptr_mut(key) {
         Some(h) => h,
         None => {
             let inserted = match HIST_ZERO.get(0) {
-                Some(zero) => HIST.insert(&key, zero, 0).is_ok(),
+                Some(zero) => HIST.insert(key, zero, 0).is_ok(),
                 None => false,
             };
             let found = if inserted {
-                HIST.get_ptr_mut(&key)
+                HIST.get_ptr_mut(key)
             } else {
                 None
             };
@@ -602,7 +604,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
             return Err(-1);
         }
         let (pid, comm) = current_owner(c);
-        match SOCKS.get_ptr_mut(&cookie) {
+        match SOCKS.get_ptr_mut(cookie) {
             Some(p) => {
                 (*p).pid = pid;
                 (*p).comm = comm;
@@ -614,7 +616,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
                     state: sk_state as u32,
                     comm,
                 };
-                if SOCKS.insert(&cookie, &st, 0).is_err() {
+                if SOCKS.insert(cookie, st, 0).is_err() {
                     count(counter::TABLE_FULL);
                 }
             }
@@ -693,11 +695,14 @@ fn socket_fd(task: *const u8, file: *const u8, fd: u32) -> Option<FdRecord> {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -325,8 +325,6 @@ fn test() -> Result<ExitCode> {
                 "clippy",
                 "--quiet",
                 "--workspace",
-                "--exclude",
-                "tcpstate-ebpf",
                 "--release",
                 "--all-targets",
                 "--",
