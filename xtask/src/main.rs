@@ -336,18 +336,47 @@ fn test() -> Result<ExitCode> {
     )?;
     let bin = build_user(true)?;
     eprintln!("xtask: running unit and kernel tests");
-    status(
-        host_cargo()
-            .args([
-                "test",
-                "--release",
-                "--workspace",
-                "--exclude",
-                "tcpstate-ebpf",
-            ])
-            .env("TCPSTATE_BPF_OBJECT", &obj)
-            .env("TCPSTATE_BIN", &bin),
-        "cargo test",
-    )?;
+    let mut child = host_cargo()
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "tcpstate-ebpf",
+        ])
+        .env("TCPSTATE_BPF_OBJECT", &obj)
+        .env("TCPSTATE_BIN", &bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    // Echo the output and add up every test binary's counts, so the run ends with one
+    // total rather than the last binary's (often a doc-test run of 0).
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let st = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !st.success() {
+        bail!("cargo test failed ({st})");
+    }
     Ok(ExitCode::SUCCESS)
 }
