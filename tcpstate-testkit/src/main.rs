@@ -60,6 +60,13 @@ enum Cmd {
         conns: u32,
         #[arg(long, value_enum)]
         mode: Mode,
+        /// Connect from this local port every time (SO_REUSEADDR), so that a new
+        /// connection can meet the peer's TIME_WAIT socket of the previous one.
+        #[arg(long)]
+        from_port: Option<u16>,
+        /// Pause between connections, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Server and client in one process, as fast as possible, for CONNS connections
     /// or SECS seconds; prints `conns N secs S rate R`.
@@ -124,9 +131,56 @@ fn serve(mut s: TcpStream, mode: Mode) -> Option<TcpStream> {
     }
 }
 
+/// A connection from a fixed local port (std's TcpStream cannot bind before connect).
+fn connect_from(addr: SocketAddr, port: u16) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        anyhow::bail!("--from-port supports IPv4 only");
+    };
+    // SAFETY: plain socket calls on a fresh fd, owned by the TcpStream on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sin(*v4.ip(), port);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        anyhow::ensure!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) == 0,
+            "bind port {port}: {}",
+            std::io::Error::last_os_error()
+        );
+        let remote = sin(*v4.ip(), v4.port());
+        anyhow::ensure!(
+            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) == 0,
+            "connect {addr}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(stream)
+    }
+}
+
 /// Client side of one connection.
-fn client(addr: SocketAddr, mode: Mode) -> Result<Option<TcpStream>> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+fn client(addr: SocketAddr, mode: Mode, from_port: Option<u16>) -> Result<Option<TcpStream>> {
+    let mut s = match from_port {
+        Some(p) => connect_from(addr, p)?,
+        None => TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?,
+    };
     let mut b = [0u8; 1];
     s.read_exact(&mut b).context("reading the greeting")?;
     match mode {
@@ -223,11 +277,20 @@ fn main() -> Result<()> {
                 wait_for_stdin_eof();
             }
         }
-        Cmd::Client { addr, conns, mode } => {
+        Cmd::Client {
+            addr,
+            conns,
+            mode,
+            from_port,
+            pause_ms,
+        } => {
             raise_nofile();
             let mut held = Vec::new();
             for i in 0..conns {
-                held.extend(client(addr[i as usize % addr.len()], mode)?);
+                if i > 0 && pause_ms > 0 {
+                    std::thread::sleep(Duration::from_millis(pause_ms));
+                }
+                held.extend(client(addr[i as usize % addr.len()], mode, from_port)?);
             }
             writeln!(out, "done {conns} fds {}", fd_list(&held))?;
             out.flush()?;
@@ -260,7 +323,7 @@ fn main() -> Result<()> {
             let limit = secs.map(Duration::from_secs_f64);
             let mut n = 0u64;
             while conns.is_none_or(|c| n < c) && limit.is_none_or(|l| start.elapsed() < l) {
-                client(targets[n as usize % targets.len()], mode)?;
+                client(targets[n as usize % targets.len()], mode, None)?;
                 n += 1;
             }
             let secs = start.elapsed().as_secs_f64();

@@ -210,6 +210,65 @@ fn time_wait_lifetimes_per_closing_process() {
     }
 }
 
+/// A new connection on the 4-tuple of a TIME_WAIT socket ends it as reused, at that
+/// moment: the server closes first (its side holds TIME_WAIT) and the client comes
+/// back from the same port 1.2 s later, so tcp_timewait_state_process accepts the SYN.
+#[test]
+fn time_wait_ended_by_reuse() {
+    let port = free_port("127.0.0.1");
+    let from = free_port("127.0.0.1");
+    let mut t = Tracer::start(&[
+        "hist",
+        "--json",
+        "--state",
+        "TIME_WAIT",
+        "--port",
+        &port.to_string(),
+    ]);
+    let a = format!("127.0.0.1:{port}");
+    let mut server = Kit::spawn(&[
+        "server",
+        "--addr",
+        &a,
+        "--conns",
+        "3",
+        "--mode",
+        "server-close",
+    ]);
+    assert!(server.line().starts_with("ready"));
+    let mut client = Kit::spawn(&[
+        "client",
+        "--addr",
+        &a,
+        "--conns",
+        "3",
+        "--mode",
+        "server-close",
+        "--from-port",
+        &from.to_string(),
+        "--pause-ms",
+        "1200",
+    ]);
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+    let (out, err, st) = t.stop();
+    assert!(st.success(), "{err:?}");
+    let (hs, _) = hists(&out);
+    let tw = hs
+        .iter()
+        .find(|h| h["state"] == "TIME_WAIT")
+        .expect("TIME_WAIT");
+    // The first two were taken over by the next connection; the third still lives.
+    assert_eq!(tw["count"], 2, "{out}");
+    assert_eq!(tw["ended"]["reused"], 2, "{out}");
+    assert_eq!(tw["ended"]["expired"], 0);
+    for q in ["p50_ms", "max_ms"] {
+        let v = tw[q].as_f64().unwrap();
+        assert!((1_150.0..2_500.0).contains(&v), "{q} {v}: {out}");
+    }
+}
+
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
