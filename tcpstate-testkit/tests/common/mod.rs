@@ -92,13 +92,7 @@ impl Tracer {
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        if let Some(mut s) = self.stdout.take() {
-            s.read_to_string(&mut out).unwrap();
-        }
-        let status = self.child.wait().unwrap();
-        let err: Vec<String> = self.stderr_lines.try_iter().collect();
-        (out, err, status)
+        self.stop_after_exit()
     }
 }
 
