@@ -77,8 +77,6 @@ pub struct Event {
     pub comm: [u8; 16],
 }
 
-/// The owner was learned in this very event: the task on the CPU is the owner.
-pub const EV_OWNER_CURRENT: u32 = 1;
 /// The kernel's socket table was full: this socket is not tracked (no owner, no durations).
 pub const EV_UNTRACKED: u32 = 2;
 /// FIN_WAIT2->CLOSE or CLOSING->CLOSE: `tcp_time_wait()` may have handed the connection

@@ -28,9 +28,9 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     counter, hist_bucket, owner_is_current, state, Config, Event, FdRecord, Filter, Hist, HistKey,
-    SockState, TwKey, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_OWNER_CURRENT,
-    EV_TW_CANDIDATE, EV_TW_REUSED, EV_UNTRACKED, FILTER_MAX, FLAG_HIST, FLAG_STREAM, FLAG_TIMEWAIT,
-    HIST_BUCKETS, IPPROTO_TCP, PREV_UNKNOWN,
+    SockState, TwKey, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_TW_CANDIDATE,
+    EV_TW_REUSED, EV_UNTRACKED, FILTER_MAX, FLAG_HIST, FLAG_STREAM, FLAG_TIMEWAIT, HIST_BUCKETS,
+    IPPROTO_TCP, PREV_UNKNOWN,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`).
@@ -249,7 +249,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     };
     let learned = learned && cur_pid != 0;
 
-    let mut flags = if learned { EV_OWNER_CURRENT } else { 0 };
+    let mut flags = 0;
     let mut prev_ns = PREV_UNKNOWN;
     let (pid, comm) = match SOCKS.get_ptr_mut(cookie) {
         Some(p) => {

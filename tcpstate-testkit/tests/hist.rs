@@ -106,17 +106,8 @@ fn counts_equal_transitions_under_churn() {
 fn existing_sockets_are_not_counted_with_made_up_durations() {
     let port = free_port("127.0.0.1");
     let a = format!("127.0.0.1:{port}");
-    let mut server = Kit::spawn(&["server", "--addr", &a, "--conns", "3", "--mode", "hold"]);
-    assert!(server.line().starts_with("ready"));
-    let mut client = Kit::spawn(&[
-        "client",
-        "--addr",
-        &a,
-        "--conns",
-        "3",
-        "--mode",
-        "half-close",
-    ]);
+    let mut server = Kit::server(&a, "3", "hold");
+    let mut client = Kit::client(&a, "3", "half-close", &[]);
     assert!(client.line().starts_with("done"));
     assert_eq!(server.line().split(',').count(), 3);
     let mut t = Tracer::start(&["hist", "--json", "--port", &port.to_string()]);
@@ -226,29 +217,13 @@ fn time_wait_ended_by_reuse() {
         &port.to_string(),
     ]);
     let a = format!("127.0.0.1:{port}");
-    let mut server = Kit::spawn(&[
-        "server",
-        "--addr",
+    let mut server = Kit::server(&a, "3", "server-close");
+    let mut client = Kit::client(
         &a,
-        "--conns",
         "3",
-        "--mode",
         "server-close",
-    ]);
-    assert!(server.line().starts_with("ready"));
-    let mut client = Kit::spawn(&[
-        "client",
-        "--addr",
-        &a,
-        "--conns",
-        "3",
-        "--mode",
-        "server-close",
-        "--from-port",
-        &from.to_string(),
-        "--pause-ms",
-        "1200",
-    ]);
+        &["--from-port", &from.to_string(), "--pause-ms", "1200"],
+    );
     assert!(client.line().starts_with("done"));
     client.finish();
     server.finish();

@@ -83,17 +83,8 @@ fn server_forgets_close(ip: &str, tracer_first: bool) {
             &p,
         ])
     });
-    let mut server = Kit::spawn(&["server", "--addr", &a, "--conns", "5", "--mode", "hold"]);
-    assert!(server.line().starts_with("ready"));
-    let mut client = Kit::spawn(&[
-        "client",
-        "--addr",
-        &a,
-        "--conns",
-        "5",
-        "--mode",
-        "client-close",
-    ]);
+    let mut server = Kit::server(&a, "5", "hold");
+    let mut client = Kit::client(&a, "5", "client-close", &[]);
     assert!(client.line().starts_with("done"));
     let held = fds(&server.line());
     assert_eq!(held.len(), 5);
@@ -150,17 +141,8 @@ fn client_forgets_close_ipv4_and_ipv6() {
     for ip in ["127.0.0.1", "::1"] {
         let port = free_port(ip);
         let a = addr(ip, port);
-        let mut server = Kit::spawn(&[
-            "server",
-            "--addr",
-            &a,
-            "--conns",
-            "3",
-            "--mode",
-            "server-close",
-        ]);
-        assert!(server.line().starts_with("ready"));
-        let mut client = Kit::spawn(&["client", "--addr", &a, "--conns", "3", "--mode", "hold"]);
+        let mut server = Kit::server(&a, "3", "server-close");
+        let mut client = Kit::client(&a, "3", "hold", &[]);
         let held = fds(&client.line());
         assert_eq!(held.len(), 3);
         let (groups, _, _) = linger_once(&["--port", &port.to_string()]);
@@ -188,17 +170,8 @@ fn closed_sockets_leave_the_report() {
         "--port",
         &p,
     ]);
-    let mut server = Kit::spawn(&["server", "--addr", &a, "--conns", "4", "--mode", "hold"]);
-    assert!(server.line().starts_with("ready"));
-    let mut client = Kit::spawn(&[
-        "client",
-        "--addr",
-        &a,
-        "--conns",
-        "4",
-        "--mode",
-        "client-close",
-    ]);
+    let mut server = Kit::server(&a, "4", "hold");
+    let mut client = Kit::client(&a, "4", "client-close", &[]);
     assert!(client.line().starts_with("done"));
     assert_eq!(fds(&server.line()).len(), 4);
     std::thread::sleep(Duration::from_millis(900));
@@ -238,17 +211,8 @@ fn one_hundred_thousand_close_wait() {
         let port = free_port("127.0.0.1");
         let a = addr("127.0.0.1", port);
         let n = (TOTAL / PROCS + usize::from(i < TOTAL % PROCS)).to_string();
-        let mut s = Kit::spawn(&["server", "--addr", &a, "--conns", &n, "--mode", "hold"]);
-        assert!(s.line().starts_with("ready"));
-        let c = Kit::spawn(&[
-            "client",
-            "--addr",
-            &a,
-            "--conns",
-            &n,
-            "--mode",
-            "half-close",
-        ]);
+        let s = Kit::server(&a, &n, "hold");
+        let c = Kit::client(&a, &n, "half-close", &[]);
         pairs.push((s, c, n));
         lports.push("--lport".to_string());
         lports.push(port.to_string());
@@ -297,8 +261,7 @@ fn fail_if_any_exits_1_only_when_not_empty() {
     assert_eq!(st.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&st.stdout).contains("CLOSE_WAIT longer than 5s: 0 sockets"));
     let a = addr("127.0.0.1", port);
-    let mut server = Kit::spawn(&["server", "--addr", &a, "--conns", "1", "--mode", "hold"]);
-    assert!(server.line().starts_with("ready"));
+    let mut server = Kit::server(&a, "1", "hold");
     let mut client = Kit::spawn(&["client", "--addr", &a, "--mode", "client-close"]);
     assert!(client.line().starts_with("done"));
     assert_eq!(fds(&server.line()).len(), 1);

@@ -230,30 +230,13 @@ fn filters_state_family_and_pid() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = Kit::spawn(&[
-        "server",
-        "--addr",
-        &addr,
-        "--conns",
-        "3",
-        "--mode",
-        "client-close",
-    ]);
-    assert!(server.line().starts_with("ready"));
+    let mut server = Kit::server(&addr, "3", "client-close");
     let server_pid = server.pid();
     let sp = server_pid.to_string();
     let mut by_state = Tracer::start(&["trace", "--json", "--port", &p, "--state", "close_wait"]);
     let mut by_pid = Tracer::start(&["trace", "--json", "--port", &p, "--pid", &sp]);
     let mut v6_only = Tracer::start(&["trace", "--json", "--port", &p, "-6"]);
-    let mut client = Kit::spawn(&[
-        "client",
-        "--addr",
-        &addr,
-        "--conns",
-        "3",
-        "--mode",
-        "client-close",
-    ]);
+    let mut client = Kit::client(&addr, "3", "client-close", &[]);
     assert!(client.line().starts_with("done"));
     client.finish();
     server.finish();

@@ -585,7 +585,6 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
     }
     let mut summary = session.final_summary();
     summary.untracked += linger.table.untracked;
-    summary.shown = linger.table.len() as u64;
     if linger.args.json {
         crate::output::write_summary_json(&mut linger.out, &summary)?;
     } else {

@@ -148,7 +148,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub struct Summary {
     /// Transitions received from the kernel.
     pub events: u64,
-    /// Transitions that passed the filters.
+    /// Transitions that passed the filters (the probe's, and for `trace` its own).
     pub shown: u64,
     /// Transitions that never reached userspace: `lost_ringbuf + lost_skipped`.
     pub lost: u64,

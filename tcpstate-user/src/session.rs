@@ -150,6 +150,8 @@ impl Session {
         s.hist_spilled = c.hist_spilled;
         s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read;
         s.untracked += c.table_full;
+        // Everything received passed the probe's filters; `trace` narrows this further.
+        s.shown = s.events;
         s.accept_unresolved = c.accept_unresolved + c.accept_skipped;
         *s
     }

@@ -171,6 +171,20 @@ impl Kit {
         Kit { child, out }
     }
 
+    /// `tcpkit server`, once it listens.
+    pub fn server(addr: &str, conns: &str, mode: &str) -> Kit {
+        let mut k = Kit::spawn(&["server", "--addr", addr, "--conns", conns, "--mode", mode]);
+        assert!(k.line().starts_with("ready"), "tcpkit server did not start");
+        k
+    }
+
+    /// `tcpkit client` with optional extra arguments.
+    pub fn client(addr: &str, conns: &str, mode: &str, extra: &[&str]) -> Kit {
+        let mut args = vec!["client", "--addr", addr, "--conns", conns, "--mode", mode];
+        args.extend_from_slice(extra);
+        Kit::spawn(&args)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -205,9 +219,8 @@ pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
     .unwrap();
     let addr = addr.to_string();
     let n = conns.to_string();
-    let mut server = Kit::spawn(&["server", "--addr", &addr, "--conns", &n, "--mode", mode]);
-    assert!(server.line().starts_with("ready"));
-    let mut client = Kit::spawn(&["client", "--addr", &addr, "--conns", &n, "--mode", mode]);
+    let mut server = Kit::server(&addr, &n, mode);
+    let mut client = Kit::client(&addr, &n, mode, &[]);
     assert!(client.line().starts_with("done"));
     let (sp, cp) = (server.pid(), client.pid());
     client.finish();
