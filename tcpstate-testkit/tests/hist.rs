@@ -251,6 +251,7 @@ fn bad_values_exit_2() {
         &["hist", "--interval", "0"],
         &["hist", "--unit", "parsecs"],
         &["hist", "--by", "color"],
+        &["hist", "--duration", "abc"],
         &[
             "hist", "--port", "1", "--port", "2", "--port", "3", "--port", "4", "--port", "5",
             "--port", "6", "--port", "7", "--port", "8", "--port", "9",

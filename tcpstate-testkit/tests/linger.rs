@@ -295,5 +295,7 @@ fn bad_values_exit_2() {
         &["linger", "--interval", "0"],
         &["linger", "--state", "WAITING"],
         &["linger", "--state", "TIME_WAIT"],
+        &["linger", "--duration", "0"],
+        &["linger", "--min-age", "5parsecs"],
     ]);
 }

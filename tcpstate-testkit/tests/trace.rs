@@ -340,6 +340,10 @@ fn bad_values_exit_2_with_one_line() {
         &["trace", "--state", "SLEEPING"],
         &["--bogus"],
         &["-4", "-6"],
+        &["--pid", "0"],
+        &["--pid", "x"],
+        &["--lport", "0"],
+        &["--rport", "70000"],
     ]);
 }
 
