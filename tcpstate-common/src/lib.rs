@@ -16,11 +16,13 @@ pub mod names {
     pub const HIST_SPILL: &str = "HIST_SPILL";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
+    pub const TW_TIMER_FN: &str = "TW_TIMER_FN";
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
     pub const PROG_ACCEPT_EXIT: &str = "sys_exit_accept";
     pub const PROG_TASK_SOCKETS: &str = "task_sockets";
+    pub const PROG_TW_EXPIRE: &str = "tw_timer_expire";
     pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
 }
 
@@ -79,11 +81,6 @@ pub struct Event {
 
 /// The kernel's socket table was full: this socket is not tracked (no owner, no durations).
 pub const EV_UNTRACKED: u32 = 2;
-/// FIN_WAIT2->CLOSE or CLOSING->CLOSE: `tcp_time_wait()` may have handed the connection
-/// to a timewait socket (it can also be an orphan's end or a TIME_WAIT overflow).
-pub const EV_TW_CANDIDATE: u32 = 4;
-/// A new connection took the 4-tuple of the TIME_WAIT socket `cookie`, ending it.
-pub const EV_TW_REUSED: u32 = 8;
 
 /// What the kernel remembers per live socket (`SOCKS` map, keyed by cookie).
 #[repr(C)]
@@ -146,20 +143,30 @@ pub struct Config {
     pub flags: u32,
     /// `BY_*`: the histogram key.
     pub hist_by: u32,
-    pub _pad: u32,
+    /// struct timer_list: `function`.
+    pub timer_function: u32,
     /// Kernel-side filter (see [`Filter`]); applies to what is sent or aggregated.
     pub filter: Filter,
     /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
     /// drains on a timer, so wake-ups are batched rather than one per event.
     pub wakeup_bytes: u64,
+    // struct inet_timewait_sock (its sock_common fields share struct sock's offsets)
+    pub tw_timer: u32,
+    pub tw_substate: u32,
+    pub tw_sport: u32,
+    pub _pad: u32,
 }
 
 /// Send every transition to userspace (`trace`, `linger`).
 pub const FLAG_STREAM: u32 = 1;
 /// Aggregate time-in-state histograms in the kernel (`hist`).
 pub const FLAG_HIST: u32 = 2;
-/// Send only TIME_WAIT hand-overs and their reuse (`hist` with TIME_WAIT).
+/// Time TIME_WAIT sockets in the kernel, from hand-over to expiry or reuse (`hist`).
 pub const FLAG_TIMEWAIT: u32 = 4;
+/// Keep a record per socket (`SOCKS`): time in the previous state, owner.
+pub const FLAG_TRACK: u32 = 8;
+/// Learn owners (the current task on owner-context transitions, and accept()).
+pub const FLAG_OWNERS: u32 = 16;
 
 pub const BY_NONE: u32 = 0;
 pub const BY_PROCESS: u32 = 1;
@@ -241,6 +248,23 @@ pub struct Hist {
     pub buckets: [u64; HIST_BUCKETS],
 }
 
+/// `HistKey::state` of TIME_WAIT samples that a new connection ended by taking the
+/// 4-tuple (TIME_WAIT samples that expired use `state::TIME_WAIT`).
+pub const HIST_TW_REUSED: u32 = 16 + state::TIME_WAIT as u32;
+/// Spill slots per generation (indexed by `HistKey::state`).
+pub const HIST_SPILL_STATES: u32 = 32;
+
+/// A TIME_WAIT candidate: when the connection was handed over, its cookie (the
+/// timewait socket keeps it) and owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwLive {
+    pub start_ns: u64,
+    pub cookie: u64,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
 /// A connection's 4-tuple, from its own side: the key of a TIME_WAIT candidate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -268,7 +292,17 @@ pub mod counter {
     pub const READ_FAILED: u32 = 4;
     /// Samples that went to the spill histogram (kept, but without their --by key).
     pub const HIST_SPILLED: u32 = 5;
-    pub const COUNT: u32 = 8;
+    /// FIN_WAIT2/CLOSING->CLOSE hand-overs recorded as TIME_WAIT candidates...
+    pub const TW_CANDIDATES: u32 = 6;
+    /// ...that expired in TIME_WAIT (`tw_timer_handler`)...
+    pub const TW_EXPIRED: u32 = 7;
+    /// ...that a new connection reused...
+    pub const TW_REUSED: u32 = 8;
+    /// ...whose timewait socket expired in FIN_WAIT2 (an orphan, not TIME_WAIT)...
+    pub const TW_NOT_TIMEWAIT: u32 = 9;
+    /// ...and those that could not be recorded (map busy).
+    pub const TW_UNTRACKED: u32 = 10;
+    pub const COUNT: u32 = 12;
 }
 
 /// Whether the task on the CPU during this transition is the socket's owner.
@@ -292,7 +326,8 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 208);
+const _: () = assert!(core::mem::size_of::<Config>() == 224);
+const _: () = assert!(core::mem::size_of::<TwLive>() == 24);
 const _: () = assert!(core::mem::size_of::<Filter>() == 104);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 40);
@@ -308,6 +343,7 @@ mod pod {
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::Hist {}
     unsafe impl aya::Pod for super::TwKey {}
+    unsafe impl aya::Pod for super::TwLive {}
 }
 
 #[cfg(test)]

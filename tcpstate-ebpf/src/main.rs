@@ -20,7 +20,8 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_seq_write,
+        bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_seq_write,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -28,9 +29,9 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     counter, hist_bucket, owner_is_current, state, Config, Event, FdRecord, Filter, Hist, HistKey,
-    SockState, TwKey, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_TW_CANDIDATE,
-    EV_TW_REUSED, EV_UNTRACKED, FILTER_MAX, FLAG_HIST, FLAG_STREAM, FLAG_TIMEWAIT, HIST_BUCKETS,
-    IPPROTO_TCP, PREV_UNKNOWN,
+    SockState, TwKey, TwLive, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_UNTRACKED,
+    FILTER_MAX, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, HIST_BUCKETS,
+    HIST_SPILL_STATES, HIST_TW_REUSED, IPPROTO_TCP, PREV_UNKNOWN,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`).
@@ -59,7 +60,7 @@ static CONFIG: Config = Config {
     inode_mode: 0,
     flags: 0,
     hist_by: 0,
-    _pad: 0,
+    timer_function: 0,
     filter: Filter {
         family: 0,
         n_ports: 0,
@@ -73,29 +74,35 @@ static CONFIG: Config = Config {
         pids: [0; FILTER_MAX],
     },
     wakeup_bytes: 0,
+    tw_timer: 0,
+    tw_substate: 0,
+    tw_sport: 0,
+    _pad: 0,
 };
 
 /// Size set by userspace at load time.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Live sockets by cookie. Bounded; a failed insert is counted (`TABLE_FULL`).
-/// Not preallocated, so an idle host pays only for the sockets it has.
+/// Live sockets by cookie (only with `FLAG_TRACK`). Bounded; a failed insert is
+/// counted (`TABLE_FULL`). Not preallocated, so an idle host pays only for the
+/// sockets it has.
 #[map(name = "SOCKS")]
 static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
-/// Time-in-state histograms (`hist`), per CPU so updates need no atomics. Allocated
-/// on demand: --by raddr can make many keys.
+/// Time-in-state histograms (`hist`), per CPU so updates need no atomics.
+/// Preallocated (userspace sizes it): inserting a new key then never allocates, which
+/// in softirq or timer context fails whenever the allocator's small per-CPU cache of
+/// 4.5 KiB values runs dry.
 #[map(name = "HIST")]
-static HIST: PerCpuHashMap<HistKey, Hist> =
-    PerCpuHashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+static HIST: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(64, 0);
 
 /// Where a sample goes when its HIST key cannot be inserted: the map is full, or the
 /// bucket is locked by the program this one interrupted (`htab_lock_bucket` returns
-/// -EBUSY when nested on a CPU). Indexed by (generation & 1) * 16 + state; array
-/// lookups take no lock. Userspace merges it, without the --by key.
+/// -EBUSY when nested on a CPU). Indexed by (generation & 1) * 32 + `HistKey::state`;
+/// array lookups take no lock. Userspace merges it, without the --by key.
 #[map(name = "HIST_SPILL")]
-static HIST_SPILL: PerCpuArray<Hist> = PerCpuArray::with_max_entries(32, 0);
+static HIST_SPILL: PerCpuArray<Hist> = PerCpuArray::with_max_entries(2 * HIST_SPILL_STATES, 0);
 
 /// A zeroed histogram to insert new keys from (too big for the BPF stack).
 #[map(name = "HIST_ZERO")]
@@ -105,51 +112,98 @@ static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "GEN")]
 static GEN: Array<u32> = Array::with_max_entries(1, 0);
 
-/// TIME_WAIT candidates by 4-tuple, to see a new connection take one over. Userspace
-/// deletes entries whose timewait socket is gone; LRU bounds what it misses.
+/// TIME_WAIT candidates by 4-tuple (a 4-tuple has at most one timewait socket): the
+/// expiry timer and a new connection on the same 4-tuple both find them here. Entries
+/// whose end the probe cannot see (a reset in TIME_WAIT, a tcp_max_tw_buckets
+/// overflow) are swept by userspace; LRU bounds the rest.
 #[map(name = "TWS")]
-static TWS: LruHashMap<TwKey, u64> = LruHashMap::with_max_entries(1 << 18, 0);
+static TWS: LruHashMap<TwKey, TwLive> = LruHashMap::with_max_entries(1 << 18, 0);
+
+/// Address of `tw_timer_handler`, the function of every timewait socket's timer. Set
+/// by userspace from /proc/kallsyms after attaching (reading it takes ~40 ms, kept out
+/// of startup); 0 until then.
+#[map(name = "TW_TIMER_FN")]
+static TW_TIMER_FN: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Per CPU, the last few transitions the handler completed without leaving a `SOCKS`
-/// entry that shows them (the socket closed, or the table was full), so the backup
-/// program can tell them from transitions the primary never saw.
+/// Per CPU, the transitions the primary program has run for and the backup has not
+/// yet looked at, so the backup can tell them from transitions the primary never saw.
+/// At most the nesting depth (task, softirq) is in flight; a mark whose backup was
+/// itself skipped goes stale and its slot is reused after `MARK_STALE_JIFFIES`.
 #[map(name = "RECENT")]
 static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
 
 const RECENT_SLOTS: usize = 8;
+/// A primary run and its backup are microseconds apart, or a softirq's 2 ms budget
+/// (`MAX_SOFTIRQ_TIME`) when one nests in between: 20 jiffies is >= 20 ms.
+const MARK_STALE_JIFFIES: u64 = 20;
 
 #[repr(C)]
 struct Recent {
-    slots: [u64; RECENT_SLOTS],
+    /// The socket (its address; 0 = free slot) and the transition's `old << 8 | new`.
+    socks: [u64; RECENT_SLOTS],
+    states: [u64; RECENT_SLOTS],
+    at: [u64; RECENT_SLOTS],
     next: u64,
 }
 
-/// A transition's identity: a socket never makes the same transition twice in a row.
+/// A transition's identity while it is in flight: the socket (alive and locked for
+/// the whole tracepoint call) and both states. Needs no read, so every transition is
+/// marked, filtered or not.
 #[inline(always)]
-fn transition_key(cookie: u64, new: i32) -> u64 {
-    (cookie << 8) | (new as u64 & 0xff)
+fn states_code(old: i32, new: i32) -> u64 {
+    ((old as u64 & 0xff) << 8) | (new as u64 & 0xff)
 }
 
+/// The primary runs for this transition: leave a mark for the backup in a free or
+/// stale slot. (Storing and comparing the socket pointer needs CAP_PERFMON, which
+/// tracing needs anyway; the verifier allows no arithmetic on it.)
 #[inline(always)]
-fn remember(key: u64) {
+fn mark(sk: *const u8, code: u64) {
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, only this CPU writes it.
+        // SAFETY: per-CPU value; a nested run on this CPU only adds its own mark.
         let r = unsafe { &mut *r };
-        let i = (r.next as usize) % RECENT_SLOTS;
-        r.slots[i] = key;
-        r.next = r.next.wrapping_add(1);
+        let now = unsafe { bpf_jiffies64() };
+        let mut slot = RECENT_SLOTS;
+        let mut i = 0;
+        while i < RECENT_SLOTS {
+            if r.socks[i] == 0 || now.wrapping_sub(r.at[i]) > MARK_STALE_JIFFIES {
+                slot = i;
+                break;
+            }
+            i += 1;
+        }
+        if slot == RECENT_SLOTS {
+            slot = (r.next as usize) % RECENT_SLOTS;
+            r.next = r.next.wrapping_add(1);
+        }
+        let slot = core::hint::black_box(slot);
+        if slot < RECENT_SLOTS {
+            r.socks[slot] = sk as u64;
+            r.states[slot] = code;
+            r.at[slot] = now;
+        }
     }
 }
 
+/// The backup's check: did the primary run for this transition? Consumes the mark.
 #[inline(always)]
-fn remembered(key: u64) -> bool {
-    match RECENT.get(0) {
-        Some(r) => r.slots.contains(&key),
-        None => false,
+fn take_mark(sk: *const u8, code: u64) -> bool {
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: per-CPU value.
+        let r = unsafe { &mut *r };
+        let mut i = 0;
+        while i < RECENT_SLOTS {
+            if r.socks[i] == sk as u64 && r.states[i] == code {
+                r.socks[i] = 0;
+                return true;
+            }
+            i += 1;
+        }
     }
+    false
 }
 
 /// The configuration, read through memory: `black_box` keeps the compiler from folding
@@ -173,6 +227,28 @@ fn count(idx: u32) {
 #[inline(always)]
 unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + off` of a BTF-typed pointer (the tracepoint's own `sk`)
+/// with a plain load: the verifier knows `off` (CONFIG is frozen read-only data),
+/// checks it against the struct's BTF and guards the load itself (BPF_PROBE_MEM),
+/// so no helper call is needed.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
+}
+
+/// An in6_addr, as four 32-bit loads (its `u6_addr32` view), straight into place.
+#[inline(always)]
+fn load_in6(sk: *const u8, off: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w: u32 = unsafe { load(sk, off + 4 * i as u32) };
+        a[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        i += 1;
+    }
+    a
 }
 
 /// The current process (tgid) and its thread-group leader's comm, as `ss -p` names it.
@@ -207,9 +283,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Backup program on the same tracepoint: a separate program, so the kernel guards
-/// its recursion separately. It runs after the primary for every transition and
-/// handles it only if the primary did not: the socket's record does not show the new
-/// state yet. Never both, so nothing is counted twice.
+/// its recursion separately. It runs right after the primary for every transition
+/// (tracepoint probes run in attach order) and handles it only if the primary left
+/// no mark for it. Never both, so nothing is counted twice.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
     if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true).is_err() {
@@ -218,30 +294,43 @@ pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+// Map keys and values by reference: by value they are copied onto the 512-byte
+// BPF stack, which this function nearly fills.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
+    let code = states_code(old, new);
+    if !backup {
+        mark(sk, code);
+    } else if take_mark(sk, code) {
+        return Ok(());
+    } else {
+        // The primary was skipped for this transition (filtered or not): userspace
+        // subtracts these from its recursion_misses to count what was lost.
+        count(counter::RECOVERED);
+    }
     let c = cfg();
+    let f = &c.filter;
+    let track = c.flags & FLAG_TRACK != 0;
+    // Without per-socket records nothing else needs the transitions the user's states
+    // exclude: `linger` stops 8 of a connection's 10 here, before any read.
+    if !track && !passes_states(f, old, new) {
+        return Ok(());
+    }
     // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
-    let protocol: u16 = unsafe { read(sk, c.sk_protocol)? };
+    let protocol: u16 = unsafe { load(sk, c.sk_protocol) };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let key = transition_key(cookie, new);
-    if backup {
-        let done = match SOCKS.get_ptr(cookie) {
-            // SAFETY: a valid map value.
-            Some(st) => (unsafe { (*st).state }) == new as u32,
-            None => remembered(key),
-        };
-        if done {
-            return Ok(());
-        }
-        count(counter::RECOVERED);
+    // The cookie is set once asked for (sock_gen_cookie); only a socket's first
+    // transition needs the helper.
+    let mut cookie: u64 = unsafe { load(sk, c.sk_cookie) };
+    if cookie == 0 {
+        cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     }
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let learned = owner_is_current(old, new);
+    let learned = c.flags & FLAG_OWNERS != 0 && owner_is_current(old, new);
     let (cur_pid, cur_comm) = if learned {
         current_owner(c)
     } else {
@@ -251,60 +340,61 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
 
     let mut flags = 0;
     let mut prev_ns = PREV_UNKNOWN;
-    let (pid, comm) = match SOCKS.get_ptr_mut(cookie) {
-        Some(p) => {
-            // SAFETY: a valid map value; the socket lock serialises its transitions.
-            let st = unsafe { &mut *p };
-            if st.since_ns != 0 {
-                prev_ns = now.saturating_sub(st.since_ns);
-            }
-            if learned {
-                st.pid = cur_pid;
-                st.comm = cur_comm;
-            }
-            let owner = (st.pid, st.comm);
-            if new == state::CLOSE {
-                // The socket's life ends here; its address may be reused.
-                let _ = SOCKS.remove(cookie);
-                remember(key);
-            } else {
-                st.since_ns = now;
-                st.state = new as u32;
-            }
-            owner
-        }
-        None => {
-            if new != state::CLOSE {
-                let st = SockState {
-                    since_ns: now,
-                    pid: cur_pid,
-                    state: new as u32,
-                    comm: cur_comm,
-                };
-                if SOCKS.insert(cookie, st, 0).is_err() {
-                    count(counter::TABLE_FULL);
-                    flags |= EV_UNTRACKED;
-                    remember(key);
+    let (pid, comm) = if !track {
+        (0, [0; 16])
+    } else {
+        match SOCKS.get_ptr_mut(cookie) {
+            Some(p) => {
+                // SAFETY: a valid map value; the socket lock serialises its transitions.
+                let st = unsafe { &mut *p };
+                if st.since_ns != 0 {
+                    prev_ns = now.saturating_sub(st.since_ns);
                 }
-            } else {
-                remember(key);
+                if learned {
+                    st.pid = cur_pid;
+                    st.comm = cur_comm;
+                }
+                let owner = (st.pid, st.comm);
+                if new == state::CLOSE {
+                    // The socket's life ends here; its address may be reused.
+                    let _ = SOCKS.remove(cookie);
+                } else {
+                    st.since_ns = now;
+                    st.state = new as u32;
+                }
+                owner
             }
-            (cur_pid, cur_comm)
+            None => {
+                if new != state::CLOSE {
+                    let st = SockState {
+                        since_ns: now,
+                        pid: cur_pid,
+                        state: new as u32,
+                        comm: cur_comm,
+                    };
+                    if SOCKS.insert(cookie, st, 0).is_err() {
+                        count(counter::TABLE_FULL);
+                        flags |= EV_UNTRACKED;
+                    }
+                }
+                (cur_pid, cur_comm)
+            }
         }
     };
 
-    // Filters that need no socket reads first: most transitions stop here in linger
-    // (states) and never need their addresses in hist.
-    let f = &c.filter;
-    if !passes_owner_and_states(f, old, new, pid) {
+    // Filters that need no socket reads first: most transitions stop here in `trace
+    // --state` and never need their addresses in hist.
+    if !passes_states(f, old, new) || !passes_pids(f, pid) {
         return Ok(());
     }
     let hist_sample = c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN;
+    let timewait = c.flags & FLAG_TIMEWAIT != 0;
     let tw_candidate = new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING);
     let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
         || (old == state::LISTEN && new == state::SYN_RECV);
-    let need_addrs = c.flags & FLAG_STREAM != 0
-        || (c.flags & FLAG_TIMEWAIT != 0 && (tw_candidate || tw_reuse))
+    let stream = c.flags & FLAG_STREAM != 0;
+    let need_addrs = stream
+        || (timewait && (tw_candidate || tw_reuse))
         || f.family != 0
         || f.n_ports != 0
         || f.n_lports != 0
@@ -320,44 +410,27 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let mut sport = 0u16;
     let mut dport = 0u16;
     if need_addrs {
-        family = unsafe { read(sk, c.sk_family)? };
+        family = unsafe { load(sk, c.sk_family) };
         if family == AF_INET {
-            let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
-            let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
+            saddr[..4].copy_from_slice(&unsafe { load::<u32>(sk, c.sk_rcv_saddr) }.to_ne_bytes());
+            daddr[..4].copy_from_slice(&unsafe { load::<u32>(sk, c.sk_daddr) }.to_ne_bytes());
         } else if family == AF_INET6 {
-            saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
-            daddr = unsafe { read(sk, c.sk_v6_daddr)? };
+            saddr = load_in6(sk, c.sk_v6_rcv_saddr);
+            daddr = load_in6(sk, c.sk_v6_daddr);
         }
         // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
-        // clears.
+        // clears. It lies in struct inet_sock, beyond the BTF type of `sk`, so it
+        // takes a checked read.
         sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
-        dport = u16::from_be(unsafe { read::<u16>(sk, c.sk_dport)? });
+        dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
         if !passes_endpoints(f, family, &saddr, &daddr, sport, dport) {
             return Ok(());
         }
     }
-    if c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN {
-        add_sample(c, old, prev_ns, pid, family, dport, &daddr);
+    if hist_sample {
+        add_sample(c, old as u32, prev_ns, pid, family, dport, &daddr);
     }
-    let mut send = c.flags & FLAG_STREAM != 0;
-    let mut ev = Event {
-        ts_ns: now,
-        prev_ns,
-        cookie,
-        saddr,
-        daddr,
-        pid,
-        sport,
-        dport,
-        family,
-        oldstate: old as u8,
-        newstate: new as u8,
-        flags,
-        comm,
-    };
-    if c.flags & FLAG_TIMEWAIT != 0 {
+    if timewait && (tw_candidate || tw_reuse) {
         let tuple = TwKey {
             family,
             sport,
@@ -367,31 +440,143 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             daddr,
         };
         if tw_candidate {
-            // tcp_time_wait() moves the connection to an inet_timewait_sock, which
-            // keeps the cookie (inet_twsk_alloc) and lives on unseen by this tracepoint.
-            ev.flags |= EV_TW_CANDIDATE;
-            let _ = TWS.insert(tuple, cookie, 0);
-            send = true;
-        } else if tw_reuse {
+            // tcp_time_wait() has just moved the connection to an inet_timewait_sock,
+            // which keeps the cookie (inet_twsk_alloc) and lives on unseen by this
+            // tracepoint; `tw_timer_expire` sees it die.
+            let live = TwLive {
+                start_ns: now,
+                cookie,
+                pid,
+                _pad: 0,
+            };
+            count(if TWS.insert(&tuple, &live, 0).is_ok() {
+                counter::TW_CANDIDATES
+            } else {
+                counter::TW_UNTRACKED
+            });
+        } else if let Some(live) = unsafe { TWS.get(&tuple) }.copied() {
             // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
             // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
-            if let Some(tw) = unsafe { TWS.get(tuple) }.copied() {
-                let _ = TWS.remove(tuple);
-                let reused = Event {
-                    prev_ns: PREV_UNKNOWN,
-                    cookie: tw,
-                    oldstate: state::TIME_WAIT as u8,
-                    newstate: state::CLOSE as u8,
-                    flags: EV_TW_REUSED,
-                    ..ev
-                };
-                emit(c, &reused);
-            }
+            let _ = TWS.remove(&tuple);
+            count(counter::TW_REUSED);
+            add_sample(
+                c,
+                HIST_TW_REUSED,
+                now.saturating_sub(live.start_ns),
+                live.pid,
+                family,
+                dport,
+                &daddr,
+            );
         }
     }
-    if send {
-        emit(c, &ev);
+    if stream {
+        emit(
+            c,
+            &Event {
+                ts_ns: now,
+                prev_ns,
+                cookie,
+                saddr,
+                daddr,
+                pid,
+                sport,
+                dport,
+                family,
+                oldstate: old as u8,
+                newstate: new as u8,
+                flags,
+                comm,
+            },
+        );
     }
+    Ok(())
+}
+
+/// Local and remote address of a timewait socket (struct sock's sock_common layout).
+#[inline(always)]
+fn read_addrs(
+    c: &Config,
+    sk: *const u8,
+    family: u16,
+    saddr: &mut [u8; 16],
+    daddr: &mut [u8; 16],
+) -> Result<(), i32> {
+    if family == AF_INET {
+        let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
+        let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        *saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
+        *daddr = unsafe { read(sk, c.sk_v6_daddr)? };
+    }
+    Ok(())
+}
+
+/// A timer expired: if it is a timewait socket's (`tw_timer_handler`, about to run
+/// `inet_twsk_kill`), its TIME_WAIT ends now. The timer_expire_entry tracepoint runs
+/// for every timer, so anything else returns after one read.
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct timer_list *timer, unsigned long baseclk)
+    if tw_expired(ctx.arg(0)).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+// Map keys and values by reference: by value they are copied onto the 512-byte
+// BPF stack, which this function nearly fills.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn tw_expired(timer: *const u8) -> Result<(), i32> {
+    let c = cfg();
+    let tw_fn = TW_TIMER_FN.get(0).copied().unwrap_or(0);
+    if tw_fn == 0 {
+        return Ok(());
+    }
+    let function: u64 = unsafe { read(timer, c.timer_function)? };
+    if function != tw_fn {
+        return Ok(());
+    }
+    // container_of(timer, struct inet_timewait_sock, tw_timer)
+    let tw = timer.wrapping_sub(c.tw_timer as usize);
+    let family: u16 = unsafe { read(tw, c.sk_family)? };
+    let mut tuple = TwKey {
+        family,
+        sport: u16::from_be(unsafe { read::<u16>(tw, c.tw_sport)? }),
+        dport: u16::from_be(unsafe { read::<u16>(tw, c.sk_dport)? }),
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    read_addrs(c, tw, family, &mut tuple.saddr, &mut tuple.daddr)?;
+    let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
+        return Ok(()); // not ours: predates the probe, or filtered out
+    };
+    let cookie: u64 = unsafe { read(tw, c.sk_cookie)? };
+    if cookie != live.cookie {
+        return Ok(());
+    }
+    let _ = TWS.remove(&tuple);
+    let substate: u8 = unsafe { read(tw, c.tw_substate)? };
+    if i32::from(substate) != state::TIME_WAIT {
+        // An orphan's FIN_WAIT2 timeout (tcp_time_wait(sk, TCP_FIN_WAIT2, ...)).
+        count(counter::TW_NOT_TIMEWAIT);
+        return Ok(());
+    }
+    count(counter::TW_EXPIRED);
+    let now = unsafe { bpf_ktime_get_ns() };
+    add_sample(
+        c,
+        state::TIME_WAIT as u32,
+        now.saturating_sub(live.start_ns),
+        live.pid,
+        family,
+        tuple.dport,
+        &tuple.daddr,
+    );
     Ok(())
 }
 
@@ -432,27 +617,26 @@ fn listed16(list: &[u16; FILTER_MAX], n: u32, v: u16) -> bool {
     false
 }
 
-/// The user's state and owner filters, applied here so that filtered-out transitions
-/// cost no socket reads, no ring space and no wake-ups.
+/// The user's state filter: the old or the new state must be listed.
 #[inline(always)]
-fn passes_owner_and_states(f: &Filter, old: i32, new: i32, pid: u32) -> bool {
-    if f.states != 0 && f.states & ((1 << (old & 31)) | (1 << (new & 31))) == 0 {
-        return false;
+fn passes_states(f: &Filter, old: i32, new: i32) -> bool {
+    f.states == 0 || f.states & ((1 << (old & 31)) | (1 << (new & 31))) != 0
+}
+
+/// The user's owner filter, applied before any socket read.
+#[inline(always)]
+fn passes_pids(f: &Filter, pid: u32) -> bool {
+    if f.n_pids == 0 {
+        return true;
     }
-    if f.n_pids != 0 {
-        let mut found = false;
-        let mut i = 0;
-        while i < FILTER_MAX {
-            if (i as u32) < f.n_pids && f.pids[i] == pid {
-                found = true;
-            }
-            i += 1;
+    let mut i = 0;
+    while i < FILTER_MAX {
+        if (i as u32) < f.n_pids && f.pids[i] == pid {
+            return true;
         }
-        if !found {
-            return false;
-        }
+        i += 1;
     }
-    true
+    false
 }
 
 /// The user's family and port filters.
@@ -486,12 +670,13 @@ fn passes_endpoints(
     true
 }
 
-/// Adds the time spent in `old` to its histogram, under the current generation.
+/// Adds `dur_ns` spent in `st` (a state, or `HIST_TW_REUSED`) to its histogram,
+/// under the current generation.
 #[inline(always)]
 fn add_sample(
     c: &Config,
-    old: i32,
-    prev_ns: u64,
+    st: u32,
+    dur_ns: u64,
     pid: u32,
     family: u16,
     dport: u16,
@@ -500,7 +685,7 @@ fn add_sample(
     let gen = GEN.get(0).copied().unwrap_or(0);
     let mut key = HistKey {
         gen,
-        state: old as u32,
+        state: st,
         pid: 0,
         port: 0,
         addr: [0; 16],
@@ -516,7 +701,7 @@ fn add_sample(
     }
     let spill = || {
         count(counter::HIST_SPILLED);
-        HIST_SPILL.get_ptr_mut((gen & 1) * 16 + (old as u32 & 15))
+        HIST_SPILL.get_ptr_mut((gen & 1) * HIST_SPILL_STATES + (st % HIST_SPILL_STATES))
     };
     let h = match HIST.get_ptr_mut(key) {
         Some(h) => h,
@@ -539,12 +724,12 @@ fn add_sample(
     // SAFETY: this CPU's copy of a valid map value.
     let h = unsafe { &mut *h };
     h.count += 1;
-    h.sum_ns += prev_ns;
-    if prev_ns > h.max_ns {
-        h.max_ns = prev_ns;
+    h.sum_ns += dur_ns;
+    if dur_ns > h.max_ns {
+        h.max_ns = dur_ns;
     }
     // black_box: keep the bound check on the index itself, where the verifier sees it.
-    let b = core::hint::black_box(hist_bucket(prev_ns / 1000));
+    let b = core::hint::black_box(hist_bucket(dur_ns / 1000));
     if b < HIST_BUCKETS {
         h.buckets[b] += 1;
     }

@@ -1,9 +1,11 @@
 //! `tcpstate hist`: how long sockets spend in each state, TIME_WAIT included.
 //!
-//! Every state but TIME_WAIT is aggregated in the kernel (exact counts whatever the
-//! load; see `add_sample` in tcpstate-ebpf). TIME_WAIT comes from [`TimeWaits`]: the
-//! probe reports hand-overs and reuses, sock_diag polls every second see the timewait
-//! sockets live and die.
+//! Everything is aggregated in the kernel (exact counts whatever the load; see
+//! `add_sample` in tcpstate-ebpf), TIME_WAIT included: the probe records each
+//! hand-over to a timewait socket (FIN_WAIT2/CLOSING->CLOSE), and ends it when the
+//! socket's timer fires (`tw_timer_handler`) or a new connection takes its 4-tuple.
+//! Userspace reads the histograms at each report, sweeps candidates whose end the
+//! probe could not see, and lists TIME_WAIT sockets once per report for the gauge.
 
 use std::{
     collections::HashMap,
@@ -15,8 +17,8 @@ use std::{
 
 use serde::Serialize;
 use tcpstate_common::{
-    state, Event, BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, EV_TW_CANDIDATE, EV_TW_REUSED,
-    FILTER_MAX, FLAG_HIST, FLAG_TIMEWAIT,
+    state, Event, TwKey, TwLive, BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX, FLAG_HIST,
+    FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK, HIST_TW_REUSED,
 };
 
 use crate::{
@@ -29,14 +31,13 @@ use crate::{
     output::{sanitize_comm, Clock},
     session::{monotonic_ns, Consumer, Session},
     sockdiag,
-    timewait::{Ended, Sample, Sighting, TimeWaits},
 };
 
-/// How often TIME_WAIT sockets are listed at most (the end-time resolution of
-/// resets). A dump costs in proportion to all TIME_WAIT sockets on the host, so the
-/// period stretches to keep dumping under 1/POLL_BUDGET of one CPU.
-const TW_POLL: Duration = Duration::from_secs(1);
-const POLL_BUDGET: u64 = 100;
+/// A candidate still recorded this long after its hand-over ended unseen: its timer
+/// would have fired by now. TCP_TIMEWAIT_LEN is 60 s, and the timer wheel rounds a
+/// 60 s timer up by up to one granule of its level: 512 jiffies at HZ=100 and 250
+/// (5.1 s and 2 s), 4096 at HZ=1000 (4.1 s).
+const TW_UNSEEN_AFTER: Duration = Duration::from_secs(66);
 
 /// The `--by` key of a histogram.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,11 +81,17 @@ fn proc_comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// How TIME_WAIT sockets ended.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct EndedCounts {
+    /// Their timer fired after TCP_TIMEWAIT_LEN.
     pub expired: u64,
+    /// A new connection took the 4-tuple (tcp_tw_reuse, or a new SYN).
     pub reused: u64,
-    pub reset: u64,
+    /// Neither, seen when the timer should long have fired: a reset or kill in
+    /// TIME_WAIT, or a hand-over that made no timewait socket (tcp_max_tw_buckets).
+    /// Their end time is unknown, so they are not in the histogram.
+    pub unseen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -97,69 +104,52 @@ struct Hist<W: Write> {
     args: HistArgs,
     by: u32,
     filter: Filter,
-    tw: TimeWaits,
     want_tw: bool,
     current: Interval,
-    /// Latest TIME_WAIT dump, for the gauge: (daddr, dport) -> count.
+    /// Latest TIME_WAIT listing, for the gauge: (daddr, dport) -> count.
     gauge: HashMap<(IpAddr, u16), u64>,
     gauge_total: u64,
     port_range: u64,
+    /// Candidates still in TIME_WAIT at the last sweep.
+    tw_open: u64,
     last_report_ns: u64,
-    next_poll_ns: u64,
-    /// Current poll period, and the longest one since the last report (the
-    /// resolution of this report's reset times).
-    poll_ns: u64,
-    worst_poll_ns: u64,
     clock: Clock,
     out: W,
 }
 
 impl<W: Write> Hist<W> {
-    fn tw_key(&self, s: &Sample) -> Key {
+    fn key(&self, pid: u32, port: u16, family: u16, addr: &[u8; 16]) -> Key {
         match self.by {
-            BY_PROCESS => Key::Process(s.origin.pid, comm_text(&s.origin.comm)),
-            BY_RPORT => Key::Rport(s.origin.dport),
-            BY_RADDR => Key::Raddr(crate::events::addr(s.origin.family, &s.origin.daddr)),
+            BY_PROCESS => Key::Process(
+                pid,
+                if pid == 0 {
+                    String::new()
+                } else {
+                    proc_comm(pid)
+                },
+            ),
+            BY_RPORT => Key::Rport(port),
+            BY_RADDR => Key::Raddr(crate::events::addr(family, addr)),
             _ => Key::None,
         }
     }
 
-    fn record_tw(&mut self, s: Sample) {
-        let key = self.tw_key(&s);
-        let (h, e) = self.current.tw.entry(key).or_default();
-        h.record_ns(s.dur_ns);
-        match s.ended {
-            Ended::Expired => e.expired += 1,
-            Ended::Reused => e.reused += 1,
-            Ended::Reset => e.reset += 1,
-        }
-    }
-
-    fn poll_timewait(&mut self, probe: &mut Probe) -> io::Result<()> {
-        let dump_ns = monotonic_ns();
-        let socks = sockdiag::dump_tcp(1 << state::TIME_WAIT)?;
+    /// Candidates whose end the probe could not see, and the TIME_WAIT gauge.
+    fn sweep_timewait(&mut self, probe: &mut Probe) -> io::Result<()> {
         let now = monotonic_ns();
-        self.poll_ns = (TW_POLL.as_nanos() as u64).max(POLL_BUDGET * (now - dump_ns));
-        self.worst_poll_ns = self.worst_poll_ns.max(self.poll_ns);
-        self.next_poll_ns = dump_ns + self.poll_ns;
-        let seen: Vec<Sighting> = socks
-            .iter()
-            .map(|s| Sighting {
-                cookie: s.cookie,
-                expires_ms: s.expires_ms,
-            })
-            .collect();
-        let (samples, forget) = self.tw.poll(&seen, dump_ns, now);
-        for s in samples {
-            self.record_tw(s);
+        let (open, unseen) = probe.sweep_timewaits(now, TW_UNSEEN_AFTER.as_nanos() as u64)?;
+        self.tw_open = open;
+        for (k, v) in unseen {
+            let (k, v): (TwKey, TwLive) = (k, v);
+            let key = self.key(v.pid, k.dport, k.family, &k.daddr);
+            self.current.tw.entry(key).or_default().1.unseen += 1;
         }
-        probe.forget_timewaits(&forget);
+        let socks = sockdiag::dump_tcp(1 << state::TIME_WAIT)?;
         self.gauge.clear();
         self.gauge_total = 0;
         for s in &socks {
             let fam = if s.daddr.is_ipv4() { 4 } else { 6 };
-            let ok = self.filter.matches_endpoints(fam, s.sport, s.dport);
-            if ok {
+            if self.filter.matches_endpoints(fam, s.sport, s.dport) {
                 *self.gauge.entry((s.daddr, s.dport)).or_default() += 1;
                 self.gauge_total += 1;
             }
@@ -169,25 +159,23 @@ impl<W: Write> Hist<W> {
 
     fn read_kernel(&mut self, probe: &mut Probe) -> io::Result<()> {
         for (k, h) in probe.take_hists()? {
-            let key = match self.by {
-                BY_PROCESS => Key::Process(
-                    k.pid,
-                    if k.pid == 0 {
-                        String::new()
-                    } else {
-                        proc_comm(k.pid)
-                    },
-                ),
-                BY_RPORT => Key::Rport(k.port as u16),
-                // The probe keeps the family in `port` for --by raddr.
-                BY_RADDR => Key::Raddr(crate::events::addr(k.port as u16, &k.addr)),
-                _ => Key::None,
-            };
-            self.current
-                .kernel
-                .entry((k.state as u8, key))
-                .or_default()
-                .merge(&h);
+            // The probe keeps the family in `port` for --by raddr.
+            let key = self.key(k.pid, k.port as u16, k.port as u16, &k.addr);
+            if k.state == state::TIME_WAIT as u32 || k.state == HIST_TW_REUSED {
+                let (th, e) = self.current.tw.entry(key).or_default();
+                th.merge(&h);
+                if k.state == HIST_TW_REUSED {
+                    e.reused += h.count;
+                } else {
+                    e.expired += h.count;
+                }
+            } else {
+                self.current
+                    .kernel
+                    .entry((k.state as u8, key))
+                    .or_default()
+                    .merge(&h);
+            }
         }
         Ok(())
     }
@@ -198,6 +186,9 @@ impl<W: Write> Hist<W> {
 
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
         self.read_kernel(probe)?;
+        if self.want_tw {
+            self.sweep_timewait(probe)?;
+        }
         let now = monotonic_ns();
         let iv = std::mem::take(&mut self.current);
         let mut time = String::new();
@@ -260,7 +251,6 @@ impl<W: Write> Hist<W> {
         })?;
         self.out.flush()?;
         self.last_report_ns = now;
-        self.worst_poll_ns = self.poll_ns;
         Ok(())
     }
 
@@ -294,8 +284,6 @@ impl<W: Write> Hist<W> {
                 buckets: Vec<BucketJson>,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 ended: Option<EndedCounts>,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                end_resolution_ms: Option<u64>,
             }
             let j = J {
                 r#type: "hist",
@@ -314,7 +302,6 @@ impl<W: Write> Hist<W> {
                     .map(|(lo, hi, count)| BucketJson { lo, hi, count })
                     .collect(),
                 ended,
-                end_resolution_ms: ended.map(|_| self.worst_poll_ns / 1_000_000),
             };
             serde_json::to_writer(&mut *json, &j)?;
             json.push(b'\n');
@@ -339,10 +326,10 @@ impl<W: Write> Hist<W> {
         if let Some(e) = ended {
             let _ = write!(
                 text,
-                "; ended early: {} reused, {} reset; end resolution {}",
+                "; ended: {} expired, {} reused, {} unseen",
+                thousands(e.expired as usize),
                 thousands(e.reused as usize),
-                thousands(e.reset as usize),
-                fmt_ns(self.worst_poll_ns)
+                thousands(e.unseen as usize),
             );
         }
         text.push_str(")\n");
@@ -394,29 +381,25 @@ impl<W: Write> Hist<W> {
 }
 
 impl<W: Write> Consumer for Hist<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if ev.flags & EV_TW_REUSED != 0 {
-            if let Some(s) = self.tw.reused(ev.cookie, ev.ts_ns) {
-                self.record_tw(s);
-            }
-        } else if ev.flags & EV_TW_CANDIDATE != 0 {
-            self.tw.candidate(ev);
-        }
+    /// The probe sends nothing to `hist`: everything is aggregated in the kernel.
+    fn event(&mut self, _ev: &Event) -> io::Result<()> {
         Ok(())
     }
 
     fn interval(&mut self, probe: &mut Probe) -> io::Result<()> {
-        if self.want_tw {
-            self.poll_timewait(probe)?;
-        }
-        if let Some(iv) = self.args.interval {
-            if monotonic_ns().saturating_sub(self.last_report_ns) + 50_000_000
-                >= iv.as_nanos() as u64
-            {
-                self.report(probe)?;
-            }
-        }
-        Ok(())
+        self.report(probe)
+    }
+}
+
+/// How many histogram keys the probe preallocates. Without --by: every state of the
+/// two generations alive at a flip. With a key: up to 1024, but at most ~64 MiB of
+/// kernel memory on hosts with many CPUs (each key holds a 4.5 KiB histogram per CPU).
+fn hist_keys(by: u32) -> u32 {
+    let per_key = std::mem::size_of::<tcpstate_common::Hist>() as u64
+        * aya::util::nr_cpus().map_or(1, |n| n as u64);
+    match by {
+        BY_NONE => 2 * tcpstate_common::HIST_SPILL_STATES,
+        _ => ((64 << 20) / per_key).clamp(64, 1024) as u32,
     }
 }
 
@@ -453,38 +436,45 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         Some(By::Rport) => BY_RPORT,
         Some(By::Raddr) => BY_RADDR,
     };
+    // Owners only when a key or filter needs them: learning them costs the accept
+    // probe and a task read per owner-context transition.
+    let owners = by == BY_PROCESS || !args.filter.pids.is_empty();
     let opts = LoadOptions {
-        flags: FLAG_HIST | if want_tw { FLAG_TIMEWAIT } else { 0 },
+        flags: FLAG_HIST
+            | FLAG_TRACK
+            | if owners { FLAG_OWNERS } else { 0 }
+            | if want_tw { FLAG_TIMEWAIT } else { 0 },
         hist_by: by,
         filter: filter.kernel(),
+        // Nothing is streamed to `hist`.
+        ring_bytes: 16 << 10,
+        hist_keys: hist_keys(by),
         ..LoadOptions::default()
     };
-    let mut session = Session::start("aggregating time in state", &opts, true)?;
-    let now = monotonic_ns();
+    let mut session = Session::start("aggregating time in state", &opts, owners)?;
+    if want_tw {
+        if let Err(e) = session.probe.enable_timewait() {
+            eprintln!("tcpstate: warning: TIME_WAIT expiries cannot be seen: {e}");
+        }
+    }
     let mut hist = Hist {
         by,
         filter,
-        tw: TimeWaits::default(),
         want_tw,
         current: Interval::default(),
         gauge: HashMap::new(),
         gauge_total: 0,
         port_range: local_port_range(),
-        last_report_ns: now,
-        next_poll_ns: now,
-        poll_ns: TW_POLL.as_nanos() as u64,
-        worst_poll_ns: TW_POLL.as_nanos() as u64,
+        tw_open: 0,
+        last_report_ns: monotonic_ns(),
         clock: Clock::new(),
         out: BufWriter::new(io::stdout().lock()),
         args,
     };
     let duration = hist.args.duration;
-    let result = session.run(&mut hist, duration, Some(TW_POLL)).await;
-    result?;
-    if hist.args.interval.is_none() {
-        if hist.want_tw {
-            hist.poll_timewait(&mut session.probe)?;
-        }
+    let interval = hist.args.interval;
+    session.run(&mut hist, duration, interval).await?;
+    if interval.is_none() {
         hist.report(&mut session.probe)?;
     }
     let summary = session.final_summary();
@@ -492,11 +482,13 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         crate::output::write_summary_json(&mut hist.out, &summary)?;
     } else {
         hist.out.flush()?;
+        let c = session.probe.counters();
         eprintln!(
-            "{}; {} TIME_WAIT still open (not counted), {} FIN_WAIT2/CLOSING->CLOSE were not TIME_WAIT",
+            "{}; TIME_WAIT: {} hand-overs, {} still open (not counted), {} expired in FIN_WAIT2 (orphans, not TIME_WAIT)",
             crate::output::summary_text(&summary),
-            hist.tw.pending(),
-            hist.tw.not_timewait
+            c.tw_candidates,
+            hist.tw_open,
+            c.tw_not_timewait
         );
     }
     Ok(())

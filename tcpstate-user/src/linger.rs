@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tcpstate_common::{Event, FdRecord};
+use tcpstate_common::{Event, FdRecord, FLAG_STREAM};
 
 use crate::{
     cli::LingerArgs,
@@ -525,8 +525,13 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
     kfilter.n_pids = 0;
     // Only transitions into or out of a watched state matter to the table.
     kfilter.states = watched;
+    // No per-socket records nor owners in the probe: holders come from the fd scan
+    // at each report, so the probe only forwards the watched transitions.
     let opts = LoadOptions {
         filter: kfilter,
+        flags: FLAG_STREAM,
+        // 2 of a connection's 10 transitions: 1 MiB holds ~11k events.
+        ring_bytes: 1 << 20,
         ..LoadOptions::default()
     };
     let mut session = Session::start(

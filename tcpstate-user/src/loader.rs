@@ -15,7 +15,10 @@ use aya::{
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tcpstate_common::{counter, names, FdRecord, Hist, HistKey, SockState, TwKey};
+use tcpstate_common::{
+    counter, names, FdRecord, Hist, HistKey, SockState, TwKey, TwLive, FLAG_OWNERS, FLAG_STREAM,
+    FLAG_TIMEWAIT, FLAG_TRACK, HIST_SPILL_STATES,
+};
 
 use crate::{offsets, tracefs};
 
@@ -60,6 +63,8 @@ pub struct LoadOptions {
     /// `BY_*` of tcpstate-common.
     pub hist_by: u32,
     pub filter: tcpstate_common::Filter,
+    /// Histogram keys the probe can hold (`hist`; preallocated per CPU).
+    pub hist_keys: u32,
 }
 
 impl Default for LoadOptions {
@@ -69,9 +74,10 @@ impl Default for LoadOptions {
             // churn; the reader is woken every 128 KiB (~1.5k events) or 100 ms.
             ring_bytes: 4 << 20,
             wakeup_bytes: 128 << 10,
-            flags: tcpstate_common::FLAG_STREAM,
+            flags: FLAG_STREAM | FLAG_TRACK | FLAG_OWNERS,
             hist_by: tcpstate_common::BY_NONE,
             filter: Default::default(),
+            hist_keys: 1,
         }
     }
 }
@@ -99,6 +105,14 @@ pub struct Counters {
     pub hist_spilled: u64,
     /// `recursion_misses` of the accept probes.
     pub accept_skipped: u64,
+    /// TIME_WAIT candidates recorded, and how they ended (see `counter::TW_*`).
+    pub tw_candidates: u64,
+    pub tw_expired: u64,
+    pub tw_reused: u64,
+    pub tw_not_timewait: u64,
+    pub tw_untracked: u64,
+    /// `recursion_misses` of the timer probe (timewait expiries it did not see).
+    pub tw_skipped: u64,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -162,6 +176,7 @@ impl Probe {
             .btf(Some(&btf))
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_bytes)
+            .map_max_entries(names::HIST, opts.hist_keys.max(1))
             .load(BPF_OBJECT)
             .map_err(Box::new)?;
         // Primary first, then its backup (see tcpstate-ebpf for why there are two).
@@ -177,16 +192,31 @@ impl Probe {
                 .map_err(prog_err(format!("attaching tp_btf {name}")))?;
         }
 
-        for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
-            let tp: &mut TracePoint = ebpf
+        // Owners of accepted sockets: only commands that name owners pay for this.
+        if opts.flags & FLAG_OWNERS != 0 {
+            for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
+                let tp: &mut TracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::Missing("an accept tracepoint"))?
+                    .try_into()
+                    .map_err(prog_err(format!("syscalls/{name}")))?;
+                tp.load()
+                    .map_err(prog_err(format!("loading syscalls/{name}")))?;
+                tp.attach("syscalls", name)
+                    .map_err(prog_err(format!("attaching syscalls/{name}")))?;
+            }
+        }
+        if opts.flags & FLAG_TIMEWAIT != 0 {
+            let name = names::PROG_TW_EXPIRE;
+            let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
-                .ok_or(LoadError::Missing("an accept tracepoint"))?
+                .ok_or(LoadError::Missing(name))?
                 .try_into()
-                .map_err(prog_err(format!("syscalls/{name}")))?;
-            tp.load()
-                .map_err(prog_err(format!("loading syscalls/{name}")))?;
-            tp.attach("syscalls", name)
-                .map_err(prog_err(format!("attaching syscalls/{name}")))?;
+                .map_err(prog_err(format!("tp_btf {name}")))?;
+            prog.load("timer_expire_entry", &btf)
+                .map_err(prog_err(format!("loading tp_btf {name}")))?;
+            prog.attach()
+                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
         }
 
         let iter: &mut Iter = ebpf
@@ -327,8 +357,8 @@ impl Probe {
         let mut spill =
             aya::maps::PerCpuArray::<_, Hist>::try_from(map).map_err(io::Error::other)?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        for state in 0..16u32 {
-            let idx = old * 16 + state;
+        for state in 0..HIST_SPILL_STATES {
+            let idx = old * HIST_SPILL_STATES + state;
             let Ok(per_cpu) = spill.get(&idx, 0) else {
                 continue;
             };
@@ -358,17 +388,47 @@ impl Probe {
         Ok(out)
     }
 
-    /// Drops TIME_WAIT candidates whose timewait socket is gone.
-    pub fn forget_timewaits(&mut self, keys: &[TwKey]) {
-        let Some(map) = self.ebpf.map_mut(names::TWS) else {
-            return;
-        };
-        let Ok(mut tws) = aya::maps::HashMap::<_, TwKey, u64>::try_from(map) else {
-            return;
-        };
-        for k in keys {
-            let _ = tws.remove(k);
+    /// Tells the timer probe which timers are timewait sockets' (`tw_timer_handler`,
+    /// from /proc/kallsyms). Until then no TIME_WAIT ends by expiry.
+    pub fn enable_timewait(&mut self) -> Result<(), String> {
+        let addr = crate::offsets::kallsyms("tw_timer_handler").ok_or(
+            "tw_timer_handler is not in /proc/kallsyms (needs root, and kptr_restrict < 2)",
+        )?;
+        let map = self
+            .ebpf
+            .map_mut(names::TW_TIMER_FN)
+            .ok_or("the BPF object lacks TW_TIMER_FN")?;
+        let mut a = aya::maps::Array::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
+        a.set(0, addr, 0).map_err(|e| e.to_string())
+    }
+
+    /// TIME_WAIT candidates: removes those older than `max_age_ns` at `now_ns` (their
+    /// timer should have fired: a reset or kill ended them unseen, or the hand-over
+    /// made no timewait socket) and returns (still open, the removed ones).
+    #[allow(clippy::type_complexity)]
+    pub fn sweep_timewaits(
+        &mut self,
+        now_ns: u64,
+        max_age_ns: u64,
+    ) -> io::Result<(u64, Vec<(TwKey, TwLive)>)> {
+        let map = self
+            .ebpf
+            .map_mut(names::TWS)
+            .ok_or_else(|| io::Error::other("no TWS map"))?;
+        let mut tws =
+            aya::maps::HashMap::<_, TwKey, TwLive>::try_from(map).map_err(io::Error::other)?;
+        let mut stale = Vec::new();
+        let mut open = 0;
+        for (k, v) in tws.iter().filter_map(Result::ok) {
+            if now_ns.saturating_sub(v.start_ns) > max_age_ns {
+                stale.push((k, v));
+            } else {
+                open += 1;
+            }
         }
+        // Removed here, counted once: the probe may have ended one meanwhile.
+        stale.retain(|(k, _)| tws.remove(k).is_ok());
+        Ok((open, stale))
     }
 
     pub fn counters(&self) -> Counters {
@@ -394,6 +454,12 @@ impl Probe {
             read_failed: sum(counter::READ_FAILED),
             hist_spilled: sum(counter::HIST_SPILLED),
             accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
+            tw_candidates: sum(counter::TW_CANDIDATES),
+            tw_expired: sum(counter::TW_EXPIRED),
+            tw_reused: sum(counter::TW_REUSED),
+            tw_not_timewait: sum(counter::TW_NOT_TIMEWAIT),
+            tw_untracked: sum(counter::TW_UNTRACKED),
+            tw_skipped: misses(names::PROG_TW_EXPIRE),
         }
     }
 }

@@ -17,7 +17,6 @@ mod output;
 mod session;
 mod sockdiag;
 mod sockets;
-mod timewait;
 mod trace;
 mod tracefs;
 

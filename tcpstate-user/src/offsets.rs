@@ -43,8 +43,31 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         task_tgid: o("task_struct", "tgid")?,
         file_inode: o("file", "f_inode")?,
         inode_mode: o("inode", "i_mode")?,
+        timer_function: o("timer_list", "function")?,
+        tw_timer: o("inet_timewait_sock", "tw_timer")?,
+        tw_substate: o("inet_timewait_sock", "tw_substate")?,
+        tw_sport: o("inet_timewait_sock", "tw_sport")?,
         ..Config::default()
     })
+}
+
+/// Address of a kernel function from /proc/kallsyms (root sees real addresses),
+/// streamed line by line: the file is ~5 MB.
+pub fn kallsyms(name: &str) -> Option<u64> {
+    use std::io::BufRead;
+    let file = std::fs::File::open("/proc/kallsyms").ok()?;
+    let mut lines = std::io::BufReader::with_capacity(64 << 10, file);
+    let mut line = String::new();
+    while lines.read_line(&mut line).ok()? > 0 {
+        let mut it = line.split_ascii_whitespace();
+        if let (Some(addr), Some(_kind), Some(sym)) = (it.next(), it.next(), it.next()) {
+            if sym == name {
+                return u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0);
+            }
+        }
+        line.clear();
+    }
+    None
 }
 
 pub fn load_vmlinux() -> Result<Btf, OffsetError> {
@@ -136,6 +159,12 @@ mod tests {
         assert!(c.sk_family > c.sk_dport && c.sk_family < 32);
         assert!(c.sk_v6_daddr > c.sk_family);
         assert!(c.inet_sport > c.sk_protocol);
+        // inet_timewait_sock starts with its sock_common, like struct sock.
+        assert_eq!(
+            offset_of(&btf, "inet_timewait_sock", "__tw_common.skc_cookie").unwrap(),
+            c.sk_cookie
+        );
+        assert!(c.tw_timer > c.tw_sport);
         assert!(matches!(
             offset_of(&btf, "sock", "no_such_field"),
             Err(OffsetError::NoMember(..))

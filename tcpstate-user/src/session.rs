@@ -144,12 +144,13 @@ impl Session {
         let c = self.probe.counters();
         let s = &mut self.summary;
         s.lost_ringbuf = c.ringbuf_full;
-        s.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered);
+        // Timer runs the kernel skipped would be TIME_WAIT expiries never seen.
+        s.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered) + c.tw_skipped;
         s.recovered = c.set_state_recovered;
         s.lost_read = c.read_failed;
         s.hist_spilled = c.hist_spilled;
         s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read;
-        s.untracked += c.table_full;
+        s.untracked += c.table_full + c.tw_untracked;
         // Everything received passed the probe's filters; `trace` narrows this further.
         s.shown = s.events;
         s.accept_unresolved = c.accept_unresolved + c.accept_skipped;
