@@ -13,7 +13,7 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
     counter, names, FdRecord, Hist, HistKey, SockState, TwKey, TwLive, FLAG_OWNERS, FLAG_STREAM,
@@ -163,17 +163,30 @@ impl Probe {
         let mounted_tracefs = tracefs::ensure_mounted().map_err(LoadError::Tracefs)?;
         raise_memlock();
 
-        let mut config = offsets::kernel_config(&offsets::load_vmlinux()?)?;
+        // EbpfLoader::new() always parses all of /sys/kernel/btf/vmlinux (~16 MB here)
+        // for CO-RE. The probe needs none: drop that copy at once and trim, before
+        // anything else is allocated, so that this transient sets the peak alone.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let vmlinux = offsets::load_vmlinux()?;
+        let mut config = offsets::kernel_config(&vmlinux)?;
         config.wakeup_bytes = opts.wakeup_bytes;
         config.flags = opts.flags;
         config.hist_by = opts.hist_by;
         config.filter = opts.filter;
-        // One parse of the kernel BTF serves relocation and attachment (EbpfLoader
-        // would otherwise parse its own copy): less startup time and peak memory.
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| LoadError::Offsets(offsets::OffsetError::Load(e.to_string())))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+        use offsets::AttachType::{Func, Typedef};
+        let btf = offsets::attach_btf(
+            &vmlinux,
+            &[
+                Typedef("btf_trace_inet_sock_set_state"),
+                Typedef("btf_trace_timer_expire_entry"),
+                Func("bpf_iter_task_file"),
+            ],
+        )?;
+        drop(vmlinux);
+        let mut ebpf = loader
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_bytes)
             .map_max_entries(names::HIST, opts.hist_keys.max(1))
@@ -232,8 +245,7 @@ impl Probe {
         )
         .map_err(|e| LoadError::Map(names::COUNTERS, e))?;
         drop(btf);
-        // Parsing the kernel BTF is the biggest allocation tcpstate ever makes; hand
-        // it back to the system rather than keep it as resident free heap.
+        // And hand the stand-in BTF's memory back too.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let events = RingBuf::try_from(
