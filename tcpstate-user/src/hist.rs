@@ -144,17 +144,16 @@ impl<W: Write> Hist<W> {
             let key = self.key(v.pid, k.dport, k.family, &k.daddr);
             self.current.tw.entry(key).or_default().1.unseen += 1;
         }
-        let socks = sockdiag::dump_tcp(1 << state::TIME_WAIT)?;
         self.gauge.clear();
         self.gauge_total = 0;
-        for s in &socks {
+        let (gauge, total, filter) = (&mut self.gauge, &mut self.gauge_total, &self.filter);
+        sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| {
             let fam = if s.daddr.is_ipv4() { 4 } else { 6 };
-            if self.filter.matches_endpoints(fam, s.sport, s.dport) {
-                *self.gauge.entry((s.daddr, s.dport)).or_default() += 1;
-                self.gauge_total += 1;
+            if filter.matches_endpoints(fam, s.sport, s.dport) {
+                *gauge.entry((s.daddr, s.dport)).or_default() += 1;
+                *total += 1;
             }
-        }
-        Ok(())
+        })
     }
 
     fn read_kernel(&mut self, probe: &mut Probe) -> io::Result<()> {

@@ -36,53 +36,75 @@ const SHOWN_PER_PROCESS: usize = 3;
 const RATE_WINDOW_NS: u64 = 60_000_000_000;
 
 /// Who holds a socket: the lowest pid (then fd) among its holders, and how many.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
     pub pid: u32,
     pub fd: u32,
-    pub comm: [u8; 16],
     pub holders: u32,
 }
 
-/// Indexes an fd scan by cookie.
-#[cfg(test)]
-pub fn holders(fds: &[FdRecord]) -> HashMap<u64, Holder> {
-    let mut m = HashMap::new();
-    for f in fds {
-        add_holder(&mut m, f);
-    }
-    m
+/// An fd scan indexed by cookie; process names kept once per process, not per
+/// socket (100k sockets held by a few processes is the case to be small for).
+#[derive(Debug, Default)]
+pub struct Holders {
+    by_cookie: HashMap<u64, Holder>,
+    comms: HashMap<u32, [u8; 16]>,
 }
 
-/// Adds one fd to the holders of its socket.
-pub fn add_holder(m: &mut HashMap<u64, Holder>, f: &FdRecord) {
-    if f.cookie != 0 {
-        m.entry(f.cookie)
+impl Holders {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            by_cookie: HashMap::with_capacity(n),
+            comms: HashMap::new(),
+        }
+    }
+
+    /// Adds one fd to the holders of its socket.
+    pub fn add(&mut self, f: &FdRecord) {
+        if f.cookie == 0 {
+            return;
+        }
+        self.by_cookie
+            .entry(f.cookie)
             .and_modify(|h| {
                 if (f.pid, f.fd) < (h.pid, h.fd) {
                     h.pid = f.pid;
                     h.fd = f.fd;
-                    h.comm = f.comm;
                 }
                 h.holders += 1;
             })
             .or_insert(Holder {
                 pid: f.pid,
                 fd: f.fd,
-                comm: f.comm,
                 holders: 1,
             });
+        self.comms.entry(f.pid).or_insert(f.comm);
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Holder> {
+        self.by_cookie.get(&cookie)
+    }
+
+    pub fn comm(&self, pid: u32) -> [u8; 16] {
+        self.comms.get(&pid).copied().unwrap_or([0; 16])
     }
 }
 
+/// Indexes an fd scan by cookie.
+#[cfg(test)]
+pub fn holders(fds: &[FdRecord]) -> Holders {
+    let mut m = Holders::default();
+    for f in fds {
+        m.add(f);
+    }
+    m
+}
+
+/// A socket in a report; its addresses stay in the [`SocketTable`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SockLine {
     pub cookie: u64,
     pub fd: Option<u32>,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
     pub age_ns: u64,
     pub lower_bound: bool,
 }
@@ -114,7 +136,7 @@ impl Report {
 /// Builds one report per state from the table, the holders and the filters.
 pub fn build(
     table: &SocketTable,
-    holders: &HashMap<u64, Holder>,
+    holders: &Holders,
     states: &[TcpState],
     now_ns: u64,
     min_age_ns: u64,
@@ -129,7 +151,7 @@ pub fn build(
         if age_ns < min_age_ns {
             continue;
         }
-        let h = holders.get(cookie);
+        let h = holders.get(*cookie);
         if !filter.matches_socket(l, h.map(|h| h.pid)) {
             continue;
         }
@@ -138,7 +160,7 @@ pub fn build(
             pid: key,
             comm: h.map_or_else(String::new, |h| {
                 let mut s = String::new();
-                sanitize_comm(&h.comm, &mut s);
+                sanitize_comm(&holders.comm(h.pid), &mut s);
                 s
             }),
             sockets: Vec::new(),
@@ -147,10 +169,6 @@ pub fn build(
         g.sockets.push(SockLine {
             cookie: *cookie,
             fd: h.map(|h| h.fd),
-            saddr: l.saddr,
-            sport: l.sport,
-            daddr: l.daddr,
-            dport: l.dport,
             age_ns,
             lower_bound: l.lower_bound,
         });
@@ -268,7 +286,7 @@ fn age_text(ns: u64, lower_bound: bool) -> String {
 }
 
 /// The human report.
-pub fn render_table(r: &Report, all: bool, time: &str, out: &mut String) {
+pub fn render_table(r: &Report, table: &SocketTable, all: bool, time: &str, out: &mut String) {
     let n = r.count();
     let procs = r.groups.iter().filter(|g| g.pid.is_some()).count();
     let _ = write!(
@@ -321,12 +339,15 @@ pub fn render_table(r: &Report, all: bool, time: &str, out: &mut String) {
             SHOWN_PER_PROCESS
         };
         for s in g.sockets.iter().take(shown) {
+            let Some(l) = table.get(s.cookie) else {
+                continue;
+            };
             let fd = s.fd.map_or_else(|| "-".to_string(), |f| f.to_string());
             let _ = writeln!(
                 out,
                 "   fd {fd:<5} {} -> {}   age {}",
-                endpoint(s.saddr, s.sport),
-                endpoint(s.daddr, s.dport),
+                endpoint(l.saddr, l.sport),
+                endpoint(l.daddr, l.dport),
                 age_text(s.age_ns, s.lower_bound)
             );
         }
@@ -370,12 +391,11 @@ struct GroupJson<'a> {
     oldest_ms: f64,
     oldest_is_lower_bound: bool,
     rate_per_s: Option<f64>,
-    sockets: Vec<SockJson>,
 }
 
 #[derive(Serialize)]
-struct SockJson {
-    sock: String,
+struct SockJson<'a> {
+    sock: &'a str,
     fd: Option<u32>,
     saddr: IpAddr,
     sport: u16,
@@ -385,8 +405,14 @@ struct SockJson {
     age_is_lower_bound: bool,
 }
 
-/// One `linger_report` line per state, then one `linger` line per process.
-pub fn render_json(r: &Report, time: &str, out: &mut Vec<u8>) -> io::Result<()> {
+/// One `linger_report` line per state, then one `linger` line per process with every
+/// socket, streamed into `out` (a whole report of 100k sockets is never in memory).
+pub fn render_json<W: Write>(
+    r: &Report,
+    table: &SocketTable,
+    time: &str,
+    out: &mut W,
+) -> io::Result<()> {
     let head = ReportJson {
         r#type: "linger_report",
         time,
@@ -396,7 +422,9 @@ pub fn render_json(r: &Report, time: &str, out: &mut Vec<u8>) -> io::Result<()> 
         processes: r.groups.iter().filter(|g| g.pid.is_some()).count(),
     };
     serde_json::to_writer(&mut *out, &head)?;
-    out.push(b'\n');
+    out.write_all(b"\n")?;
+    let mut line = Vec::new();
+    let mut sock = String::new();
     for g in &r.groups {
         let oldest = g.sockets.first();
         let j = GroupJson {
@@ -409,23 +437,37 @@ pub fn render_json(r: &Report, time: &str, out: &mut Vec<u8>) -> io::Result<()> 
             oldest_ms: oldest.map_or(0.0, |s| s.age_ns as f64 / 1e6),
             oldest_is_lower_bound: oldest.is_some_and(|s| s.lower_bound),
             rate_per_s: g.rate_per_s,
-            sockets: g
-                .sockets
-                .iter()
-                .map(|s| SockJson {
-                    sock: s.cookie.to_string(),
+        };
+        // The group's fields, then `"sockets":[...]` appended inside its braces.
+        line.clear();
+        serde_json::to_writer(&mut line, &j)?;
+        line.pop();
+        line.extend_from_slice(b",\"sockets\":[");
+        out.write_all(&line)?;
+        for (i, s) in g.sockets.iter().enumerate() {
+            let Some(l) = table.get(s.cookie) else {
+                continue;
+            };
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            sock.clear();
+            let _ = write!(sock, "{}", s.cookie);
+            serde_json::to_writer(
+                &mut *out,
+                &SockJson {
+                    sock: &sock,
                     fd: s.fd,
-                    saddr: s.saddr,
-                    sport: s.sport,
-                    daddr: s.daddr,
-                    dport: s.dport,
+                    saddr: l.saddr,
+                    sport: l.sport,
+                    daddr: l.daddr,
+                    dport: l.dport,
                     age_ms: s.age_ns as f64 / 1e6,
                     age_is_lower_bound: s.lower_bound,
-                })
-                .collect(),
-        };
-        serde_json::to_writer(&mut *out, &j)?;
-        out.push(b'\n');
+                },
+            )?;
+        }
+        out.write_all(b"]}\n")?;
     }
     Ok(())
 }
@@ -443,11 +485,11 @@ struct Linger<W: Write> {
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
         // Only the sockets the table tracks: the host may hold many more.
-        let mut holders = HashMap::with_capacity(self.table.len());
+        let mut holders = Holders::with_capacity(self.table.len());
         let table = &self.table;
         probe.scan_fds(|f| {
             if table.contains(f.cookie) {
-                add_holder(&mut holders, f);
+                holders.add(f);
             }
         })?;
         let now = monotonic_ns();
@@ -462,18 +504,17 @@ impl<W: Write> Linger<W> {
         self.rates.update(&mut reports, now);
         self.last_nonempty = reports.iter().any(|r| r.count() > 0);
         let mut time = String::new();
+        drop(holders);
         if self.args.json {
             self.clock.utc_rfc3339(now, &mut time);
-            let mut buf = Vec::new();
             for r in &reports {
-                render_json(r, &time, &mut buf)?;
+                render_json(r, &self.table, &time, &mut self.out)?;
             }
-            self.out.write_all(&buf)?;
         } else {
             self.clock.local_hms(now, &mut time);
             let mut text = String::new();
             for r in &reports {
-                render_table(r, self.args.all, &time, &mut text);
+                render_table(r, &self.table, self.args.all, &time, &mut text);
                 text.push('\n');
             }
             self.out.write_all(text.as_bytes())?;
@@ -557,7 +598,7 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
         args,
     };
     // Sockets already in a watched state: their age counts from now, as a lower bound.
-    for s in sockdiag::dump_tcp(watched)? {
+    sockdiag::for_each_tcp(watched, |s| {
         linger.table.seed(
             s.cookie,
             Lingering {
@@ -575,7 +616,7 @@ pub async fn run(mut args: LingerArgs) -> anyhow::Result<bool> {
                 dport: s.dport,
             },
         );
-    }
+    })?;
     let (duration, interval) = (linger.args.duration, linger.args.interval);
     // With --duration: one final report; otherwise one every --interval.
     let periodic = if duration.is_some() {
@@ -645,25 +686,37 @@ mod tests {
         t
     }
 
-    fn holder(pid: u32, fd: u32, comm: &[u8]) -> Holder {
+    fn holder(pid: u32, fd: u32, comm: &[u8]) -> FdRecord {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
-        Holder {
+        FdRecord {
+            cookie: 0,
             pid,
             fd,
             comm: c,
-            holders: 1,
+            state: 8,
+            _pad: [0; 7],
         }
+    }
+
+    /// Holders from (cookie, fd record) pairs.
+    fn held(list: &[(u64, FdRecord)]) -> Holders {
+        let recs: Vec<FdRecord> = list
+            .iter()
+            .map(|(c, f)| FdRecord { cookie: *c, ..*f })
+            .collect();
+        holders(&recs)
     }
 
     #[test]
     fn groups_by_holder_oldest_first_and_min_age() {
         let t = table();
-        let mut h = HashMap::new();
-        h.insert(1, holder(4242, 37, b"leaky"));
-        h.insert(2, holder(4242, 38, b"leaky"));
-        h.insert(3, holder(4242, 39, b"leaky"));
-        h.insert(9, holder(917, 5, b"python3"));
+        let h = held(&[
+            (1, holder(4242, 37, b"leaky")),
+            (2, holder(4242, 38, b"leaky")),
+            (3, holder(4242, 39, b"leaky")),
+            (9, holder(917, 5, b"python3")),
+        ]);
         // Socket 4 has no holder: orphaned.
         let f = Filter::new(&FilterArgs::default(), &[]);
         let r = build(&t, &h, &[TcpState::CloseWait], 10 * S, 2 * S, &f);
@@ -685,8 +738,7 @@ mod tests {
     #[test]
     fn pid_filter_uses_the_holder() {
         let t = table();
-        let mut h = HashMap::new();
-        h.insert(1, holder(4242, 37, b"leaky"));
+        let h = held(&[(1, holder(4242, 37, b"leaky"))]);
         let f = Filter::new(
             &FilterArgs {
                 pids: vec![4242],
@@ -719,7 +771,7 @@ mod tests {
             _pad: [0; 7],
         };
         let h = holders(&[mk(20, 4), mk(10, 9), mk(10, 3)]);
-        let h = &h[&7];
+        let h = h.get(7).unwrap();
         assert_eq!((h.pid, h.fd, h.holders), (10, 3, 3));
     }
 
@@ -735,10 +787,6 @@ mod tests {
                     SockLine {
                         cookie: 0,
                         fd: None,
-                        saddr: Ipv4Addr::LOCALHOST.into(),
-                        sport: 0,
-                        daddr: Ipv4Addr::LOCALHOST.into(),
-                        dport: 0,
                         age_ns: 0,
                         lower_bound: false,
                     };
@@ -783,15 +831,15 @@ mod tests {
     #[test]
     fn table_and_json_render() {
         let t = table();
-        let mut h = HashMap::new();
-        for c in 1..=3 {
-            h.insert(c, holder(4242, 36 + c as u32, b"leaky-api"));
-        }
-        h.insert(9, holder(917, 5, b"python3"));
+        let mut list: Vec<(u64, FdRecord)> = (1..=3)
+            .map(|c| (c, holder(4242, 36 + c as u32, b"leaky-api")))
+            .collect();
+        list.push((9, holder(917, 5, b"python3")));
+        let h = held(&list);
         let f = Filter::new(&FilterArgs::default(), &[]);
         let r = build(&t, &h, &[TcpState::CloseWait], 10 * S, 0, &f);
         let mut s = String::new();
-        render_table(&r[0], false, "12:00:00", &mut s);
+        render_table(&r[0], &t, false, "12:00:00", &mut s);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(
             lines[0],
@@ -802,7 +850,7 @@ mod tests {
         assert!(s.contains("917     python3                 1  >=10.0s"));
         assert!(s.contains("-       (orphaned)              1"), "{s}");
         let mut j = Vec::new();
-        render_json(&r[0], "T", &mut j).unwrap();
+        render_json(&r[0], &t, "T", &mut j).unwrap();
         let v: Vec<serde_json::Value> = String::from_utf8(j)
             .unwrap()
             .lines()

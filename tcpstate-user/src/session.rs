@@ -179,7 +179,7 @@ fn drain<C: Consumer>(
 /// sock_diag first, because dumping a socket gives it a cookie (`sock_gen_cookie`),
 /// which the fd scan then reads.
 fn seed_existing(probe: &mut Probe) {
-    if let Err(e) = sockdiag::dump_tcp(ALL_STATES) {
+    if let Err(e) = sockdiag::for_each_tcp(ALL_STATES, |_| {}) {
         eprintln!(
             "tcpstate: warning: listing existing sockets failed ({e}); their owners stay unknown"
         );

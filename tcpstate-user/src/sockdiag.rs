@@ -13,7 +13,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 /// One socket as sock_diag reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiagSocket {
     pub cookie: u64,
     pub state: u8,
@@ -28,15 +28,23 @@ pub struct DiagSocket {
 
 /// Dumps IPv4 and IPv6 TCP sockets whose state bit is set in `states`
 /// (`1 << state`, as `inet_diag` takes it).
+#[cfg(test)]
 pub fn dump_tcp(states: u32) -> io::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        dump_family(family, states, &mut out)?;
-    }
+    for_each_tcp(states, |s| out.push(*s))?;
     Ok(out)
 }
 
-fn dump_family(family: u8, states: u32, out: &mut Vec<DiagSocket>) -> io::Result<()> {
+/// Calls `each` for every IPv4 and IPv6 TCP socket whose state bit is set in
+/// `states`, as the dump arrives: a host with 100k sockets is never held in memory.
+pub fn for_each_tcp(states: u32, mut each: impl FnMut(&DiagSocket)) -> io::Result<()> {
+    for family in [AF_INET, AF_INET6] {
+        dump_family(family, states, &mut each)?;
+    }
+    Ok(())
+}
+
+fn dump_family(family: u8, states: u32, each: &mut impl FnMut(&DiagSocket)) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -84,7 +92,7 @@ fn dump_family(family: u8, states: u32, out: &mut Vec<DiagSocket>) -> io::Result
                     }
                 }
                 SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                    out.push(parse_inet_diag_msg(&rx[off + 16..off + len]))
+                    each(&parse_inet_diag_msg(&rx[off + 16..off + len]))
                 }
                 _ => {}
             }

@@ -94,6 +94,10 @@ impl SocketTable {
         }
     }
 
+    pub fn get(&self, cookie: u64) -> Option<&Lingering> {
+        self.socks.get(&cookie)
+    }
+
     pub fn contains(&self, cookie: u64) -> bool {
         self.socks.contains_key(&cookie)
     }
