@@ -29,9 +29,9 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     counter, hist_bucket, owner_is_current, state, Config, Event, FdRecord, Filter, Hist, HistKey,
-    SockState, TwKey, TwLive, AF_INET, AF_INET6, BY_PROCESS, BY_RADDR, BY_RPORT, EV_UNTRACKED,
-    FILTER_MAX, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, HIST_BUCKETS,
-    HIST_SPILL_STATES, HIST_TW_REUSED, IPPROTO_TCP, PREV_UNKNOWN,
+    SockState, TwKey, TwLive, AF_INET, AF_INET6, BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT,
+    EV_UNTRACKED, FILTER_MAX, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK,
+    HIST_BUCKETS, HIST_SPILL_STATES, HIST_TW_REUSED, IPPROTO_TCP, PREV_UNKNOWN,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`).
@@ -97,7 +97,8 @@ static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, BPF_F
 #[map(name = "HIST")]
 static HIST: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(64, 0);
 
-/// Where a sample goes when its HIST key cannot be inserted: the map is full, or the
+/// Histograms without a --by key, and where a keyed sample goes when its HIST key
+/// cannot be inserted (then counted as spilled): the map is full, or the
 /// bucket is locked by the program this one interrupted (`htab_lock_bucket` returns
 /// -EBUSY when nested on a CPU). Indexed by (generation & 1) * 32 + `HistKey::state`;
 /// array lookups take no lock. Userspace merges it, without the --by key.
@@ -294,9 +295,6 @@ pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-// Map keys and values by reference: by value they are copied onto the 512-byte
-// BPF stack, which this function nearly fills.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let code = states_code(old, new);
@@ -404,93 +402,109 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         return Ok(());
     }
 
-    let mut family = 0u16;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    let mut sport = 0u16;
-    let mut dport = 0u16;
+    // One record, filled in as it is learned: the event, and the argument of the
+    // out-of-line steps below (the BPF stack is 512 bytes; copies would not fit).
+    let mut ev = Event {
+        ts_ns: now,
+        prev_ns,
+        cookie,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        pid,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        oldstate: old as u8,
+        newstate: new as u8,
+        flags,
+        comm,
+    };
     if need_addrs {
-        family = unsafe { load(sk, c.sk_family) };
-        if family == AF_INET {
-            saddr[..4].copy_from_slice(&unsafe { load::<u32>(sk, c.sk_rcv_saddr) }.to_ne_bytes());
-            daddr[..4].copy_from_slice(&unsafe { load::<u32>(sk, c.sk_daddr) }.to_ne_bytes());
-        } else if family == AF_INET6 {
-            saddr = load_in6(sk, c.sk_v6_rcv_saddr);
-            daddr = load_in6(sk, c.sk_v6_daddr);
+        ev.family = unsafe { load(sk, c.sk_family) };
+        if ev.family == AF_INET {
+            let s: u32 = unsafe { load(sk, c.sk_rcv_saddr) };
+            let d: u32 = unsafe { load(sk, c.sk_daddr) };
+            ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+            ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+        } else if ev.family == AF_INET6 {
+            ev.saddr = load_in6(sk, c.sk_v6_rcv_saddr);
+            ev.daddr = load_in6(sk, c.sk_v6_daddr);
         }
         // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
         // clears. It lies in struct inet_sock, beyond the BTF type of `sk`, so it
         // takes a checked read.
-        sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
-        dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
-        if !passes_endpoints(f, family, &saddr, &daddr, sport, dport) {
+        ev.sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
+        ev.dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
+        if !passes_endpoints(f, &ev) {
             return Ok(());
         }
     }
     if hist_sample {
-        add_sample(c, old as u32, prev_ns, pid, family, dport, &daddr);
-    }
-    if timewait && (tw_candidate || tw_reuse) {
-        let tuple = TwKey {
-            family,
-            sport,
-            dport,
-            _pad: 0,
-            saddr,
-            daddr,
-        };
-        if tw_candidate {
-            // tcp_time_wait() has just moved the connection to an inet_timewait_sock,
-            // which keeps the cookie (inet_twsk_alloc) and lives on unseen by this
-            // tracepoint; `tw_timer_expire` sees it die.
-            let live = TwLive {
-                start_ns: now,
-                cookie,
-                pid,
-                _pad: 0,
-            };
-            count(if TWS.insert(&tuple, &live, 0).is_ok() {
-                counter::TW_CANDIDATES
-            } else {
-                counter::TW_UNTRACKED
-            });
-        } else if let Some(live) = unsafe { TWS.get(&tuple) }.copied() {
-            // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
-            // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
-            let _ = TWS.remove(&tuple);
-            count(counter::TW_REUSED);
-            add_sample(
-                c,
-                HIST_TW_REUSED,
-                now.saturating_sub(live.start_ns),
-                live.pid,
-                family,
-                dport,
-                &daddr,
-            );
-        }
-    }
-    if stream {
-        emit(
-            c,
-            &Event {
-                ts_ns: now,
-                prev_ns,
-                cookie,
-                saddr,
-                daddr,
-                pid,
-                sport,
-                dport,
-                family,
-                oldstate: old as u8,
-                newstate: new as u8,
-                flags,
-                comm,
-            },
+        add_sample(
+            old as u32,
+            prev_ns,
+            pid,
+            dest(ev.family, ev.dport),
+            &ev.daddr,
         );
     }
+    if timewait && (tw_candidate || tw_reuse) {
+        timewait_step(&ev, tw_candidate);
+    }
+    if stream {
+        emit(&ev);
+    }
     Ok(())
+}
+
+/// A TIME_WAIT hand-over (`candidate`) or a new connection that may take a timewait
+/// socket's 4-tuple.
+// Map keys and values by reference: by value they are copied onto the BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(never)]
+fn timewait_step(ev: &Event, candidate: bool) {
+    let tuple = TwKey {
+        family: ev.family,
+        sport: ev.sport,
+        dport: ev.dport,
+        _pad: 0,
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+    };
+    if candidate {
+        // tcp_time_wait() has just moved the connection to an inet_timewait_sock,
+        // which keeps the cookie (inet_twsk_alloc) and lives on unseen by this
+        // tracepoint; `tw_timer_expire` sees it die.
+        let live = TwLive {
+            start_ns: ev.ts_ns,
+            cookie: ev.cookie,
+            pid: ev.pid,
+            _pad: 0,
+        };
+        count(if TWS.insert(&tuple, &live, 0).is_ok() {
+            counter::TW_CANDIDATES
+        } else {
+            counter::TW_UNTRACKED
+        });
+    } else if let Some(live) = unsafe { TWS.get(&tuple) }.copied() {
+        // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
+        // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
+        let _ = TWS.remove(&tuple);
+        count(counter::TW_REUSED);
+        add_sample(
+            HIST_TW_REUSED,
+            ev.ts_ns.saturating_sub(live.start_ns),
+            live.pid,
+            dest(ev.family, ev.dport),
+            &ev.daddr,
+        );
+    }
+}
+
+/// Family and remote port in one argument (BPF functions take at most five).
+#[inline(always)]
+fn dest(family: u16, dport: u16) -> u32 {
+    (u32::from(family) << 16) | u32::from(dport)
 }
 
 /// Local and remote address of a timewait socket (struct sock's sock_common layout).
@@ -569,19 +583,18 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
     count(counter::TW_EXPIRED);
     let now = unsafe { bpf_ktime_get_ns() };
     add_sample(
-        c,
         state::TIME_WAIT as u32,
         now.saturating_sub(live.start_ns),
         live.pid,
-        family,
-        tuple.dport,
+        dest(family, tuple.dport),
         &tuple.daddr,
     );
     Ok(())
 }
 
-#[inline(always)]
-fn emit(c: &Config, ev: &Event) {
+#[inline(never)]
+fn emit(ev: &Event) {
+    let c = cfg();
     // Wake the reader only when the backlog crosses the threshold; userspace drains on
     // a short timer otherwise, so a busy host costs one wake-up per batch, not per event.
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
@@ -641,47 +654,34 @@ fn passes_pids(f: &Filter, pid: u32) -> bool {
 
 /// The user's family and port filters.
 #[inline(always)]
-fn passes_endpoints(
-    f: &Filter,
-    family: u16,
-    saddr: &[u8; 16],
-    daddr: &[u8; 16],
-    sport: u16,
-    dport: u16,
-) -> bool {
+fn passes_endpoints(f: &Filter, ev: &Event) -> bool {
     if f.family != 0 {
-        let v4 = family == AF_INET || (is_v4_mapped(saddr) && is_v4_mapped(daddr));
+        let v4 = ev.family == AF_INET || (is_v4_mapped(&ev.saddr) && is_v4_mapped(&ev.daddr));
         if (f.family == 4) != v4 {
             return false;
         }
     }
     if f.n_ports != 0
-        && !listed16(&f.ports, f.n_ports, sport)
-        && !listed16(&f.ports, f.n_ports, dport)
+        && !listed16(&f.ports, f.n_ports, ev.sport)
+        && !listed16(&f.ports, f.n_ports, ev.dport)
     {
         return false;
     }
-    if f.n_lports != 0 && !listed16(&f.lports, f.n_lports, sport) {
+    if f.n_lports != 0 && !listed16(&f.lports, f.n_lports, ev.sport) {
         return false;
     }
-    if f.n_rports != 0 && !listed16(&f.rports, f.n_rports, dport) {
+    if f.n_rports != 0 && !listed16(&f.rports, f.n_rports, ev.dport) {
         return false;
     }
     true
 }
 
 /// Adds `dur_ns` spent in `st` (a state, or `HIST_TW_REUSED`) to its histogram,
-/// under the current generation.
-#[inline(always)]
-fn add_sample(
-    c: &Config,
-    st: u32,
-    dur_ns: u64,
-    pid: u32,
-    family: u16,
-    dport: u16,
-    daddr: &[u8; 16],
-) {
+/// under the current generation. `dest`: see [`dest`].
+#[inline(never)]
+fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, daddr: &[u8; 16]) {
+    let c = cfg();
+    let (family, dport) = ((dest >> 16) as u16, dest as u16);
     let gen = GEN.get(0).copied().unwrap_or(0);
     let mut key = HistKey {
         gen,
@@ -699,11 +699,19 @@ fn add_sample(
         }
         _ => {}
     }
+    let slot = (gen & 1) * HIST_SPILL_STATES + (st % HIST_SPILL_STATES);
     let spill = || {
         count(counter::HIST_SPILLED);
-        HIST_SPILL.get_ptr_mut((gen & 1) * HIST_SPILL_STATES + (st % HIST_SPILL_STATES))
+        HIST_SPILL.get_ptr_mut(slot)
     };
-    let h = match HIST.get_ptr_mut(key) {
+    // Without a --by key, (generation, state) indexes the array directly: no hash,
+    // no insert, nothing to spill.
+    let direct = if c.hist_by == BY_NONE {
+        HIST_SPILL.get_ptr_mut(slot)
+    } else {
+        None
+    };
+    let h = match direct.or_else(|| HIST.get_ptr_mut(key)) {
         Some(h) => h,
         None => {
             let inserted = match HIST_ZERO.get(0) {

@@ -390,14 +390,14 @@ impl<W: Write> Consumer for Hist<W> {
     }
 }
 
-/// How many histogram keys the probe preallocates. Without --by: every state of the
-/// two generations alive at a flip. With a key: up to 1024, but at most ~64 MiB of
+/// How many histogram keys the probe preallocates. With a key: up to 1024, but at most ~64 MiB of
 /// kernel memory on hosts with many CPUs (each key holds a 4.5 KiB histogram per CPU).
 fn hist_keys(by: u32) -> u32 {
     let per_key = std::mem::size_of::<tcpstate_common::Hist>() as u64
         * aya::util::nr_cpus().map_or(1, |n| n as u64);
     match by {
-        BY_NONE => 2 * tcpstate_common::HIST_SPILL_STATES,
+        // The probe uses a per-CPU array instead (HIST_SPILL).
+        BY_NONE => 1,
         _ => ((64 << 20) / per_key).clamp(64, 1024) as u32,
     }
 }
