@@ -35,6 +35,17 @@ impl Filter {
         }
     }
 
+    /// No filter at all: every transition matches, and `trace` skips [`Self::matches`]
+    /// (which decodes both addresses for the family).
+    pub fn is_empty(&self) -> bool {
+        self.family.is_none()
+            && self.ports.is_empty()
+            && self.lports.is_empty()
+            && self.rports.is_empty()
+            && self.pids.is_empty()
+            && self.states.is_empty()
+    }
+
     pub fn matches(&self, ev: &Event) -> bool {
         self.matches_endpoints(display_family(ev), ev.sport, ev.dport)
             && (self.pids.is_empty() || self.pids.contains(&ev.pid))
@@ -101,7 +112,38 @@ mod tests {
 
     #[test]
     fn empty_filter_keeps_all() {
-        assert!(Filter::new(&args(), &[]).matches(&event(AF_INET, 7, 2)));
+        let f = Filter::new(&args(), &[]);
+        assert!(f.is_empty());
+        assert!(f.matches(&event(AF_INET, 7, 2)));
+        for a in [
+            FilterArgs {
+                ipv4: true,
+                ..args()
+            },
+            FilterArgs {
+                ipv6: true,
+                ..args()
+            },
+            FilterArgs {
+                ports: vec![1],
+                ..args()
+            },
+            FilterArgs {
+                lports: vec![1],
+                ..args()
+            },
+            FilterArgs {
+                rports: vec![1],
+                ..args()
+            },
+            FilterArgs {
+                pids: vec![1],
+                ..args()
+            },
+        ] {
+            assert!(!Filter::new(&a, &[]).is_empty(), "{a:?}");
+        }
+        assert!(!Filter::new(&args(), &[TcpState::Listen]).is_empty());
     }
 
     #[test]

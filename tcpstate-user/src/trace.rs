@@ -16,13 +16,15 @@ use crate::{
 
 struct Trace<W: Write> {
     filter: Filter,
+    /// `filter` is empty: skip it per event.
+    all: bool,
     out: TraceWriter<W>,
     shown: u64,
 }
 
 impl<W: Write> Consumer for Trace<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.filter.matches(ev) {
+        if self.all || self.filter.matches(ev) {
             self.shown += 1;
             self.out.transition(ev)?;
         }
@@ -47,6 +49,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut session = Session::start("tracing TCP state transitions", &opts, true)?;
     let mut trace = Trace {
+        all: filter.is_empty(),
         filter,
         out: TraceWriter::new(
             BufWriter::with_capacity(64 << 10, io::stdout().lock()),
