@@ -16,7 +16,6 @@ pub mod names {
     pub const HIST_SPILL: &str = "HIST_SPILL";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
-    pub const TW_TIMER_FN: &str = "TW_TIMER_FN";
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
@@ -143,8 +142,7 @@ pub struct Config {
     pub flags: u32,
     /// `BY_*`: the histogram key.
     pub hist_by: u32,
-    /// struct timer_list: `function`.
-    pub timer_function: u32,
+    pub _pad0: u32,
     /// Kernel-side filter (see [`Filter`]); applies to what is sent or aggregated.
     pub filter: Filter,
     /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
@@ -294,7 +292,7 @@ pub mod counter {
     pub const HIST_SPILLED: u32 = 5;
     /// FIN_WAIT2/CLOSING->CLOSE hand-overs recorded as TIME_WAIT candidates...
     pub const TW_CANDIDATES: u32 = 6;
-    /// ...that expired in TIME_WAIT (`tw_timer_handler`)...
+    /// ...that expired in TIME_WAIT (their timer fired)...
     pub const TW_EXPIRED: u32 = 7;
     /// ...that a new connection reused...
     pub const TW_REUSED: u32 = 8;

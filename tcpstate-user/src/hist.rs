@@ -3,7 +3,7 @@
 //! Everything is aggregated in the kernel (exact counts whatever the load; see
 //! `add_sample` in tcpstate-ebpf), TIME_WAIT included: the probe records each
 //! hand-over to a timewait socket (FIN_WAIT2/CLOSING->CLOSE), and ends it when the
-//! socket's timer fires (`tw_timer_handler`) or a new connection takes its 4-tuple.
+//! socket's timer fires (timer_expire_entry) or a new connection takes its 4-tuple.
 //! Userspace reads the histograms at each report, sweeps candidates whose end the
 //! probe could not see, and lists TIME_WAIT sockets once per report for the gauge.
 
@@ -451,11 +451,6 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let mut session = Session::start("aggregating time in state", &opts, owners)?;
-    if want_tw {
-        if let Err(e) = session.probe.enable_timewait() {
-            eprintln!("tcpstate: warning: TIME_WAIT expiries cannot be seen: {e}");
-        }
-    }
     let mut hist = Hist {
         by,
         filter,

@@ -400,20 +400,6 @@ impl Probe {
         Ok(out)
     }
 
-    /// Tells the timer probe which timers are timewait sockets' (`tw_timer_handler`,
-    /// from /proc/kallsyms). Until then no TIME_WAIT ends by expiry.
-    pub fn enable_timewait(&mut self) -> Result<(), String> {
-        let addr = crate::offsets::kallsyms("tw_timer_handler").ok_or(
-            "tw_timer_handler is not in /proc/kallsyms (needs root, and kptr_restrict < 2)",
-        )?;
-        let map = self
-            .ebpf
-            .map_mut(names::TW_TIMER_FN)
-            .ok_or("the BPF object lacks TW_TIMER_FN")?;
-        let mut a = aya::maps::Array::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
-        a.set(0, addr, 0).map_err(|e| e.to_string())
-    }
-
     /// TIME_WAIT candidates: removes those older than `max_age_ns` at `now_ns` (their
     /// timer should have fired: a reset or kill ended them unseen, or the hand-over
     /// made no timewait socket) and returns (still open, the removed ones).

@@ -43,7 +43,6 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         task_tgid: o("task_struct", "tgid")?,
         file_inode: o("file", "f_inode")?,
         inode_mode: o("inode", "i_mode")?,
-        timer_function: o("timer_list", "function")?,
         tw_timer: o("inet_timewait_sock", "tw_timer")?,
         tw_substate: o("inet_timewait_sock", "tw_substate")?,
         tw_sport: o("inet_timewait_sock", "tw_sport")?,
@@ -123,25 +122,6 @@ pub fn attach_btf(btf: &Btf, wanted: &[AttachType]) -> Result<aya::Btf, OffsetEr
     blob.extend_from_slice(&strings);
     aya::Btf::parse(&blob, aya::Endianness::default())
         .map_err(|e| OffsetError::Load(format!("building the attach BTF: {e}")))
-}
-
-/// Address of a kernel function from /proc/kallsyms (root sees real addresses),
-/// streamed line by line: the file is ~5 MB.
-pub fn kallsyms(name: &str) -> Option<u64> {
-    use std::io::BufRead;
-    let file = std::fs::File::open("/proc/kallsyms").ok()?;
-    let mut lines = std::io::BufReader::with_capacity(64 << 10, file);
-    let mut line = String::new();
-    while lines.read_line(&mut line).ok()? > 0 {
-        let mut it = line.split_ascii_whitespace();
-        if let (Some(addr), Some(_kind), Some(sym)) = (it.next(), it.next(), it.next()) {
-            if sym == name {
-                return u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0);
-            }
-        }
-        line.clear();
-    }
-    None
 }
 
 pub fn load_vmlinux() -> Result<Btf, OffsetError> {
