@@ -1,7 +1,9 @@
 //! `cargo xtask bench [--rounds N] [--secs S] [--json] [--soak D]`: what tcpstate costs
 //! the traced workload, side by side with no tracer and with an in-kernel bpftrace
-//! count, in interleaved rounds (baseline, tracer, baseline, tracer, ...) so that
-//! machine drift hits every variant alike. Medians are reported.
+//! count, in interleaved rounds (baseline, then every tracer in a rotated order), each
+//! run starting without the previous runs' TIME_WAIT sockets; a tracer's ratio is to
+//! the baseline interpolated between the baselines around it, so that machine drift
+//! hits every variant alike. Medians are reported.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -184,6 +186,28 @@ fn stop_tracer(mut r: Running, v: &Variant, out_file: &Path) -> Result<Sample> {
     })
 }
 
+/// `ss -K` on the churn's TIME_WAIT sockets; false (and a warning) if it cannot.
+fn kill_timewaits(ports: &[u16]) -> bool {
+    let filter = ports
+        .iter()
+        .map(|p| format!("dport = :{p} or sport = :{p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let ok = Command::new("ss")
+        .args(["-K", "-Htan", "state", "time-wait"])
+        .arg(format!("( {filter} )"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "xtask bench: warning: `ss -K` failed (kernel without CONFIG_INET_DIAG_DESTROY?); \
+             TIME_WAIT sockets carry over between runs and favour the first of each round"
+        );
+    }
+    ok
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -265,35 +289,57 @@ pub fn bench(bin: &Path, tcpkit: &Path, args: &[String]) -> Result<()> {
         variants.len()
     );
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
-    for round in 0..rounds {
-        let mut base = f64::NAN;
-        for (i, v) in variants.iter().enumerate() {
-            let tracer = if v.args.is_some() || v.bpftrace {
-                Some(start_tracer(bin, v, &tmp)?)
-            } else {
-                None
-            };
-            let (warm, _) = churn(tcpkit, &ports, 1.0)?; // warm-up
-            let (conns, rate) = churn(tcpkit, &ports, secs)?;
-            let mut sample = match tracer {
-                Some(t) => stop_tracer(t, v, &tmp)?,
-                None => Sample::default(),
-            };
-            sample.transitions = (warm + conns) * 10;
-            if i == 0 {
-                base = rate;
-            }
-            sample.conns_per_s = rate;
-            sample.ratio = rate / base;
-            eprintln!(
-                "  round {} {:<28} {:>9.0} conn/s  ratio {:.3}",
-                round + 1,
-                v.name,
-                rate,
-                sample.ratio
-            );
-            samples[i].push(sample);
+    let mut can_reset = true;
+    let mut run = |i: usize, label: &str| -> Result<Sample> {
+        let v = &variants[i];
+        // Every run starts with none of the earlier runs' TIME_WAIT sockets: with
+        // them, connect() searches longer for a free port, or once
+        // tcp_max_tw_buckets is reached skips TIME_WAIT altogether, and later runs of
+        // a round would be measured on a different workload.
+        if can_reset {
+            can_reset = kill_timewaits(&ports);
         }
+        let tracer = if v.args.is_some() || v.bpftrace {
+            Some(start_tracer(bin, v, &tmp)?)
+        } else {
+            None
+        };
+        let (warm, _) = churn(tcpkit, &ports, 1.0)?; // warm-up
+        let (conns, rate) = churn(tcpkit, &ports, secs)?;
+        let mut sample = match tracer {
+            Some(t) => stop_tracer(t, v, &tmp)?,
+            None => Sample::default(),
+        };
+        sample.transitions = (warm + conns) * 10;
+        sample.conns_per_s = rate;
+        eprintln!("  {label} {:<28} {:>9.0} conn/s", v.name, rate);
+        Ok(sample)
+    };
+    // Each round: the baseline, then the tracers in an order rotated every round (so
+    // no tracer always runs right after the baseline); one more baseline closes the
+    // last round. A tracer's ratio is to the baseline interpolated at its place
+    // between the baselines around it, which cancels the machine's slow drift.
+    let n = variants.len();
+    let mut placed: Vec<(usize, usize, usize, Sample)> = Vec::new(); // (round, place, variant, sample)
+    let mut bases = Vec::new();
+    for round in 0..=rounds {
+        let b = run(0, &format!("round {}", round + 1))?;
+        bases.push(b.conns_per_s);
+        if round == rounds {
+            break;
+        }
+        samples[0].push(Sample { ratio: 1.0, ..b });
+        for k in 1..n {
+            let i = 1 + (k - 1 + round) % (n - 1);
+            let s = run(i, &format!("round {}", round + 1))?;
+            placed.push((round, k, i, s));
+        }
+    }
+    for (round, k, i, mut s) in placed {
+        let w = k as f64 / n as f64;
+        let base = bases[round] * (1.0 - w) + bases[round + 1] * w;
+        s.ratio = s.conns_per_s / base;
+        samples[i].push(s);
     }
     let _ = std::fs::remove_file(&tmp);
     report(&variants, &samples, json);
