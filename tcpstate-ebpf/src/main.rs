@@ -127,14 +127,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 /// Per CPU, the transitions the primary program has run for and the backup has not
 /// yet looked at, so the backup can tell them from transitions the primary never saw.
-/// At most the nesting depth (task, softirq) is in flight; a mark whose backup was
-/// itself skipped goes stale and its slot is reused after `MARK_STALE_JIFFIES`.
+/// At most the nesting depth (task, softirq) is in flight. A mark whose backup was
+/// skipped (it nested inside a backup run) is cleared when that outer backup run
+/// ends, unless it nested in the few instructions around the run; marks carry the
+/// socket cookie, so such a leftover can never match a later socket at the same
+/// address (slab reuse) and lose its transition.
 #[map(name = "RECENT")]
 static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
 
 const RECENT_SLOTS: usize = 8;
-/// A primary run and its backup are microseconds apart, or a softirq's 2 ms budget
-/// (`MAX_SOFTIRQ_TIME`) when one nests in between: 20 jiffies is >= 20 ms.
+/// Fallback for marks nothing consumes or clears (transitions between attaching
+/// the primary and the backup): their slots are reused after 20 jiffies (>= 20 ms).
 const MARK_STALE_JIFFIES: u64 = 20;
 
 #[repr(C)]
@@ -142,13 +145,17 @@ struct Recent {
     /// The socket (its address; 0 = free slot) and the transition's `old << 8 | new`.
     socks: [u64; RECENT_SLOTS],
     states: [u64; RECENT_SLOTS],
+    cookies: [u64; RECENT_SLOTS],
+    /// When (jiffies) and in which order (`seq`) each mark was made.
     at: [u64; RECENT_SLOTS],
+    seqs: [u64; RECENT_SLOTS],
+    seq: u64,
     next: u64,
 }
 
-/// A transition's identity while it is in flight: the socket (alive and locked for
-/// the whole tracepoint call) and both states. Needs no read, so every transition is
-/// marked, filtered or not.
+/// A transition's identity while it is in flight: the socket (alive for the whole
+/// tracepoint call), both states, and for the transitions the probe handles, the
+/// socket's cookie. Every transition is marked, handled or not.
 #[inline(always)]
 fn states_code(old: i32, new: i32) -> u64 {
     ((old as u64 & 0xff) << 8) | (new as u64 & 0xff)
@@ -158,7 +165,7 @@ fn states_code(old: i32, new: i32) -> u64 {
 /// stale slot. (Storing and comparing the socket pointer needs CAP_PERFMON, which
 /// tracing needs anyway; the verifier allows no arithmetic on it.)
 #[inline(always)]
-fn mark(sk: *const u8, code: u64) {
+fn mark(sk: *const u8, code: u64, cookie: u64) {
     if let Some(r) = RECENT.get_ptr_mut(0) {
         // SAFETY: per-CPU value; a nested run on this CPU only adds its own mark.
         let r = unsafe { &mut *r };
@@ -176,24 +183,27 @@ fn mark(sk: *const u8, code: u64) {
             slot = (r.next as usize) % RECENT_SLOTS;
             r.next = r.next.wrapping_add(1);
         }
+        r.seq = r.seq.wrapping_add(1);
         let slot = core::hint::black_box(slot);
         if slot < RECENT_SLOTS {
             r.socks[slot] = sk as u64;
             r.states[slot] = code;
+            r.cookies[slot] = cookie;
             r.at[slot] = now;
+            r.seqs[slot] = r.seq;
         }
     }
 }
 
 /// The backup's check: did the primary run for this transition? Consumes the mark.
 #[inline(always)]
-fn take_mark(sk: *const u8, code: u64) -> bool {
+fn take_mark(sk: *const u8, code: u64, cookie: u64) -> bool {
     if let Some(r) = RECENT.get_ptr_mut(0) {
         // SAFETY: per-CPU value.
         let r = unsafe { &mut *r };
         let mut i = 0;
         while i < RECENT_SLOTS {
-            if r.socks[i] == sk as u64 && r.states[i] == code {
+            if r.socks[i] == sk as u64 && r.states[i] == code && r.cookies[i] == cookie {
                 r.socks[i] = 0;
                 return true;
             }
@@ -201,6 +211,30 @@ fn take_mark(sk: *const u8, code: u64) -> bool {
         }
     }
     false
+}
+
+/// The mark sequence number now (taken when a backup run starts).
+#[inline(always)]
+fn mark_seq() -> u64 {
+    RECENT.get(0).map_or(0, |r| r.seq)
+}
+
+/// A backup run ends: marks made since it started were made by primary runs nested
+/// in it, whose own backup runs the kernel skipped (this one was active). Nothing
+/// will consume them.
+#[inline(always)]
+fn clear_marks_after(seq: u64) {
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: per-CPU value.
+        let r = unsafe { &mut *r };
+        let mut i = 0;
+        while i < RECENT_SLOTS {
+            if r.socks[i] != 0 && r.seqs[i].wrapping_sub(seq) as i64 > 0 {
+                r.socks[i] = 0;
+            }
+            i += 1;
+        }
+    }
 }
 
 /// The configuration, read through memory: `black_box` keeps the compiler from folding
@@ -285,42 +319,50 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// no mark for it. Never both, so nothing is counted twice.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
+    let seq = mark_seq();
     if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true).is_err() {
         count(counter::READ_FAILED);
     }
+    clear_marks_after(seq);
     0
 }
 
 #[inline(always)]
 fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
-    let code = states_code(old, new);
-    if !backup {
-        mark(sk, code);
-    } else if take_mark(sk, code) {
-        return Ok(());
-    } else {
-        // The primary was skipped for this transition (filtered or not): userspace
-        // subtracts these from its recursion_misses to count what was lost.
-        count(counter::RECOVERED);
-    }
     let c = cfg();
     let f = &c.filter;
     let track = c.flags & FLAG_TRACK != 0;
     // Without per-socket records nothing else needs the transitions the user's states
-    // exclude: `linger` stops 8 of a connection's 10 here, before any read.
-    if !track && !passes_states(f, old, new) {
-        return Ok(());
-    }
+    // exclude: `linger` stops 8 of a connection's 10 after this compare and a load.
+    let relevant = track || passes_states(f, old, new);
     // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
     let protocol: u16 = unsafe { load(sk, c.sk_protocol) };
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
+    let tcp = protocol == IPPROTO_TCP;
+    let relevant = relevant && tcp;
     // The cookie is set once asked for (sock_gen_cookie); only a socket's first
-    // transition needs the helper.
-    let mut cookie: u64 = unsafe { load(sk, c.sk_cookie) };
-    if cookie == 0 {
-        cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    // transition needs the helper. Every TCP transition gets it, handled or not: it
+    // makes the mark this socket's alone (a socket later allocated at the same
+    // address has another cookie), so a mark left behind never matches another
+    // socket's transition.
+    let mut cookie: u64 = 0;
+    if tcp {
+        cookie = unsafe { load(sk, c.sk_cookie) };
+        if cookie == 0 {
+            cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+        }
+    }
+    let code = states_code(old, new);
+    if !backup {
+        mark(sk, code, cookie);
+    } else if take_mark(sk, code, cookie) {
+        return Ok(());
+    } else {
+        // The primary was skipped for this transition (relevant or not): userspace
+        // subtracts these from its recursion_misses to count what was lost.
+        count(counter::RECOVERED);
+    }
+    if !relevant {
+        return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
 
