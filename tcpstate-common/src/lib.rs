@@ -193,7 +193,9 @@ pub struct Filter {
 }
 
 /// Histogram key: generation (userspace flips it to read an interval whole), the
-/// state the time was spent in, and the `--by` key (others zero).
+/// state the time was spent in, and the `--by` key (others zero): `pid` and, in
+/// `addr`, the owner's comm for --by process; `port` for --by rport; `addr` and, in
+/// `port`, the family for --by raddr.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HistKey {
@@ -261,6 +263,7 @@ pub struct TwLive {
     pub cookie: u64,
     pub pid: u32,
     pub _pad: u32,
+    pub comm: [u8; 16],
 }
 
 /// A connection's 4-tuple, from its own side: the key of a TIME_WAIT candidate.
@@ -325,7 +328,7 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 224);
-const _: () = assert!(core::mem::size_of::<TwLive>() == 24);
+const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
 const _: () = assert!(core::mem::size_of::<Filter>() == 104);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 40);

@@ -483,7 +483,11 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             prev_ns,
             pid,
             dest(ev.family, ev.dport),
-            &ev.daddr,
+            if c.hist_by == BY_PROCESS {
+                &ev.comm
+            } else {
+                &ev.daddr
+            },
         );
     }
     if timewait && (tw_candidate || tw_reuse) {
@@ -518,6 +522,7 @@ fn timewait_step(ev: &Event, candidate: bool) {
             cookie: ev.cookie,
             pid: ev.pid,
             _pad: 0,
+            comm: ev.comm,
         };
         count(if TWS.insert(&tuple, &live, 0).is_ok() {
             counter::TW_CANDIDATES
@@ -534,7 +539,11 @@ fn timewait_step(ev: &Event, candidate: bool) {
             ev.ts_ns.saturating_sub(live.start_ns),
             live.pid,
             dest(ev.family, ev.dport),
-            &ev.daddr,
+            if cfg().hist_by == BY_PROCESS {
+                &live.comm
+            } else {
+                &ev.daddr
+            },
         );
     }
 }
@@ -619,7 +628,11 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
         now.saturating_sub(live.start_ns),
         live.pid,
         dest(family, tuple.dport),
-        &tuple.daddr,
+        if c.hist_by == BY_PROCESS {
+            &live.comm
+        } else {
+            &tuple.daddr
+        },
     );
     Ok(())
 }
@@ -709,9 +722,10 @@ fn passes_endpoints(f: &Filter, ev: &Event) -> bool {
 }
 
 /// Adds `dur_ns` spent in `st` (a state, or `HIST_TW_REUSED`) to its histogram,
-/// under the current generation. `dest`: see [`dest`].
+/// under the current generation. `dest`: see [`dest`]; `addr`: the remote address,
+/// or for --by process the owner's comm.
 #[inline(never)]
-fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, daddr: &[u8; 16]) {
+fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, addr: &[u8; 16]) {
     let c = cfg();
     let (family, dport) = ((dest >> 16) as u16, dest as u16);
     let gen = GEN.get(0).copied().unwrap_or(0);
@@ -723,10 +737,13 @@ fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, daddr: &[u8; 16]) {
         addr: [0; 16],
     };
     match c.hist_by {
-        BY_PROCESS => key.pid = pid,
+        BY_PROCESS => {
+            key.pid = pid;
+            key.addr = *addr;
+        }
         BY_RPORT => key.port = u32::from(dport),
         BY_RADDR => {
-            key.addr = *daddr;
+            key.addr = *addr;
             key.port = u32::from(family);
         }
         _ => {}

@@ -118,12 +118,16 @@ struct Hist<W: Write> {
 }
 
 impl<W: Write> Hist<W> {
+    /// `addr`: the remote address, or for --by process the owner's comm as the probe
+    /// saw it (the process may be gone by the report).
     fn key(&self, pid: u32, port: u16, family: u16, addr: &[u8; 16]) -> Key {
         match self.by {
             BY_PROCESS => Key::Process(
                 pid,
                 if pid == 0 {
                     String::new()
+                } else if addr[0] != 0 {
+                    comm_text(addr)
                 } else {
                     proc_comm(pid)
                 },
@@ -141,7 +145,12 @@ impl<W: Write> Hist<W> {
         self.tw_open = open;
         for (k, v) in unseen {
             let (k, v): (TwKey, TwLive) = (k, v);
-            let key = self.key(v.pid, k.dport, k.family, &k.daddr);
+            let addr = if self.by == BY_PROCESS {
+                v.comm
+            } else {
+                k.daddr
+            };
+            let key = self.key(v.pid, k.dport, k.family, &addr);
             self.current.tw.entry(key).or_default().1.unseen += 1;
         }
         self.gauge.clear();
