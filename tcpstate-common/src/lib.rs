@@ -303,6 +303,8 @@ pub mod counter {
     pub const TW_NOT_TIMEWAIT: u32 = 9;
     /// ...and those that could not be recorded (map busy).
     pub const TW_UNTRACKED: u32 = 10;
+    /// Events submitted to the ring buffer: userspace checks it received them all.
+    pub const EMITTED: u32 = 11;
     pub const COUNT: u32 = 12;
 }
 

@@ -653,6 +653,7 @@ fn emit(ev: &Event) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(wake.into());
+            count(counter::EMITTED);
         }
         None => count(counter::RINGBUF_FULL),
     }

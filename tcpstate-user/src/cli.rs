@@ -27,13 +27,13 @@ pub enum Command {
     Linger(LingerArgs),
     /// Histograms of the time sockets spend in each state, TIME_WAIT included.
     ///
-    /// Counts and max are exact: every state but TIME_WAIT is aggregated in the
-    /// kernel. Percentiles come from log-linear buckets (16 per power of two) and are
-    /// within 3.1% of the true value. TIME_WAIT starts when the closing socket hands
-    /// over to a timewait socket and ends when that goes: expiry is read from the
-    /// kernel's own timer, reuse is exact, a reset is placed within the sock_diag poll
-    /// period (1 s; longer when a host holds so many TIME_WAIT sockets that listing
-    /// them would cost more than 1% of a CPU; reports state the period used).
+    /// Counts and max are exact: every state, TIME_WAIT included, is aggregated in
+    /// the kernel. Percentiles come from log-linear buckets (16 per power of two) and
+    /// are within 3.1% of the true value. TIME_WAIT starts when the closing socket
+    /// hands over to a timewait socket and ends, to the nanosecond, when that
+    /// socket's timer fires (`expired`) or a new connection takes its 4-tuple
+    /// (`reused`); one that goes any other way (a reset, `ss -K`, no timewait socket
+    /// made) is counted `unseen` 66 s after the hand-over, without a duration.
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
 }

@@ -113,6 +113,8 @@ pub struct Counters {
     pub tw_untracked: u64,
     /// `recursion_misses` of the timer probe (timewait expiries it did not see).
     pub tw_skipped: u64,
+    /// Events the probe submitted to the ring buffer.
+    pub emitted: u64,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -458,6 +460,7 @@ impl Probe {
             tw_not_timewait: sum(counter::TW_NOT_TIMEWAIT),
             tw_untracked: sum(counter::TW_UNTRACKED),
             tw_skipped: misses(names::PROG_TW_EXPIRE),
+            emitted: sum(counter::EMITTED),
         }
     }
 }

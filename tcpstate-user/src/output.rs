@@ -228,6 +228,8 @@ pub struct Summary {
     pub lost_skipped: u64,
     /// Transitions dropped because a kernel read failed.
     pub lost_read: u64,
+    /// Events the probe submitted to the ring buffer that never reached the reader.
+    pub lost_transit: u64,
     /// Histogram samples kept without their --by key (map full, or its bucket locked
     /// by the program this run interrupted).
     pub hist_spilled: u64,
@@ -425,13 +427,15 @@ pub fn write_summary_json<W: Write>(out: &mut W, s: &Summary) -> io::Result<()> 
 pub fn summary_text(s: &Summary) -> String {
     format!(
         "tcpstate: {} events, {} shown, {} lost ({} ring buffer full, {} skipped by the kernel, \
-         {} unreadable; {} recovered), {} untracked sockets (table full), {} accepts unresolved",
+         {} unreadable, {} sent but not received; {} recovered), {} untracked sockets (table \
+         full), {} accepts unresolved",
         s.events,
         s.shown,
         s.lost,
         s.lost_ringbuf,
         s.lost_skipped,
         s.lost_read,
+        s.lost_transit,
         s.recovered,
         s.untracked,
         s.accept_unresolved

@@ -51,6 +51,8 @@ pub struct Session {
     pub summary: Summary,
     /// CLOCK_MONOTONIC ns when the probe was attached (the kernel's event clock).
     pub attached_ns: u64,
+    /// The probe's count of submitted events, read just before the final drain.
+    emitted: u64,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -91,6 +93,7 @@ impl Session {
             term,
             summary: Summary::default(),
             attached_ns,
+            emitted: 0,
         })
     }
 
@@ -135,7 +138,10 @@ impl Session {
                 _ = &mut stop => break,
             }
         }
-        // Whatever the probe wrote before we stopped still counts.
+        // Whatever the probe wrote before we stopped still counts. Everything it
+        // had submitted when `emitted` was read is in the ring now, so the final
+        // drain must receive at least that many.
+        self.emitted = self.probe.counters().emitted;
         drain(ring.get_mut(), c, &mut self.summary)
     }
 
@@ -148,8 +154,10 @@ impl Session {
         s.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered) + c.tw_skipped;
         s.recovered = c.set_state_recovered;
         s.lost_read = c.read_failed;
+        // Submitted by the probe but never read here (decoded or not): should be 0.
+        s.lost_transit = self.emitted.saturating_sub(s.events + s.bad_records);
         s.hist_spilled = c.hist_spilled;
-        s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read;
+        s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read + s.lost_transit;
         s.untracked += c.table_full + c.tw_untracked;
         // Everything received passed the probe's filters; `trace` narrows this further.
         s.shown = s.events;
