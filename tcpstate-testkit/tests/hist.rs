@@ -166,14 +166,23 @@ fn time_wait_lifetimes_per_closing_process() {
         .output()
         .unwrap();
     let ss = String::from_utf8_lossy(&ss.stdout);
-    let on = |p: u16| {
-        let end = format!(":{p}");
+    // By the side that holds TIME_WAIT: the client (remote port = the server's) or
+    // the server (local port). Matching either column would also count another
+    // test's client that happened to get one of these ports as its ephemeral port.
+    let port_of = |col: &str| col.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let on = |p: u16, column: usize| {
         ss.lines()
-            .filter(|l| l.split_whitespace().any(|c| c.ends_with(&end)))
+            .filter(|l| l.split_whitespace().nth(column).and_then(port_of) == Some(p))
             .count()
     };
+    let (local, remote) = (2, 3);
     assert_eq!(
-        (on(ports[0]), on(ports[1]), on(ports[2]), on(ports[3])),
+        (
+            on(ports[0], remote),
+            on(ports[1], local),
+            on(ports[2], local) + on(ports[2], remote),
+            on(ports[3], remote)
+        ),
         (5, 5, 0, 5),
         "{ss}"
     );
