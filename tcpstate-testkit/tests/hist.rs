@@ -63,12 +63,7 @@ fn counts_equal_transitions_under_churn() {
         "--state",
         "LISTEN",
     ]);
-    let out = Command::new(TCPKIT)
-        .args(["churn", "--addr", &format!("127.0.0.1:{port}"), "--conns"])
-        .arg(N.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    churn(port, N);
     let (out, err, st) = t.stop();
     assert!(st.success(), "{err:?}");
     let (hs, _) = hists(&out);

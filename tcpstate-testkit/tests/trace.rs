@@ -198,12 +198,7 @@ fn churn_is_exact_and_nothing_is_lost() {
     const N: usize = 4000;
     let port = free_port("127.0.0.1");
     let mut tracer = Tracer::start(&["--json", "--port", &port.to_string()]);
-    let out = Command::new(TCPKIT)
-        .args(["churn", "--addr", &format!("127.0.0.1:{port}"), "--conns"])
-        .arg(N.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    churn(port, N);
     let (out, err, status) = tracer.stop();
     assert!(status.success(), "{err:?}");
     let lines = json_lines(&out);

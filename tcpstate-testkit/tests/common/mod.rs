@@ -209,6 +209,17 @@ impl Kit {
 
 /// Runs server and client processes for `conns` connections in `mode`.
 /// Returns (server pid, client pid).
+/// `tcpkit churn`: `conns` loopback connections to 127.0.0.1:`port`, as fast as
+/// possible (client closes first); panics if it fails.
+pub fn churn(port: u16, conns: impl ToString) {
+    let out = Command::new(TCPKIT)
+        .args(["churn", "--addr", &format!("127.0.0.1:{port}"), "--conns"])
+        .arg(conns.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
     let addr: SocketAddr = if ip.contains(':') {
         format!("[{ip}]:{port}")
