@@ -13,8 +13,13 @@
 // it is an ordinary, empty binary so that the whole workspace checks.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds (see `add`); the BPF build runs with RUSTC_BOOTSTRAP.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 use core::ffi::c_void;
+#[cfg(target_arch = "bpf")]
+use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -249,9 +254,23 @@ fn cfg() -> &'static Config {
 #[inline(always)]
 fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *p += 1 };
+        add(p, 1);
     }
+}
+
+/// Adds to a per-CPU value atomically: a softirq that interrupts this CPU between
+/// the load and the store of a plain `+=` (both run the probe) would lose its own
+/// increment, and loss counters must not undercount.
+#[inline(always)]
+fn add(p: *mut u64, v: u64) {
+    // SAFETY: a valid, aligned map value. (BPF has no compare-and-swap, so core
+    // offers no fetch_add; the intrinsic lowers to the BPF atomic add.)
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v)
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    let _ = (p, v);
 }
 
 /// Reads a `T` at `base + off` from kernel memory.
@@ -781,15 +800,16 @@ fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, addr: &[u8; 16]) {
     };
     // SAFETY: this CPU's copy of a valid map value.
     let h = unsafe { &mut *h };
-    h.count += 1;
-    h.sum_ns += dur_ns;
+    add(&mut h.count, 1);
+    add(&mut h.sum_ns, dur_ns);
+    // A nested sample can race this compare; max is a bound, not a count.
     if dur_ns > h.max_ns {
         h.max_ns = dur_ns;
     }
     // black_box: keep the bound check on the index itself, where the verifier sees it.
     let b = core::hint::black_box(hist_bucket(dur_ns / 1000));
     if b < HIST_BUCKETS {
-        h.buckets[b] += 1;
+        add(&mut h.buckets[b], 1);
     }
 }
 
