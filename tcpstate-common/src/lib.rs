@@ -305,7 +305,10 @@ pub mod counter {
     pub const TW_UNTRACKED: u32 = 10;
     /// Events submitted to the ring buffer: userspace checks it received them all.
     pub const EMITTED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Runs of the primary program; with its `recursion_misses`, every transition the
+    /// kernel handed to the probe (so a soak can compare it with tracefs's count).
+    pub const PROBE_RUNS: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Whether the task on the CPU during this transition is the socket's owner.

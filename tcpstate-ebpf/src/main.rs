@@ -326,6 +326,7 @@ fn current_owner(c: &Config) -> (u32, [u8; 16]) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    count(counter::PROBE_RUNS);
     if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false).is_err() {
         count(counter::READ_FAILED);
     }

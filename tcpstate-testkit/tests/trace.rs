@@ -209,6 +209,10 @@ fn churn_is_exact_and_nothing_is_lost() {
     assert_eq!(sum["untracked"], 0, "{sum}");
     let ts = transitions(&lines);
     assert_eq!(ts.len(), 10 * N + 2);
+    // The probe was called for every one of them (and for other ports' transitions
+    // on this host, which its filter dropped).
+    let calls = sum["probe_calls"].as_u64().expect("probe_calls");
+    assert!(calls >= ts.len() as u64, "{sum}");
     let socks = per_socket(&ts);
     assert_eq!(socks.len(), 2 * N + 1);
     let mut counts: BTreeMap<Seq, usize> = BTreeMap::new();

@@ -115,6 +115,8 @@ pub struct Counters {
     pub tw_skipped: u64,
     /// Events the probe submitted to the ring buffer.
     pub emitted: u64,
+    /// Transitions the kernel handed to the probe: its runs plus the runs it skipped.
+    pub probe_calls: u64,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -461,6 +463,7 @@ impl Probe {
             tw_untracked: sum(counter::TW_UNTRACKED),
             tw_skipped: misses(names::PROG_TW_EXPIRE),
             emitted: sum(counter::EMITTED),
+            probe_calls: sum(counter::PROBE_RUNS) + misses(names::PROG_SET_STATE),
         }
     }
 }

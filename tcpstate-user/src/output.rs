@@ -241,6 +241,10 @@ pub struct Summary {
     pub accept_unresolved: u64,
     /// Malformed ring-buffer records.
     pub bad_records: u64,
+    /// Transitions the kernel handed to the probe, before any filter (every protocol
+    /// the tracepoint reports). A transition the kernel never hands to BPF programs
+    /// cannot be counted anywhere else: compare with tracefs's event count.
+    pub probe_calls: u64,
 }
 
 #[derive(Serialize)]

@@ -162,6 +162,7 @@ impl Session {
         // Everything received passed the probe's filters; `trace` narrows this further.
         s.shown = s.events;
         s.accept_unresolved = c.accept_unresolved + c.accept_skipped;
+        s.probe_calls = c.probe_calls;
         *s
     }
 }
