@@ -35,6 +35,8 @@ struct Sample {
     events: u64,
     events_per_s: f64,
     lost: u64,
+    /// `trace`'s count of transitions the kernel handed to its probe (soak only).
+    probe_calls: u64,
     cpu_ms: f64,
     peak_rss_kib: u64,
     rss_kib: u64,
@@ -149,12 +151,14 @@ fn stop_tracer(mut r: Running, v: &Variant, out_file: &Path) -> Result<Sample> {
     r.child.wait()?;
     let mut err = String::new();
     let _ = r.stderr.read_to_string(&mut err);
+    let mut probe_calls = 0;
     let (events, lost) = if v.bpftrace {
         (0, 0)
     } else if v.stdout_file {
         let text = std::fs::read_to_string(out_file).unwrap_or_default();
         let last = text.lines().last().unwrap_or_default();
         let j: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+        probe_calls = j["probe_calls"].as_u64().unwrap_or(0);
         (
             j["events"].as_u64().unwrap_or(0),
             j["lost"].as_u64().unwrap_or(0),
@@ -178,6 +182,7 @@ fn stop_tracer(mut r: Running, v: &Variant, out_file: &Path) -> Result<Sample> {
         events,
         events_per_s: events as f64 / alive,
         lost,
+        probe_calls,
         cpu_ms: attached_cpu_ms,
         peak_rss_kib: hwm,
         rss_kib: rss,
@@ -455,7 +460,9 @@ fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 /// Churn for `secs` with `trace` and `linger` attached; RSS every 10 s; at the end,
-/// the exact transition count and the loss counters.
+/// the exact transition count and the loss counters, and tracefs's own count of the
+/// tracepoint to tell a transition tcpstate lost from one the kernel never handed to
+/// any BPF program.
 fn run_soak(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
     let port = free_port()?;
     let p = port.to_string();
@@ -478,6 +485,10 @@ fn run_soak(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
     };
     let trace = start_tracer(bin, &trace_v, &out)?;
     let linger = start_tracer(bin, &linger_v, Path::new("/dev/null"))?;
+    // Inside trace's attachment, so that everything it counts trace could have seen.
+    let kernel_count = TracefsCount::start()
+        .map_err(|e| eprintln!("soak: warning: no tracefs cross-check ({e:#})"))
+        .ok();
     let mut churn_child = Command::new(tcpkit)
         .args([
             "churn",
@@ -514,6 +525,7 @@ fn run_soak(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
         .and_then(|n| n.parse().ok())
         .context("churn printed no count")?;
     std::thread::sleep(Duration::from_millis(500));
+    let fired = kernel_count.map(TracefsCount::stop).transpose()?;
     let t = stop_tracer(trace, &trace_v, &out)?;
     let l = stop_tracer(linger, &linger_v, Path::new("/dev/null"))?;
     let _ = std::fs::remove_file(&out);
@@ -523,8 +535,86 @@ fn run_soak(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
          peak RSS trace {} KiB, linger {} KiB; linger lost {}",
         t.events, t.lost, t.peak_rss_kib, l.peak_rss_kib, l.lost
     );
-    if t.events != expected || t.lost != 0 || l.lost != 0 {
+    // Transitions the kernel fired the tracepoint for (tracefs) but never ran trace's
+    // probe for, not even as a counted recursion miss: no BPF program can see those.
+    let unhanded = fired.map(|f| f.saturating_sub(t.probe_calls));
+    if let Some(f) = fired {
+        println!(
+            "soak: the tracepoint fired {f} times for TCP (tracefs); trace's probe was \
+             called {} times{}",
+            t.probe_calls,
+            match unhanded {
+                Some(0) | None => String::new(),
+                Some(n) => format!(": the kernel ran no BPF program for {n} of them"),
+            }
+        );
+    }
+    let short = expected.saturating_sub(t.events);
+    if t.lost != 0 || l.lost != 0 || t.events > expected || short > unhanded.unwrap_or(0) {
         bail!("soak: transitions were lost or miscounted");
     }
+    if short > 0 {
+        println!(
+            "soak: {short} transitions short, all of them ones the kernel never handed to \
+             the probe (README, Overhead)"
+        );
+    }
     Ok(())
+}
+
+/// tracefs's own count of `sock/inet_sock_set_state` for TCP, in a tracefs instance of
+/// its own. Its small per-CPU buffers overwrite old records; per CPU, `entries +
+/// overrun` is every record written (`ring_buffer_entries_cpu`).
+struct TracefsCount {
+    dir: PathBuf,
+}
+
+impl TracefsCount {
+    fn start() -> Result<Self> {
+        let root = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("instances").is_dir())
+            .context("tracefs is not mounted")?;
+        let dir = root.join("instances/tcpstate-soak");
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let count = TracefsCount { dir };
+        std::fs::write(count.dir.join("buffer_size_kb"), "64")?;
+        std::fs::write(count.event().join("filter"), "protocol == 6")?;
+        std::fs::write(count.event().join("enable"), "1")?;
+        Ok(count)
+    }
+
+    fn event(&self) -> PathBuf {
+        self.dir.join("events/sock/inet_sock_set_state")
+    }
+
+    fn stop(self) -> Result<u64> {
+        std::fs::write(self.event().join("enable"), "0")?;
+        let mut total = 0;
+        for cpu in std::fs::read_dir(self.dir.join("per_cpu"))? {
+            let stats = std::fs::read_to_string(cpu?.path().join("stats"))?;
+            for line in stats.lines() {
+                let field = |name: &str| {
+                    line.strip_prefix(name)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                total += field("entries:").or_else(|| field("overrun:")).unwrap_or(0);
+                if field("commit overrun:").is_some_and(|n| n > 0)
+                    || field("dropped events:").is_some_and(|n| n > 0)
+                {
+                    bail!("tracefs dropped records: {line}");
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for TracefsCount {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.event().join("enable"), "0");
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
