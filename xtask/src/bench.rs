@@ -537,6 +537,8 @@ fn run_soak(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
     );
     // Transitions the kernel fired the tracepoint for (tracefs) but never ran trace's
     // probe for, not even as a counted recursion miss: no BPF program can see those.
+    // Counted over every TCP port, so other traffic on the host can only add to it:
+    // the soak's host should run nothing else.
     let unhanded = fired.map(|f| f.saturating_sub(t.probe_calls));
     if let Some(f) = fired {
         println!(
