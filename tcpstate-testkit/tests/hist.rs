@@ -266,6 +266,46 @@ fn time_wait_ended_by_reuse() {
     }
 }
 
+/// TIME_WAIT grouped by the remote port and by the remote address of the side that
+/// holds it (the server here, so the client's fixed port and address), ended by reuse
+/// so the test need not wait for the 60 s expiry.
+#[test]
+fn time_wait_by_remote_port_and_address() {
+    let port = free_port("127.0.0.1");
+    let from = free_port("127.0.0.1");
+    let p = port.to_string();
+    let base = ["hist", "--json", "--state", "TIME_WAIT", "--port", &p];
+    let mut by_port = Tracer::start(&[&base[..], &["--by", "rport"]].concat());
+    let mut by_addr = Tracer::start(&[&base[..], &["--by", "raddr"]].concat());
+    let a = format!("127.0.0.1:{port}");
+    let mut server = Kit::server(&a, "3", "server-close");
+    let mut client = Kit::client(
+        &a,
+        "3",
+        "server-close",
+        &["--from-port", &from.to_string(), "--pause-ms", "1200"],
+    );
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+    for (t, key) in [
+        (&mut by_port, serde_json::json!(from)),
+        (&mut by_addr, serde_json::json!("127.0.0.1")),
+    ] {
+        let (out, err, st) = t.stop();
+        assert!(st.success(), "{err:?}");
+        let (hs, _) = hists(&out);
+        let tw: Vec<&Value> = hs
+            .iter()
+            .filter(|h| h["state"] == "TIME_WAIT" && h["count"].as_u64().unwrap() > 0)
+            .collect();
+        assert_eq!(tw.len(), 1, "one group: {out}");
+        assert_eq!(tw[0]["key"], key, "{out}");
+        assert_eq!(tw[0]["count"], 2, "{out}");
+        assert_eq!(tw[0]["ended"]["reused"], 2, "{out}");
+    }
+}
+
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
