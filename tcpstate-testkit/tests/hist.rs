@@ -223,6 +223,23 @@ fn time_wait_lifetimes_per_closing_process() {
     assert_eq!(k["ended"]["expired"], 0, "{k}");
 }
 
+/// Three connections to `port` from the fixed port `from`, the server closing first
+/// (its side holds TIME_WAIT), 1.2 s apart: tcp_timewait_state_process accepts each
+/// new SYN on the previous connection's 4-tuple, so two TIME_WAITs end by reuse.
+fn reuse_time_waits(port: u16, from: u16) {
+    let a = format!("127.0.0.1:{port}");
+    let mut server = Kit::server(&a, "3", "server-close");
+    let mut client = Kit::client(
+        &a,
+        "3",
+        "server-close",
+        &["--from-port", &from.to_string(), "--pause-ms", "1200"],
+    );
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+}
+
 /// A new connection on the 4-tuple of a TIME_WAIT socket ends it as reused, at that
 /// moment: the server closes first (its side holds TIME_WAIT) and the client comes
 /// back from the same port 1.2 s later, so tcp_timewait_state_process accepts the SYN.
@@ -238,17 +255,7 @@ fn time_wait_ended_by_reuse() {
         "--port",
         &port.to_string(),
     ]);
-    let a = format!("127.0.0.1:{port}");
-    let mut server = Kit::server(&a, "3", "server-close");
-    let mut client = Kit::client(
-        &a,
-        "3",
-        "server-close",
-        &["--from-port", &from.to_string(), "--pause-ms", "1200"],
-    );
-    assert!(client.line().starts_with("done"));
-    client.finish();
-    server.finish();
+    reuse_time_waits(port, from);
     let (out, err, st) = t.stop();
     assert!(st.success(), "{err:?}");
     let (hs, _) = hists(&out);
@@ -277,17 +284,7 @@ fn time_wait_by_remote_port_and_address() {
     let base = ["hist", "--json", "--state", "TIME_WAIT", "--port", &p];
     let mut by_port = Tracer::start(&[&base[..], &["--by", "rport"]].concat());
     let mut by_addr = Tracer::start(&[&base[..], &["--by", "raddr"]].concat());
-    let a = format!("127.0.0.1:{port}");
-    let mut server = Kit::server(&a, "3", "server-close");
-    let mut client = Kit::client(
-        &a,
-        "3",
-        "server-close",
-        &["--from-port", &from.to_string(), "--pause-ms", "1200"],
-    );
-    assert!(client.line().starts_with("done"));
-    client.finish();
-    server.finish();
+    reuse_time_waits(port, from);
     for (t, key) in [
         (&mut by_port, serde_json::json!(from)),
         (&mut by_addr, serde_json::json!("127.0.0.1")),
