@@ -23,6 +23,13 @@ fn hists(out: &str) -> (Vec<Value>, Value) {
     )
 }
 
+/// The TIME_WAIT histograms that hold samples.
+fn time_wait_samples(hs: &[Value]) -> Vec<&Value> {
+    hs.iter()
+        .filter(|h| h["state"] == "TIME_WAIT" && h["count"].as_u64().unwrap() > 0)
+        .collect()
+}
+
 fn counts(hs: &[Value]) -> BTreeMap<String, u64> {
     hs.iter()
         .filter(|h| h["count"].as_u64().unwrap() > 0)
@@ -191,10 +198,7 @@ fn time_wait_lifetimes_per_closing_process() {
     let (out, err, st) = t.stop_after_exit();
     assert!(st.success(), "{err:?}");
     let (hs, _) = hists(&out);
-    let tw: Vec<&Value> = hs
-        .iter()
-        .filter(|h| h["state"] == "TIME_WAIT" && h["count"].as_u64().unwrap() > 0)
-        .collect();
+    let tw = time_wait_samples(&hs);
     assert_eq!(tw.len(), 2, "client and server groups: {out}");
     for (pid, who) in [(client, "client"), (server, "server")] {
         let h = tw
@@ -292,10 +296,7 @@ fn time_wait_by_remote_port_and_address() {
         let (out, err, st) = t.stop();
         assert!(st.success(), "{err:?}");
         let (hs, _) = hists(&out);
-        let tw: Vec<&Value> = hs
-            .iter()
-            .filter(|h| h["state"] == "TIME_WAIT" && h["count"].as_u64().unwrap() > 0)
-            .collect();
+        let tw = time_wait_samples(&hs);
         assert_eq!(tw.len(), 1, "one group: {out}");
         assert_eq!(tw[0]["key"], key, "{out}");
         assert_eq!(tw[0]["count"], 2, "{out}");
