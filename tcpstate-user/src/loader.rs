@@ -87,6 +87,8 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     /// Whether this run mounted tracefs (reported once).
     pub mounted_tracefs: bool,
+    /// The primary's recursion_misses when the backup was attached.
+    skipped_before_backup: u64,
 }
 
 /// Loss and coverage counters, summed over CPUs and programs.
@@ -95,7 +97,8 @@ pub struct Counters {
     pub ringbuf_full: u64,
     pub table_full: u64,
     pub accept_unresolved: u64,
-    /// Transitions the kernel skipped in the primary probe...
+    /// Transitions the kernel skipped in the primary probe since the backup was
+    /// attached...
     pub set_state_skipped: u64,
     /// ...and those of them the backup probe handled.
     pub set_state_recovered: u64,
@@ -197,7 +200,11 @@ impl Probe {
             .load(BPF_OBJECT)
             .map_err(Box::new)?;
         // Primary first, then its backup (see tcpstate-ebpf for why there are two).
-        for name in [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP] {
+        // Both are verified before either is attached: a run the kernel skips while
+        // the primary is attached alone is unrecoverable, so that window is kept to
+        // one syscall, and the misses in it are not counted (they precede "attached").
+        let both = [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP];
+        for name in both {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::Missing(name))?
@@ -205,9 +212,17 @@ impl Probe {
                 .map_err(prog_err(format!("tp_btf {name}")))?;
             prog.load("inet_sock_set_state", &btf)
                 .map_err(prog_err(format!("loading tp_btf {name}")))?;
+        }
+        for name in both {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing(name))?
+                .try_into()
+                .map_err(prog_err(format!("tp_btf {name}")))?;
             prog.attach()
                 .map_err(prog_err(format!("attaching tp_btf {name}")))?;
         }
+        let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
 
         // Owners of accepted sockets: only commands that name owners pay for this.
         if opts.flags & FLAG_OWNERS != 0 {
@@ -262,6 +277,7 @@ impl Probe {
                 ebpf,
                 counters,
                 mounted_tracefs,
+                skipped_before_backup,
             },
             events,
         ))
@@ -440,18 +456,13 @@ impl Probe {
                 .map(|v| v.iter().copied().sum())
                 .unwrap_or(0)
         };
-        let misses = |name: &str| -> u64 {
-            self.ebpf
-                .program(name)
-                .and_then(|p| p.fd().ok())
-                .and_then(|fd| recursion_misses(fd.as_fd().as_raw_fd()).ok())
-                .unwrap_or(0)
-        };
+        let misses = |name: &str| prog_misses(&self.ebpf, name);
         Counters {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             table_full: sum(counter::TABLE_FULL),
             accept_unresolved: sum(counter::ACCEPT_UNRESOLVED),
-            set_state_skipped: misses(names::PROG_SET_STATE),
+            set_state_skipped: misses(names::PROG_SET_STATE)
+                .saturating_sub(self.skipped_before_backup),
             set_state_recovered: sum(counter::RECOVERED),
             read_failed: sum(counter::READ_FAILED),
             hist_spilled: sum(counter::HIST_SPILLED),
@@ -477,6 +488,14 @@ fn raise_memlock() {
     };
     // SAFETY: valid rlimit pointer.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// A loaded program's recursion_misses (0 if it is not loaded).
+fn prog_misses(ebpf: &Ebpf, name: &str) -> u64 {
+    ebpf.program(name)
+        .and_then(|p| p.fd().ok())
+        .and_then(|fd| recursion_misses(fd.as_fd().as_raw_fd()).ok())
+        .unwrap_or(0)
 }
 
 /// The kernel's count of runs it skipped for this program (`bpf_prog_info`, read with
