@@ -205,21 +205,13 @@ impl Probe {
         // one syscall, and the misses in it are not counted (they precede "attached").
         let both = [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP];
         for name in both {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing(name))?
-                .try_into()
-                .map_err(prog_err(format!("tp_btf {name}")))?;
-            prog.load("inet_sock_set_state", &btf)
+            tp_btf(&mut ebpf, name)?
+                .load("inet_sock_set_state", &btf)
                 .map_err(prog_err(format!("loading tp_btf {name}")))?;
         }
         for name in both {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing(name))?
-                .try_into()
-                .map_err(prog_err(format!("tp_btf {name}")))?;
-            prog.attach()
+            tp_btf(&mut ebpf, name)?
+                .attach()
                 .map_err(prog_err(format!("attaching tp_btf {name}")))?;
         }
         let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
@@ -240,11 +232,7 @@ impl Probe {
         }
         if opts.flags & FLAG_TIMEWAIT != 0 {
             let name = names::PROG_TW_EXPIRE;
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing(name))?
-                .try_into()
-                .map_err(prog_err(format!("tp_btf {name}")))?;
+            let prog = tp_btf(&mut ebpf, name)?;
             prog.load("timer_expire_entry", &btf)
                 .map_err(prog_err(format!("loading tp_btf {name}")))?;
             prog.attach()
@@ -488,6 +476,14 @@ fn raise_memlock() {
     };
     // SAFETY: valid rlimit pointer.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// A BTF tracepoint program of the object, by name.
+fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(format!("tp_btf {name}")))
 }
 
 /// A loaded program's recursion_misses (0 if it is not loaded).
