@@ -6,7 +6,10 @@
 //! assertions below guard the layouts. States travel as plain integers.
 #![no_std]
 
-/// Names of maps, globals and programs in the BPF object, used by both sides.
+/// Names of maps, globals and programs in the BPF objects, used by both sides.
+/// `#[map(name = ...)]` takes only a literal, so the probe repeats these; a host test
+/// (`tcpstate-user/tests/object.rs`) checks the built object against [`MAPS`](names::MAPS)
+/// and [`PROGRAMS`](names::PROGRAMS).
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCKS: &str = "SOCKS";
@@ -14,8 +17,10 @@ pub mod names {
     pub const RECENT: &str = "RECENT";
     pub const HIST: &str = "HIST";
     pub const HIST_SPILL: &str = "HIST_SPILL";
+    pub const HIST_ZERO: &str = "HIST_ZERO";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
+    /// A global (read-only data), not a map.
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
@@ -23,28 +28,41 @@ pub mod names {
     pub const PROG_TASK_SOCKETS: &str = "task_sockets";
     pub const PROG_TW_EXPIRE: &str = "tw_timer_expire";
     pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
+
+    /// Every map of the `tcpstate` probe object.
+    pub const MAPS: &[&str] = &[
+        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS,
+    ];
+    /// Every global of the `tcpstate` probe object that userspace sets.
+    pub const GLOBALS: &[&str] = &[CONFIG];
+    /// Every program of the `tcpstate` probe object.
+    pub const PROGRAMS: &[&str] = &[
+        PROG_SET_STATE,
+        PROG_SET_STATE_BACKUP,
+        PROG_ACCEPT_EXIT,
+        PROG_ACCEPT4_EXIT,
+        PROG_TASK_SOCKETS,
+        PROG_TW_EXPIRE,
+    ];
+
+    /// The calibration object (`calib`, for the benchmark): the cheapest possible
+    /// program on the same tracepoint, and one that only counts.
+    pub const CALIB_EMPTY: &str = "calib_empty";
+    pub const CALIB_COUNT: &str = "calib_count";
+    /// Per-CPU array of one u64: `calib_count`'s runs.
+    pub const CALIB_COUNT_MAP: &str = "CALIB_COUNT";
+    pub const CALIB_MAPS: &[&str] = &[CALIB_COUNT_MAP];
+    pub const CALIB_PROGRAMS: &[&str] = &[CALIB_EMPTY, CALIB_COUNT];
 }
+
+pub mod filter;
+pub mod state;
+
+pub use filter::is_v4_mapped;
 
 pub const IPPROTO_TCP: u16 = 6;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
-
-/// TCP states as numbered in the kernel's `include/net/tcp_states.h`.
-pub mod state {
-    pub const ESTABLISHED: i32 = 1;
-    pub const SYN_SENT: i32 = 2;
-    pub const SYN_RECV: i32 = 3;
-    pub const FIN_WAIT1: i32 = 4;
-    pub const FIN_WAIT2: i32 = 5;
-    pub const TIME_WAIT: i32 = 6;
-    pub const CLOSE: i32 = 7;
-    pub const CLOSE_WAIT: i32 = 8;
-    pub const LAST_ACK: i32 = 9;
-    pub const LISTEN: i32 = 10;
-    pub const CLOSING: i32 = 11;
-    pub const NEW_SYN_RECV: i32 = 12;
-    pub const BOUND_INACTIVE: i32 = 13;
-}
 
 /// `Event::prev_ns` when the time spent in the old state is unknown (first transition
 /// seen for this socket: it predates the tool, or it was just created).
@@ -155,6 +173,43 @@ pub struct Config {
     pub _pad: u32,
 }
 
+impl Config {
+    /// All zero: the probe's initialiser (a `static` needs a const one), which
+    /// userspace overwrites before load. Written once here, so a new field is one edit.
+    pub const ZERO: Config = Config {
+        sk_family: 0,
+        sk_protocol: 0,
+        sk_state: 0,
+        sk_dport: 0,
+        sk_rcv_saddr: 0,
+        sk_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_v6_daddr: 0,
+        sk_cookie: 0,
+        inet_sport: 0,
+        task_files: 0,
+        task_group_leader: 0,
+        task_comm: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        task_tgid: 0,
+        file_inode: 0,
+        inode_mode: 0,
+        flags: 0,
+        hist_by: 0,
+        _pad0: 0,
+        filter: Filter::ZERO,
+        wakeup_bytes: 0,
+        tw_timer: 0,
+        tw_substate: 0,
+        tw_sport: 0,
+        _pad: 0,
+    };
+}
+
 /// Send every transition to userspace (`trace`, `linger`).
 pub const FLAG_STREAM: u32 = 1;
 /// Aggregate time-in-state histograms in the kernel (`hist`).
@@ -192,6 +247,61 @@ pub struct Filter {
     pub pids: [u32; FILTER_MAX],
 }
 
+impl Filter {
+    /// No filter: everything passes.
+    pub const ZERO: Filter = Filter {
+        family: 0,
+        n_ports: 0,
+        n_lports: 0,
+        n_rports: 0,
+        n_pids: 0,
+        states: 0,
+        ports: [0; FILTER_MAX],
+        lports: [0; FILTER_MAX],
+        rports: [0; FILTER_MAX],
+        pids: [0; FILTER_MAX],
+    };
+
+    /// The state filter (see [`filter::states_pass`]).
+    #[inline(always)]
+    pub const fn passes_states(&self, old: i32, new: i32) -> bool {
+        filter::states_pass(self.states, old, new)
+    }
+
+    /// The owner filter (see [`filter::pid_passes`]).
+    #[inline(always)]
+    pub const fn passes_pid(&self, pid: u32) -> bool {
+        filter::pid_passes(&self.pids, self.n_pids as usize, pid)
+    }
+
+    /// Whether the family or port filters are set, so the addresses must be read.
+    #[inline(always)]
+    pub const fn needs_endpoints(&self) -> bool {
+        self.family != 0 || self.n_ports != 0 || self.n_lports != 0 || self.n_rports != 0
+    }
+
+    /// The family and port filters, on a socket's family, addresses and ports.
+    #[inline(always)]
+    pub const fn passes_endpoints(
+        &self,
+        family: u16,
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+    ) -> bool {
+        (self.family == 0
+            || filter::family_passes(self.family, filter::user_family(family, saddr, daddr)))
+            && filter::ports_pass(
+                (&self.ports, self.n_ports as usize),
+                (&self.lports, self.n_lports as usize),
+                (&self.rports, self.n_rports as usize),
+                sport,
+                dport,
+            )
+    }
+}
+
 /// Histogram key: generation (userspace flips it to read an interval whole), the
 /// state the time was spent in, and the `--by` key (others zero): `pid` and, in
 /// `addr`, the owner's comm for --by process; `port` for --by rport; `addr` and, in
@@ -204,6 +314,72 @@ pub struct HistKey {
     pub pid: u32,
     pub port: u32,
     pub addr: [u8; 16],
+}
+
+impl HistKey {
+    /// The key a sample gets under `by` (`BY_*`): `pid` and `addr` (the owner's comm,
+    /// see [`hist_addr`]) for --by process, the remote port for --by rport, the remote
+    /// address and its family for --by raddr; the other fields stay zero, so one key
+    /// per value of the --by key. `state` is a state or [`HIST_TW_REUSED`].
+    #[inline(always)]
+    pub const fn for_sample(
+        by: u32,
+        gen: u32,
+        state: u32,
+        pid: u32,
+        family: u16,
+        dport: u16,
+        addr: &[u8; 16],
+    ) -> HistKey {
+        let mut key = HistKey {
+            gen,
+            state,
+            pid: 0,
+            port: 0,
+            addr: [0; 16],
+        };
+        match by {
+            BY_PROCESS => {
+                key.pid = pid;
+                key.addr = *addr;
+            }
+            BY_RPORT => key.port = dport as u32,
+            BY_RADDR => {
+                key.addr = *addr;
+                key.port = family as u32;
+            }
+            _ => {}
+        }
+        key
+    }
+
+    /// The remote port of a --by rport key.
+    pub const fn rport(&self) -> u16 {
+        self.port as u16
+    }
+
+    /// The address family of a --by raddr key.
+    pub const fn raddr_family(&self) -> u16 {
+        self.port as u16
+    }
+}
+
+/// What a sample's `HistKey::addr` holds under `by`: the owner's comm for --by process
+/// (the process may be gone by the report), the remote address otherwise.
+#[inline(always)]
+pub const fn hist_addr<'a>(by: u32, comm: &'a [u8; 16], daddr: &'a [u8; 16]) -> &'a [u8; 16] {
+    if by == BY_PROCESS {
+        comm
+    } else {
+        daddr
+    }
+}
+
+/// The `HIST_SPILL` slot of (generation, state): two generations of
+/// [`HIST_SPILL_STATES`] slots.
+#[inline(always)]
+pub const fn hist_spill_slot(gen: u32, state: u32) -> u32 {
+    (gen & 1) * HIST_SPILL_STATES + (state % HIST_SPILL_STATES)
 }
 
 /// Log-linear buckets over microseconds: values below 16 us get their own bucket,
@@ -384,5 +560,160 @@ mod tests {
         assert!(!owner_is_current(state::FIN_WAIT2, state::CLOSE));
         // A reset can arrive in softirq: ESTABLISHED->CLOSE is ambiguous.
         assert!(!owner_is_current(state::ESTABLISHED, state::CLOSE));
+    }
+
+    #[test]
+    fn zero_is_default() {
+        assert_eq!(Config::ZERO, Config::default());
+        assert_eq!(Filter::ZERO, Filter::default());
+    }
+
+    fn kfilter() -> Filter {
+        let mut f = Filter::ZERO;
+        f.ports[..2].copy_from_slice(&[1, 50000]);
+        f.n_ports = 2;
+        f
+    }
+
+    #[test]
+    fn kernel_filter_methods() {
+        let v4 = [0u8; 16];
+        assert!(Filter::ZERO.passes_states(state::LISTEN, state::CLOSE));
+        assert!(Filter::ZERO.passes_pid(0));
+        assert!(!Filter::ZERO.needs_endpoints());
+        assert!(Filter::ZERO.passes_endpoints(AF_INET6, &[1; 16], &[2; 16], 1, 2));
+        let mut f = kfilter();
+        assert!(f.needs_endpoints());
+        assert!(f.passes_endpoints(AF_INET, &v4, &v4, 8080, 50000));
+        assert!(!f.passes_endpoints(AF_INET, &v4, &v4, 8080, 50001));
+        // Stale entries past n_ports do not count.
+        f.n_ports = 1;
+        assert!(!f.passes_endpoints(AF_INET, &v4, &v4, 8080, 50000));
+        let mut f = Filter::ZERO;
+        f.family = 6;
+        assert!(f.needs_endpoints());
+        assert!(!f.passes_endpoints(AF_INET, &v4, &v4, 1, 2));
+        assert!(f.passes_endpoints(AF_INET6, &[0x20; 16], &[0x20; 16], 1, 2));
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        assert!(
+            !f.passes_endpoints(AF_INET6, &m, &m, 1, 2),
+            "mapped is IPv4"
+        );
+        f.family = 4;
+        assert!(f.passes_endpoints(AF_INET6, &m, &m, 1, 2));
+        let mut f = Filter::ZERO;
+        f.pids[..2].copy_from_slice(&[3, 7]);
+        f.n_pids = 2;
+        assert!(f.passes_pid(7) && !f.passes_pid(0) && !f.passes_pid(5));
+        assert!(!f.needs_endpoints(), "pids need no addresses");
+        let mut f = Filter::ZERO;
+        f.states = state::mask(&[state::CLOSE_WAIT]);
+        assert!(f.passes_states(state::ESTABLISHED, state::CLOSE_WAIT));
+        assert!(!f.passes_states(state::LAST_ACK, state::CLOSE));
+        f.lports[0] = 80;
+        f.n_lports = 1;
+        assert!(f.passes_endpoints(AF_INET, &v4, &v4, 80, 1));
+        assert!(!f.passes_endpoints(AF_INET, &v4, &v4, 1, 80));
+        f.n_lports = 0;
+        f.rports[0] = 80;
+        f.n_rports = 1;
+        assert!(f.passes_endpoints(AF_INET, &v4, &v4, 1, 80));
+        assert!(!f.passes_endpoints(AF_INET, &v4, &v4, 80, 1));
+    }
+
+    #[test]
+    fn hist_keys_per_mode() {
+        let comm = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        let st = state::CLOSE_WAIT as u32;
+        let k = |by| HistKey::for_sample(by, 3, st, 42, AF_INET, 443, hist_addr(by, &comm, &daddr));
+        assert_eq!(
+            k(BY_NONE),
+            HistKey {
+                gen: 3,
+                state: st,
+                pid: 0,
+                port: 0,
+                addr: [0; 16]
+            }
+        );
+        assert_eq!(
+            k(BY_PROCESS),
+            HistKey {
+                gen: 3,
+                state: st,
+                pid: 42,
+                port: 0,
+                addr: comm
+            }
+        );
+        assert_eq!(
+            k(BY_RPORT),
+            HistKey {
+                gen: 3,
+                state: st,
+                pid: 0,
+                port: 443,
+                addr: [0; 16]
+            }
+        );
+        assert_eq!(k(BY_RPORT).rport(), 443);
+        assert_eq!(
+            k(BY_RADDR),
+            HistKey {
+                gen: 3,
+                state: st,
+                pid: 0,
+                port: AF_INET as u32,
+                addr: daddr
+            }
+        );
+        assert_eq!(k(BY_RADDR).raddr_family(), AF_INET);
+        // An unknown mode keys like BY_NONE.
+        assert_eq!(k(99), k(BY_NONE));
+        // Samples that differ only in fields their mode ignores share a key.
+        let other = HistKey::for_sample(BY_RPORT, 3, st, 7, AF_INET6, 443, &[9; 16]);
+        assert_eq!(other, k(BY_RPORT));
+        assert_eq!(hist_addr(BY_PROCESS, &comm, &daddr), &comm);
+        assert_eq!(hist_addr(BY_RADDR, &comm, &daddr), &daddr);
+        assert_eq!(hist_addr(BY_NONE, &comm, &daddr), &daddr);
+    }
+
+    #[test]
+    fn spill_slots_split_by_generation() {
+        assert_eq!(hist_spill_slot(0, 8), 8);
+        assert_eq!(hist_spill_slot(1, 8), HIST_SPILL_STATES + 8);
+        assert_eq!(hist_spill_slot(2, 8), 8);
+        assert_eq!(
+            hist_spill_slot(1, HIST_TW_REUSED),
+            HIST_SPILL_STATES + HIST_TW_REUSED
+        );
+        for gen in 0..4 {
+            for st in 0..64 {
+                assert!(hist_spill_slot(gen, st) < 2 * HIST_SPILL_STATES);
+            }
+        }
+    }
+
+    #[test]
+    fn name_lists_are_complete_and_unique() {
+        for list in [
+            names::MAPS,
+            names::PROGRAMS,
+            names::CALIB_MAPS,
+            names::CALIB_PROGRAMS,
+        ] {
+            assert!(!list.is_empty());
+            for (i, a) in list.iter().enumerate() {
+                assert!(!a.is_empty());
+                assert!(!list[i + 1..].contains(a), "{a} twice");
+            }
+        }
+        assert!(names::MAPS.contains(&names::EVENTS));
+        assert!(names::PROGRAMS.contains(&names::PROG_SET_STATE_BACKUP));
+        assert!(!names::MAPS.contains(&names::CONFIG), "a global, not a map");
     }
 }
