@@ -1,0 +1,221 @@
+//! `tp_btf/inet_sock_set_state`: every TCP state change. The primary program handles
+//! each transition; the backup program, on the same tracepoint, handles exactly those
+//! the kernel skipped the primary for (see `marks`).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tcpstate_common::{
+    counter, hist_addr, owner_is_current, state, Event, SockState, AF_INET, AF_INET6, BY_RADDR,
+    BY_RPORT, EV_UNTRACKED, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK,
+    IPPROTO_TCP, PREV_UNKNOWN,
+};
+
+use crate::{
+    config::{cfg, count, load, load_in6, read},
+    hist::{add_sample, dest},
+    maps::SOCKS,
+    marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
+    ring::emit,
+    task::current_owner,
+    timewait::timewait_step,
+};
+
+/// Primary program: handles every transition.
+///
+/// The kernel skips a BTF tracepoint program when it fires again on a CPU where the
+/// same program is already running (`__bpf_trace_run`): an interrupt during this
+/// program followed by softirq TCP processing does that. The backup program below
+/// handles exactly the transitions skipped here.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    count(counter::PROBE_RUNS);
+    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+/// Backup program on the same tracepoint: a separate program, so the kernel guards
+/// its recursion separately. It runs right after the primary for every transition
+/// (tracepoint probes run in attach order) and handles it only if the primary left
+/// no mark for it. Never both, so nothing is counted twice.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
+    let seq = mark_seq();
+    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true).is_err() {
+        count(counter::READ_FAILED);
+    }
+    clear_marks_after(seq);
+    0
+}
+
+#[inline(always)]
+fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
+    let c = cfg();
+    let f = &c.filter;
+    let track = c.flags & FLAG_TRACK != 0;
+    // Without per-socket records nothing else needs the transitions the user's states
+    // exclude: `linger` stops 8 of a connection's 10 after this compare and a load.
+    let relevant = track || f.passes_states(old, new);
+    // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
+    let protocol: u16 = unsafe { load(sk, c.sk_protocol) };
+    let tcp = protocol == IPPROTO_TCP;
+    let relevant = relevant && tcp;
+    // The cookie is set once asked for (sock_gen_cookie); only a socket's first
+    // transition needs the helper. Every TCP transition gets it, handled or not: it
+    // makes the mark this socket's alone (a socket later allocated at the same
+    // address has another cookie), so a mark left behind never matches another
+    // socket's transition.
+    let mut cookie: u64 = 0;
+    if tcp {
+        cookie = unsafe { load(sk, c.sk_cookie) };
+        if cookie == 0 {
+            cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+        }
+    }
+    let code = states_code(old, new);
+    if !backup {
+        mark(sk, code, cookie);
+    } else if take_mark(sk, code, cookie) {
+        return Ok(());
+    } else {
+        // The primary was skipped for this transition (relevant or not): userspace
+        // subtracts these from its recursion_misses to count what was lost.
+        count(counter::RECOVERED);
+    }
+    if !relevant {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let learned = c.flags & FLAG_OWNERS != 0 && owner_is_current(old, new);
+    let (cur_pid, cur_comm) = if learned {
+        current_owner(c)
+    } else {
+        (0, [0; 16])
+    };
+    let learned = learned && cur_pid != 0;
+
+    let mut flags = 0;
+    let mut prev_ns = PREV_UNKNOWN;
+    let (pid, comm) = if !track {
+        (0, [0; 16])
+    } else {
+        match SOCKS.get_ptr_mut(cookie) {
+            Some(p) => {
+                // SAFETY: a valid map value; the socket lock serialises its transitions.
+                let st = unsafe { &mut *p };
+                if st.since_ns != 0 {
+                    prev_ns = now.saturating_sub(st.since_ns);
+                }
+                if learned {
+                    st.pid = cur_pid;
+                    st.comm = cur_comm;
+                }
+                let owner = (st.pid, st.comm);
+                if new == state::CLOSE {
+                    // The socket's life ends here; its address may be reused.
+                    let _ = SOCKS.remove(cookie);
+                } else {
+                    st.since_ns = now;
+                    st.state = new as u32;
+                }
+                owner
+            }
+            None => {
+                if new != state::CLOSE {
+                    let st = SockState {
+                        since_ns: now,
+                        pid: cur_pid,
+                        state: new as u32,
+                        comm: cur_comm,
+                    };
+                    if SOCKS.insert(cookie, st, 0).is_err() {
+                        count(counter::TABLE_FULL);
+                        flags |= EV_UNTRACKED;
+                    }
+                }
+                (cur_pid, cur_comm)
+            }
+        }
+    };
+
+    // Filters that need no socket reads first: most transitions stop here in `trace
+    // --state` and never need their addresses in hist.
+    if !f.passes_states(old, new) || !f.passes_pid(pid) {
+        return Ok(());
+    }
+    let hist_sample = c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN;
+    let timewait = c.flags & FLAG_TIMEWAIT != 0;
+    let tw_candidate = new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING);
+    let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
+        || (old == state::LISTEN && new == state::SYN_RECV);
+    let stream = c.flags & FLAG_STREAM != 0;
+    let need_addrs = stream
+        || (timewait && (tw_candidate || tw_reuse))
+        || f.needs_endpoints()
+        || (hist_sample && (c.hist_by == BY_RPORT || c.hist_by == BY_RADDR));
+    if !need_addrs && !hist_sample {
+        return Ok(());
+    }
+
+    // One record, filled in as it is learned: the event, and the argument of the
+    // out-of-line steps below (the BPF stack is 512 bytes; copies would not fit).
+    let mut ev = Event {
+        ts_ns: now,
+        prev_ns,
+        cookie,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        pid,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        oldstate: old as u8,
+        newstate: new as u8,
+        flags,
+        comm,
+    };
+    if need_addrs {
+        ev.family = unsafe { load(sk, c.sk_family) };
+        if ev.family == AF_INET {
+            let s: u32 = unsafe { load(sk, c.sk_rcv_saddr) };
+            let d: u32 = unsafe { load(sk, c.sk_daddr) };
+            ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+            ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+        } else if ev.family == AF_INET6 {
+            ev.saddr = load_in6(sk, c.sk_v6_rcv_saddr);
+            ev.daddr = load_in6(sk, c.sk_v6_daddr);
+        }
+        // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
+        // clears. It lies in struct inet_sock, beyond the BTF type of `sk`, so it
+        // takes a checked read.
+        ev.sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
+        ev.dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
+        if !f.passes_endpoints(ev.family, &ev.saddr, &ev.daddr, ev.sport, ev.dport) {
+            return Ok(());
+        }
+    }
+    if hist_sample {
+        add_sample(
+            old as u32,
+            prev_ns,
+            pid,
+            dest(ev.family, ev.dport),
+            hist_addr(c.hist_by, &ev.comm, &ev.daddr),
+        );
+    }
+    if timewait && (tw_candidate || tw_reuse) {
+        timewait_step(&ev, tw_candidate);
+    }
+    if stream {
+        emit(&ev);
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Reads from tasks and their files, shared by the programs that learn owners: the
+//! current task as an owner, and the file -> socket walk (`accept`, `iter`).
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task};
+use tcpstate_common::{Config, AF_INET, AF_INET6, IPPROTO_TCP};
+
+use crate::config::read;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// The current process (tgid) and its thread-group leader's comm, as `ss -p` names it.
+#[inline(always)]
+pub fn current_owner(c: &Config) -> (u32, [u8; 16]) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 {
+        // The idle task is never an owner.
+        return (0, [0; 16]);
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let comm = unsafe { read::<*const u8>(task, c.task_group_leader) }
+        .and_then(|leader| unsafe { read::<[u8; 16]>(leader, c.task_comm) })
+        .or_else(|_| bpf_get_current_comm())
+        .unwrap_or([0; 16]);
+    (tgid, comm)
+}
+
+/// Whether an open file is a socket (`S_ISSOCK(file->f_inode->i_mode)`): only then
+/// is its `private_data` a `struct socket` (`sock_alloc_file`).
+#[inline(always)]
+pub fn is_socket_file(c: &Config, file: *const u8) -> Result<bool, i32> {
+    let inode: *const u8 = unsafe { read(file, c.file_inode)? };
+    let mode: u16 = unsafe { read(inode, c.inode_mode)? };
+    Ok(mode & S_IFMT == S_IFSOCK)
+}
+
+/// The `struct sock` behind a socket file (`file->private_data->sk`), if it is a TCP
+/// socket of family AF_INET or AF_INET6. `Err` when a read fails or the socket has
+/// no `sk` (being torn down).
+#[inline(always)]
+pub fn tcp_sock_of_file(c: &Config, file: *const u8) -> Result<Option<*const u8>, i32> {
+    unsafe {
+        let sock: *const u8 = read(file, c.file_private_data)?;
+        let sk: *const u8 = read(sock, c.socket_sk)?;
+        if sk.is_null() {
+            return Err(-1);
+        }
+        let protocol: u16 = read(sk, c.sk_protocol)?;
+        let family: u16 = read(sk, c.sk_family)?;
+        if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+            return Ok(None);
+        }
+        Ok(Some(sk))
+    }
+}

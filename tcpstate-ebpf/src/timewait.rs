@@ -1,0 +1,139 @@
+//! TIME_WAIT lifetimes (`hist`): the tracepoint never shows TIME_WAIT (the kernel
+//! hands the connection over to an `inet_timewait_sock` in `tcp_time_wait()`), so the
+//! hand-over is recorded here by 4-tuple, and its end is seen when the timewait
+//! socket's timer fires (`tw_timer_expire`) or a new connection takes the 4-tuple.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use tcpstate_common::{
+    counter, hist_addr, state, Config, Event, TwKey, TwLive, AF_INET, AF_INET6, HIST_TW_REUSED,
+};
+
+use crate::{
+    config::{cfg, count, read},
+    hist::{add_sample, dest},
+    maps::TWS,
+};
+
+/// A TIME_WAIT hand-over (`candidate`) or a new connection that may take a timewait
+/// socket's 4-tuple.
+// Map keys and values by reference: by value they are copied onto the BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(never)]
+pub fn timewait_step(ev: &Event, candidate: bool) {
+    let tuple = TwKey {
+        family: ev.family,
+        sport: ev.sport,
+        dport: ev.dport,
+        _pad: 0,
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+    };
+    if candidate {
+        // tcp_time_wait() has just moved the connection to an inet_timewait_sock,
+        // which keeps the cookie (inet_twsk_alloc) and lives on unseen by this
+        // tracepoint; `tw_timer_expire` sees it die.
+        let live = TwLive {
+            start_ns: ev.ts_ns,
+            cookie: ev.cookie,
+            pid: ev.pid,
+            _pad: 0,
+            comm: ev.comm,
+        };
+        count(if TWS.insert(&tuple, &live, 0).is_ok() {
+            counter::TW_CANDIDATES
+        } else {
+            counter::TW_UNTRACKED
+        });
+    } else if let Some(live) = unsafe { TWS.get(&tuple) }.copied() {
+        // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
+        // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
+        let _ = TWS.remove(&tuple);
+        count(counter::TW_REUSED);
+        add_sample(
+            HIST_TW_REUSED,
+            ev.ts_ns.saturating_sub(live.start_ns),
+            live.pid,
+            dest(ev.family, ev.dport),
+            hist_addr(cfg().hist_by, &live.comm, &ev.daddr),
+        );
+    }
+}
+
+/// Local and remote address of a timewait socket (struct sock's sock_common layout).
+#[inline(always)]
+fn read_addrs(
+    c: &Config,
+    sk: *const u8,
+    family: u16,
+    saddr: &mut [u8; 16],
+    daddr: &mut [u8; 16],
+) -> Result<(), i32> {
+    if family == AF_INET {
+        let s: [u8; 4] = unsafe { read(sk, c.sk_rcv_saddr)? };
+        let d: [u8; 4] = unsafe { read(sk, c.sk_daddr)? };
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        *saddr = unsafe { read(sk, c.sk_v6_rcv_saddr)? };
+        *daddr = unsafe { read(sk, c.sk_v6_daddr)? };
+    }
+    Ok(())
+}
+
+/// A timer expired: if it is one of our TIME_WAIT candidates' (`tw_timer_handler`,
+/// about to run `inet_twsk_kill`), its TIME_WAIT ends now. The timer_expire_entry
+/// tracepoint runs for every timer: each is read as if it were a timewait socket's
+/// (`tw_timer` inside `struct inet_timewait_sock`), and counts only if that socket's
+/// 4-tuple is a candidate's and its cookie, unique for ever, is the candidate's.
+/// Other timers cost a few checked reads and a map miss.
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct timer_list *timer, unsigned long baseclk)
+    let _ = tw_expired(ctx.arg(0));
+    0
+}
+
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn tw_expired(timer: *const u8) -> Result<(), i32> {
+    let c = cfg();
+    // container_of(timer, struct inet_timewait_sock, tw_timer)
+    let tw = timer.wrapping_sub(c.tw_timer as usize);
+    let family: u16 = unsafe { read(tw, c.sk_family)? };
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let mut tuple = TwKey {
+        family,
+        sport: u16::from_be(unsafe { read::<u16>(tw, c.tw_sport)? }),
+        dport: u16::from_be(unsafe { read::<u16>(tw, c.sk_dport)? }),
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    read_addrs(c, tw, family, &mut tuple.saddr, &mut tuple.daddr)?;
+    let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
+        return Ok(()); // not ours: predates the probe, or filtered out
+    };
+    let cookie: u64 = unsafe { read(tw, c.sk_cookie)? };
+    if cookie != live.cookie {
+        return Ok(());
+    }
+    let _ = TWS.remove(&tuple);
+    let substate: u8 = unsafe { read(tw, c.tw_substate)? };
+    if i32::from(substate) != state::TIME_WAIT {
+        // An orphan's FIN_WAIT2 timeout (tcp_time_wait(sk, TCP_FIN_WAIT2, ...)).
+        count(counter::TW_NOT_TIMEWAIT);
+        return Ok(());
+    }
+    count(counter::TW_EXPIRED);
+    let now = unsafe { bpf_ktime_get_ns() };
+    add_sample(
+        state::TIME_WAIT as u32,
+        now.saturating_sub(live.start_ns),
+        live.pid,
+        dest(family, tuple.dport),
+        hist_addr(c.hist_by, &live.comm, &tuple.daddr),
+    );
+    Ok(())
+}
