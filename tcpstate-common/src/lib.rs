@@ -45,6 +45,14 @@ pub mod names {
         PROG_TW_EXPIRE,
     ];
 
+    /// aya-log's ring buffer and level global, defined by aya-log-ebpf in the probe.
+    /// Userspace sets the level before load (0 = off) and reads the ring buffer with
+    /// `aya_log::EbpfLogger`.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    pub const LOG_MAPS: &[&str] = &[AYA_LOGS];
+    pub const LOG_GLOBALS: &[&str] = &[AYA_LOG_LEVEL];
+
     /// The calibration object (`calib`, for the benchmark): the cheapest possible
     /// program on the same tracepoint, and one that only counts.
     pub const CALIB_EMPTY: &str = "calib_empty";

@@ -10,6 +10,7 @@ use tcpstate_common::{counter, state, SockState};
 
 use crate::{
     config::{cfg, count, read},
+    diag,
     maps::SOCKS,
     task::{current_owner, tcp_sock_of_file},
 };
@@ -26,8 +27,9 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn accept_exit(ctx: &TracePointContext) -> u32 {
-    if try_accept_exit(ctx).is_err() {
+    if let Err(e) = try_accept_exit(ctx) {
         count(counter::ACCEPT_UNRESOLVED);
+        diag::accept_unresolved(e);
     }
     0
 }
@@ -79,6 +81,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
                 };
                 if SOCKS.insert(cookie, st, 0).is_err() {
                     count(counter::TABLE_FULL);
+                    diag::table_full(cookie);
                 }
             }
         }

@@ -4,6 +4,7 @@ use tcpstate_common::{counter, hist_bucket, hist_spill_slot, HistKey, BY_NONE, H
 
 use crate::{
     config::{add, cfg, count},
+    diag,
     maps::{GEN, HIST, HIST_SPILL, HIST_ZERO},
 };
 
@@ -25,6 +26,7 @@ pub fn add_sample(st: u32, dur_ns: u64, pid: u32, dest: u32, addr: &[u8; 16]) {
     let slot = hist_spill_slot(gen, st);
     let spill = || {
         count(counter::HIST_SPILLED);
+        diag::hist_spilled(st);
         HIST_SPILL.get_ptr_mut(slot)
     };
     // Without a --by key, (generation, state) indexes the array directly: no hash,

@@ -24,6 +24,7 @@
 
 mod accept;
 mod config;
+mod diag;
 mod hist;
 mod iter;
 mod maps;

@@ -17,6 +17,7 @@ use tcpstate_common::{
 
 use crate::{
     config::{cfg, count, load, load_in6, read},
+    diag,
     hist::{add_sample, dest},
     maps::SOCKS,
     marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
@@ -35,8 +36,9 @@ use crate::{
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     count(counter::PROBE_RUNS);
-    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false).is_err() {
+    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false) {
         count(counter::READ_FAILED);
+        diag::read_failed("inet_sock_set_state", e);
     }
     0
 }
@@ -48,8 +50,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
     let seq = mark_seq();
-    if handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true).is_err() {
+    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true) {
         count(counter::READ_FAILED);
+        diag::read_failed("inet_sock_set_state_backup", e);
     }
     clear_marks_after(seq);
     0
@@ -88,6 +91,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         // The primary was skipped for this transition (relevant or not): userspace
         // subtracts these from its recursion_misses to count what was lost.
         count(counter::RECOVERED);
+        diag::recovered(old, new);
     }
     if !relevant {
         return Ok(());
@@ -138,6 +142,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
                     };
                     if SOCKS.insert(cookie, st, 0).is_err() {
                         count(counter::TABLE_FULL);
+                        diag::table_full(cookie);
                         flags |= EV_UNTRACKED;
                     }
                 }

@@ -10,6 +10,7 @@ use tcpstate_common::{
 
 use crate::{
     config::{cfg, count, read},
+    diag,
     hist::{add_sample, dest},
     maps::TWS,
 };
@@ -39,11 +40,13 @@ pub fn timewait_step(ev: &Event, candidate: bool) {
             _pad: 0,
             comm: ev.comm,
         };
-        count(if TWS.insert(&tuple, &live, 0).is_ok() {
-            counter::TW_CANDIDATES
-        } else {
-            counter::TW_UNTRACKED
-        });
+        match TWS.insert(&tuple, &live, 0) {
+            Ok(()) => count(counter::TW_CANDIDATES),
+            Err(e) => {
+                count(counter::TW_UNTRACKED);
+                diag::tw_untracked(e);
+            }
+        }
     } else if let Some(live) = unsafe { TWS.get(&tuple) }.copied() {
         // A new connection with a TIME_WAIT socket's 4-tuple: __inet_hash_connect
         // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.

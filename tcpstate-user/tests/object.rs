@@ -113,7 +113,7 @@ fn probe_object_has_every_name() {
         !obj.programs.is_empty() && !obj.functions.is_empty(),
         "no programs in the object"
     );
-    for m in names::MAPS {
+    for m in names::MAPS.iter().chain(names::LOG_MAPS) {
         assert!(
             obj.maps.contains_key(*m),
             "map {m} is not in {}",
@@ -129,7 +129,7 @@ fn probe_object_has_every_name() {
     }
     // Globals are symbols in the object's read-only data (aya sets them by name).
     let elf = object::File::parse(&*data).unwrap();
-    for g in names::GLOBALS {
+    for g in names::GLOBALS.iter().chain(names::LOG_GLOBALS) {
         let sym = elf
             .symbol_by_name(g)
             .unwrap_or_else(|| panic!("global {g} is not in {}", path.display()));
@@ -142,7 +142,13 @@ fn probe_object_has_every_name() {
             "global {g} is not read-only data"
         );
     }
-    // And nothing the loader would not know about.
+    // And nothing the loader would not know about (data sections aside).
+    for m in obj.maps.keys().filter(|m| !m.starts_with('.')) {
+        assert!(
+            names::MAPS.contains(&m.as_str()) || names::LOG_MAPS.contains(&m.as_str()),
+            "map {m} is not in names::MAPS"
+        );
+    }
     for p in obj.programs.keys() {
         assert!(
             names::PROGRAMS.contains(&p.as_str()),
