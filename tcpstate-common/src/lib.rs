@@ -98,14 +98,11 @@ pub struct Event {
     /// Kernel state numbers; `i32` in the kernel but always < 256.
     pub oldstate: u8,
     pub newstate: u8,
-    /// `EV_*` bits.
-    pub flags: u32,
+    /// Explicit padding (always 0): the struct's 8-byte alignment rounds it up anyway.
+    pub _pad: u32,
     /// Owner's process name (its thread-group leader's comm), NUL-padded.
     pub comm: [u8; 16],
 }
-
-/// The kernel's socket table was full: this socket is not tracked (no owner, no durations).
-pub const EV_UNTRACKED: u32 = 2;
 
 /// What the kernel remembers per live socket (`SOCKS` map, keyed by cookie).
 #[repr(C)]
@@ -115,8 +112,8 @@ pub struct SockState {
     pub since_ns: u64,
     /// Owner tgid, 0 when unknown.
     pub pid: u32,
-    /// Current state.
-    pub state: u32,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
     pub comm: [u8; 16],
 }
 

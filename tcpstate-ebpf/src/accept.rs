@@ -76,7 +76,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
                 let st = SockState {
                     since_ns: 0,
                     pid,
-                    state: sk_state as u32,
+                    _pad: 0,
                     comm,
                 };
                 if SOCKS.insert(cookie, st, 0).is_err() {

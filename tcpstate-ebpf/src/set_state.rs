@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     counter, hist_addr, owner_is_current, state, Event, SockState, AF_INET, AF_INET6, BY_RADDR,
-    BY_RPORT, EV_UNTRACKED, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK,
-    IPPROTO_TCP, PREV_UNKNOWN,
+    BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP,
+    PREV_UNKNOWN,
 };
 
 use crate::{
@@ -106,7 +106,6 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     };
     let learned = learned && cur_pid != 0;
 
-    let mut flags = 0;
     let mut prev_ns = PREV_UNKNOWN;
     let (pid, comm) = if !track {
         (0, [0; 16])
@@ -128,7 +127,6 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
                     let _ = SOCKS.remove(cookie);
                 } else {
                     st.since_ns = now;
-                    st.state = new as u32;
                 }
                 owner
             }
@@ -137,13 +135,12 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
                     let st = SockState {
                         since_ns: now,
                         pid: cur_pid,
-                        state: new as u32,
+                        _pad: 0,
                         comm: cur_comm,
                     };
                     if SOCKS.insert(cookie, st, 0).is_err() {
                         count(counter::TABLE_FULL);
                         diag::table_full(cookie);
-                        flags |= EV_UNTRACKED;
                     }
                 }
                 (cur_pid, cur_comm)
@@ -184,7 +181,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         family: 0,
         oldstate: old as u8,
         newstate: new as u8,
-        flags,
+        _pad: 0,
         comm,
     };
     if need_addrs {
