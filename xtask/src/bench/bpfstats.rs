@@ -123,26 +123,28 @@ pub fn snapshot(ids: &[u32]) -> Result<Vec<(u32, ProgStat)>> {
         .collect())
 }
 
-/// What each program ran between two snapshots, by name (programs of the same name
-/// added up; a program gone by `after` is left out).
+/// What each program ran between two snapshots (a program gone by `after` is left
+/// out). The kernel keeps 15 bytes of a name, so tcpstate's primary and backup are
+/// both `inet_sock_set_s`: the second of a name (in load order, by id) is `NAME#2`.
 pub fn delta(before: &[(u32, ProgStat)], after: &[(u32, ProgStat)]) -> Vec<ProgStat> {
     let mut out: Vec<ProgStat> = Vec::new();
     for (id, a) in after {
         let Some((_, b)) = before.iter().find(|(i, _)| i == id) else {
             continue;
         };
-        let d = ProgStat {
-            name: a.name.clone(),
+        let same = out
+            .iter()
+            .filter(|p| p.name.split('#').next() == Some(&a.name))
+            .count();
+        out.push(ProgStat {
+            name: if same == 0 {
+                a.name.clone()
+            } else {
+                format!("{}#{}", a.name, same + 1)
+            },
             run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
             run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
-        };
-        match out.iter_mut().find(|p| p.name == d.name) {
-            Some(p) => {
-                p.run_time_ns += d.run_time_ns;
-                p.run_cnt += d.run_cnt;
-            }
-            None => out.push(d),
-        }
+        });
     }
     out
 }

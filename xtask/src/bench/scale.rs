@@ -133,9 +133,16 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
                 .nth(1)?
                 .split_whitespace()
                 .next()?
+                .replace(',', "")
                 .parse()
                 .ok()
         });
+    if s.linger_count.is_none() {
+        eprintln!(
+            "xtask bench: scale: linger printed no report: {:?}",
+            &text[..text.len().min(300)]
+        );
+    }
     drop(holder);
     Ok(s)
 }

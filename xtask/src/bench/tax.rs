@@ -3,7 +3,10 @@
 //! system call on the slow path, `syscall_regfunc()`), and a timer-wheel loop with and
 //! without `hist` (whose `timer_expire_entry` program runs on every expiring timer of
 //! the host). Interleaved: without, with A, without, with B, ..., without; each "with"
-//! is compared with the mean of the runs without on either side of it.
+//! is compared with the mean of the runs without on either side of it. The timer
+//! loop's rate is bound by the tick (one jiffy per timer), so its slowdown stays
+//! near 0 whatever the program costs: the timer tax is the program's ns per run
+//! times the host's expiring timers per second, both printed.
 
 use std::{path::Path, process::Command};
 
@@ -30,8 +33,11 @@ pub struct TaxRow {
     pub rate_with: f64,
     /// Time per call (or per timer) with, over without, minus 1, in %.
     pub slowdown_pct: f64,
-    /// The tracer's BPF time per second of the run (ns/s; timer tax: per timer).
+    /// The tracer's BPF time per second of the run (ns/s); timer tax: its timer
+    /// program's time per timer the loop made expire.
     pub bpf_ns: f64,
+    /// Timer tax: the timer program's ns per run (NaN for the syscall tax).
+    pub ns_per_run: f64,
 }
 
 /// Runs `tcpkit ARGS` and returns the number after `rate`.
@@ -51,14 +57,30 @@ fn loop_rate(tcpkit: &Path, args: &[&str]) -> Result<f64> {
         .with_context(|| format!("tcpkit printed no rate: {text}"))
 }
 
-/// One "with" run: (loop rate, the tracer's BPF ns over the run, the loop's count).
-fn with_tracer(tools: &Tools, kind: &Kind, loop_args: &[&str]) -> Result<(f64, f64, f64)> {
+/// hist's program on `timer:timer_expire_entry` (the kernel keeps 15 bytes of a name).
+const TIMER_PROG: &str = "tw_timer_expire";
+
+/// One "with" run: (loop rate, BPF ns over the run, BPF runs, the loop's count);
+/// `only`: count only the program of that name.
+fn with_tracer(
+    tools: &Tools,
+    kind: &Kind,
+    loop_args: &[&str],
+    only: Option<&str>,
+) -> Result<(f64, f64, f64, f64)> {
     let t = tracer::start(tools, kind)?;
     let started = std::time::Instant::now();
     let rate = loop_rate(tools.tcpkit, loop_args)?;
     let secs = started.elapsed().as_secs_f64();
     let cost = tracer::stop(t, kind, &tools.out_file)?;
-    Ok((rate, cost.bpf_ns() as f64, rate * secs))
+    let progs = cost
+        .progs
+        .iter()
+        .filter(|p| only.is_none_or(|n| p.name == n));
+    let (ns, runs) = progs.fold((0, 0), |(ns, runs), p| {
+        (ns + p.run_time_ns, runs + p.run_cnt)
+    });
+    Ok((rate, ns as f64, runs as f64, rate * secs))
 }
 
 /// `commands` interleaved with runs without, `rounds` times: one row per command.
@@ -69,7 +91,8 @@ fn interleaved(
     loop_args: &[&str],
     per_timer: bool,
 ) -> Result<Vec<TaxRow>> {
-    let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); commands.len()]; // (without, with, bpf)
+    // (without, with, bpf, ns per run)
+    let mut rows: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); commands.len()];
     for _ in 0..rounds {
         super::check_interrupted()?;
         let mut before = loop_rate(tools.tcpkit, loop_args)?;
@@ -78,14 +101,20 @@ fn interleaved(
                 args: args.iter().map(|a| a.to_string()).collect(),
                 stdout_file: false,
             };
-            let (with, bpf_ns, count) = with_tracer(tools, &kind, loop_args)?;
+            let only = per_timer.then_some(TIMER_PROG);
+            let (with, bpf_ns, runs, count) = with_tracer(tools, &kind, loop_args, only)?;
             let after = loop_rate(tools.tcpkit, loop_args)?;
             let bpf = if per_timer {
                 bpf_ns / count.max(1.0)
             } else {
                 bpf_ns / (count / with.max(1.0)).max(1e-9)
             };
-            rows[i].push(((before + after) / 2.0, with, bpf));
+            let per_run = if per_timer {
+                bpf_ns / runs.max(1.0)
+            } else {
+                f64::NAN
+            };
+            rows[i].push(((before + after) / 2.0, with, bpf, per_run));
             before = after;
         }
     }
@@ -98,6 +127,7 @@ fn interleaved(
             rate_with: median(r.iter().map(|x| x.1).collect()),
             slowdown_pct: median(r.iter().map(|x| (x.0 / x.1 - 1.0) * 100.0).collect()),
             bpf_ns: median(r.iter().map(|x| x.2).collect()),
+            ns_per_run: median(r.iter().map(|x| x.3).collect()),
         })
         .collect())
 }

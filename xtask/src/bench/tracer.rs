@@ -163,10 +163,25 @@ pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
             }
         }
     }
+    // bpftrace prints its line before it loads anything: wait for the programs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        r.progs = bpfstats::prog_ids_of(r.child.id());
+        if !r.progs.is_empty() && holds_attachment(r.child.id()) {
+            break;
+        }
+        if r.child.try_wait()?.is_some() || Instant::now() > deadline {
+            bail!("{kind:?} holds no attached BPF program");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     r.startup_ms = started.elapsed().as_secs_f64() * 1e3;
+    if matches!(kind, Kind::Bpftrace) {
+        // Its perf events exist before the program is attached to them.
+        std::thread::sleep(Duration::from_millis(100));
+    }
     r.cpu_at_attach_ns = cpu_ns(r.child.id());
     r.stderr = Some(stderr);
-    r.progs = bpfstats::prog_ids_of(r.child.id());
     r.progs_at_attach = bpfstats::snapshot(&r.progs)?;
     Ok(r)
 }
