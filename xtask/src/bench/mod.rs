@@ -188,10 +188,33 @@ fn kill_timewaits(ports: &[u16]) -> bool {
     ok
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A port free on 127.0.0.1..4, below the ephemeral range: a port from that range
+/// can be taken by any connect() on the host (other tests hold ~100k of them at
+/// times) between the check here and the churn's bind.
+pub fn free_port() -> Result<u16> {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, span) = (
+        low.saturating_sub(12_000).max(1024),
+        low.saturating_sub(1024).min(12_000),
+    );
+    // Start somewhere different each call (time and pid), then walk.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for k in 0..span as u32 {
+        let p = from + (seed.wrapping_add(k.wrapping_mul(7919)) % span.max(1) as u32) as u16;
+        let free = (1..=4).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.".to_string() + &i.to_string(), p)).is_ok()
+        });
+        if free {
+            return Ok(p);
+        }
+    }
+    bail!("no free port below the ephemeral range")
 }
 
 pub struct Options {
