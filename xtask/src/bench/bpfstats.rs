@@ -148,3 +148,43 @@ pub fn delta(before: &[(u32, ProgStat)], after: &[(u32, ProgStat)]) -> Vec<ProgS
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{delta, ProgStat};
+
+    fn p(name: &str, ns: u64, cnt: u64) -> ProgStat {
+        ProgStat {
+            name: name.into(),
+            run_time_ns: ns,
+            run_cnt: cnt,
+        }
+    }
+
+    #[test]
+    fn delta_keeps_programs_of_one_name_apart() {
+        let before = vec![
+            (7, p("inet_sock_set_s", 100, 1)),
+            (8, p("inet_sock_set_s", 50, 1)),
+        ];
+        let after = vec![
+            (7, p("inet_sock_set_s", 1100, 11)),
+            (8, p("inet_sock_set_s", 250, 11)),
+            (9, p("new", 5, 5)),
+        ];
+        let d = delta(&before, &after);
+        assert_eq!(
+            d.len(),
+            2,
+            "a program loaded after the first snapshot is left out"
+        );
+        assert_eq!(
+            (d[0].name.as_str(), d[0].run_time_ns, d[0].run_cnt),
+            ("inet_sock_set_s", 1000, 10)
+        );
+        assert_eq!(
+            (d[1].name.as_str(), d[1].run_time_ns, d[1].run_cnt),
+            ("inet_sock_set_s#2", 200, 10)
+        );
+    }
+}

@@ -29,6 +29,18 @@ pub struct Scale {
     pub linger_count: Option<u64>,
 }
 
+/// A tcpstate run, killed if an error leaves it running.
+struct Run(std::process::Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The holder of the sockets; stopping it (stdin closed, then wait) resets them all.
 struct Holder(std::process::Child);
 
@@ -62,18 +74,18 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
 
     // trace: to attached, then 2 s (longer while it is still busy, up to 10 s).
     let started = Instant::now();
-    let mut child = Command::new(tcpstate)
+    let child = Command::new(tcpstate)
         .arg("trace")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let pid = child.id();
-    let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut child = Run(child);
+    let pid = child.0.id();
+    let mut err = BufReader::new(child.0.stderr.take().context("stderr")?);
     loop {
         line.clear();
         if err.read_line(&mut line)? == 0 {
-            let _ = child.wait();
             bail!("trace exited before attaching");
         }
         if line.contains("probe attached") {
@@ -101,24 +113,25 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
     s.trace_busy_ms = busy_until(&samples);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    child.wait()?;
+    child.0.wait()?;
 
     // linger --duration 1: wall time, peak RSS (VmHWM polled until it exits).
     let started = Instant::now();
-    let mut child = Command::new(tcpstate)
+    let child = Command::new(tcpstate)
         .args(["linger", "--duration", "1s", "--min-age", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let pid = child.id();
-    let mut out = child.stdout.take().context("stdout")?;
+    let mut child = Run(child);
+    let pid = child.0.id();
+    let mut out = child.0.stdout.take().context("stdout")?;
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = out.read_to_string(&mut text);
         text
     });
-    while child.try_wait()?.is_none() {
+    while child.0.try_wait()?.is_none() {
         s.linger_peak_rss_kib = s.linger_peak_rss_kib.max(proc_status_kib(pid, "VmHWM:"));
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -159,4 +172,23 @@ fn busy_until(samples: &[(f64, u64)]) -> f64 {
         }
     }
     until
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_until;
+
+    #[test]
+    fn busy_until_is_the_last_window_over_half_a_core() {
+        // 20 ms samples: a full core for 500 ms, then idle.
+        let samples: Vec<(f64, u64)> = (0..60)
+            .map(|i| {
+                let t = i as f64 * 20.0;
+                (t, (t.min(500.0) * 1e6) as u64)
+            })
+            .collect();
+        let b = busy_until(&samples);
+        assert!((500.0..=560.0).contains(&b), "{b}");
+        assert_eq!(busy_until(&[(0.0, 0), (200.0, 0)]), 0.0);
+    }
 }
