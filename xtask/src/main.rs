@@ -52,7 +52,7 @@ fn usage() -> ! {
          \n  build-ebpf               build only the kernel probe\
          \n  setup                    install the BPF toolchain and bpf-linker if missing\
          \n  bench [--rounds N] [--secs S] [--tax-secs S] [--scale [N]] [--tcpstate PATH]\
-         \n        [--calib-object PATH] [--json] [--soak D]\
+         \n        [--compare PATH] [--calib-object PATH] [--json] [--soak D]\
          \n                           overhead on a loopback churn, side by side (root needed)"
     );
     std::process::exit(2)

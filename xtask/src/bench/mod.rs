@@ -15,7 +15,9 @@
 //!
 //! Options: `--rounds N` (3), `--secs S` (5, of churn per run after a 1 s warm-up),
 //! `--tax-secs S` (2; 0 skips the taxes), `--scale [N]` (100,000), `--tcpstate PATH`
-//! (the tracer variants run that binary: compare an old build with a new one),
+//! (the tracer variants run that binary), `--compare PATH` (every tcpstate command of
+//! that binary too, in the same rounds, rows marked `[compare]`: an old build against
+//! a new one on the same churn),
 //! `--calib-object PATH`, `--json`, `--soak D`.
 
 use std::{
@@ -36,7 +38,7 @@ mod tracer;
 use tracer::{Cost, Kind, Tools};
 
 pub struct Variant {
-    pub name: &'static str,
+    pub name: String,
     pub kind: Kind,
 }
 
@@ -225,6 +227,7 @@ pub struct Options {
     pub soak: Option<f64>,
     pub scale: Option<u64>,
     pub tcpstate: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
     pub calib: Option<PathBuf>,
 }
 
@@ -237,6 +240,7 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
         soak: None,
         scale: None,
         tcpstate: None,
+        compare: None,
         calib: calib.map(Path::to_path_buf),
     };
     let mut it = args.iter().peekable();
@@ -257,6 +261,7 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
                 o.scale = Some(n.unwrap_or(100_000));
             }
             "--tcpstate" => o.tcpstate = Some(it.next().context("--tcpstate PATH")?.into()),
+            "--compare" => o.compare = Some(it.next().context("--compare PATH")?.into()),
             "--calib-object" => o.calib = Some(it.next().context("--calib-object PATH")?.into()),
             other => bail!("bench: unknown argument {other}"),
         }
@@ -297,40 +302,46 @@ pub fn bench(bin: &Path, tcpkit: &Path, calib: Option<&Path>, args: &[String]) -
     result
 }
 
+/// tcpstate's commands, as the bench runs them (name, arguments, stdout to tmpfs).
+const COMMANDS: &[(&str, &[&str], bool)] = &[
+    ("trace --json > tmpfs", &["trace", "--json"], true),
+    ("trace > /dev/null", &["trace"], false),
+    ("linger", &["linger", "--interval", "1s"], false),
+    ("hist", &["hist"], false),
+];
+
 fn variants(o: &Options) -> Vec<Variant> {
-    let t = |args: &[&str], stdout_file: bool| Kind::Tcpstate {
-        args: args.iter().map(|x| x.to_string()).collect(),
-        stdout_file,
-    };
-    let mut v = vec![
-        Variant {
-            name: "baseline (no tracer)",
-            kind: Kind::Baseline,
-        },
-        Variant {
-            name: "trace --json > tmpfs",
-            kind: t(&["trace", "--json"], true),
-        },
-        Variant {
-            name: "trace > /dev/null",
-            kind: t(&["trace"], false),
-        },
-        Variant {
-            name: "linger",
-            kind: t(&["linger", "--interval", "1s"], false),
-        },
-        Variant {
-            name: "hist",
-            kind: t(&["hist"], false),
-        },
-    ];
+    let mut v = vec![Variant {
+        name: "baseline (no tracer)".into(),
+        kind: Kind::Baseline,
+    }];
+    // With --compare, each command of the other binary runs in the same rounds.
+    let bins: Vec<(Option<&Path>, String)> = std::iter::once((None, String::new()))
+        .chain(
+            o.compare
+                .as_deref()
+                .map(|p| (Some(p), " [compare]".to_string())),
+        )
+        .collect();
+    for (name, args, stdout_file) in COMMANDS {
+        for (bin, suffix) in &bins {
+            v.push(Variant {
+                name: format!("{name}{suffix}"),
+                kind: Kind::Tcpstate {
+                    bin: bin.map(Path::to_path_buf),
+                    args: args.iter().map(|x| x.to_string()).collect(),
+                    stdout_file: *stdout_file,
+                },
+            });
+        }
+    }
     if ensure_package(
         "/usr/bin/bpftrace",
         "bpftrace",
         "the in-kernel count reference",
     ) {
         v.push(Variant {
-            name: "bpftrace count (in-kernel)",
+            name: "bpftrace count (in-kernel)".into(),
             kind: Kind::Bpftrace,
         });
     } else {
@@ -339,11 +350,11 @@ fn variants(o: &Options) -> Vec<Variant> {
     match &o.calib {
         Some(p) if p.exists() => {
             v.push(Variant {
-                name: "calib_empty (tp_btf)",
+                name: "calib_empty (tp_btf)".into(),
                 kind: Kind::Calib("calib_empty"),
             });
             v.push(Variant {
-                name: "calib_count (tp_btf)",
+                name: "calib_count (tp_btf)".into(),
                 kind: Kind::Calib("calib_count"),
             });
         }
@@ -358,7 +369,7 @@ fn variants(o: &Options) -> Vec<Variant> {
     }
     if ensure_package(tracer::TCPSTATES, "libbpf-tools", "the tcpstates peer") {
         v.push(Variant {
-            name: "libbpf-tools tcpstates",
+            name: "libbpf-tools tcpstates".into(),
             kind: Kind::Tcpstates,
         });
     } else {
@@ -408,7 +419,7 @@ fn run_all(tools: &Tools, o: &Options) -> Result<()> {
             ..Default::default()
         };
         eprintln!(
-            "  round {} {:<28} {:>9.0} conn/s {:>8.0} ns/transition",
+            "  round {} {:<32} {:>9.0} conn/s {:>8.0} ns/transition",
             round + 1,
             v.name,
             rate,

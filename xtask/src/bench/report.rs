@@ -215,7 +215,7 @@ pub fn report(r: &Results, json_out: bool) {
     }
     println!("tracers: {}", r.tcpstate.display());
     println!(
-        "{:<28} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
+        "{:<32} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
         "VARIANT", "CONN/S", "RATIO", "EVENTS/S", "LOST", "BPF NS/TR", "CPU NS/TR", "NS/TR",
         "CPU/EV", "X BPFTR", "X COUNT", "X EMPTY", "PEAK RSS", "END RSS", "STARTUP"
     );
@@ -229,7 +229,7 @@ pub fn report(r: &Results, json_out: bool) {
     };
     for x in &rows {
         println!(
-            "{:<28} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
+            "{:<32} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
             x["variant"].as_str().unwrap_or("?"),
             x["conn_per_s"],
             cell(x, "ratio", 3, ""),
@@ -264,19 +264,19 @@ pub fn report(r: &Results, json_out: bool) {
             })
             .collect();
         println!(
-            "  {:<28} {}",
+            "  {:<32} {}",
             x["variant"].as_str().unwrap_or("?"),
             list.join("; ")
         );
     }
     if !r.syscall.is_empty() {
         println!(
-            "\n{:<28} {:>14} {:>14} {:>9}",
+            "\n{:<32} {:>14} {:>14} {:>9}",
             "SYSCALL TAX (getppid loop)", "CALLS/S WITHOUT", "WITH", "SLOWDOWN"
         );
         for s in r.syscall {
             println!(
-                "{:<28} {:>14.0} {:>14.0} {:>+8.1}%",
+                "{:<32} {:>14.0} {:>14.0} {:>+8.1}%",
                 s.command, s.rate_without, s.rate_with, s.slowdown_pct
             );
         }

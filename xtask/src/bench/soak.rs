@@ -21,10 +21,12 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
     let p = port.to_string();
     let out = PathBuf::from("/dev/shm/tcpstate-soak.jsonl");
     let trace_v = Kind::Tcpstate {
+        bin: None,
         args: ["trace", "--json", "--port", &p].map(String::from).to_vec(),
         stdout_file: true,
     };
     let linger_v = Kind::Tcpstate {
+        bin: None,
         args: ["linger", "--interval", "10s", "--port", &p]
             .map(String::from)
             .to_vec(),

@@ -98,6 +98,7 @@ fn interleaved(
         let mut before = loop_rate(tools.tcpkit, loop_args)?;
         for (i, (_, args)) in commands.iter().enumerate() {
             let kind = Kind::Tcpstate {
+                bin: None,
                 args: args.iter().map(|a| a.to_string()).collect(),
                 stdout_file: false,
             };

@@ -25,6 +25,8 @@ pub enum Kind {
     /// tcpstate with these arguments; `stdout_file`: stdout to a file on tmpfs (JSON,
     /// whose last line is the summary), else /dev/null.
     Tcpstate {
+        /// Another tcpstate binary than the bench's (`--compare`).
+        bin: Option<PathBuf>,
         args: Vec<String>,
         stdout_file: bool,
     },
@@ -78,8 +80,8 @@ pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
     let started = Instant::now();
     let mut cmd = match kind {
         Kind::Baseline => bail!("the baseline runs no tracer"),
-        Kind::Tcpstate { args, .. } => {
-            let mut c = Command::new(tools.tcpstate);
+        Kind::Tcpstate { bin, args, .. } => {
+            let mut c = Command::new(bin.as_deref().unwrap_or(tools.tcpstate));
             c.args(args);
             c
         }
