@@ -12,6 +12,10 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod calib;
+mod closewait;
+mod loops;
+
 #[derive(Parser)]
 #[command(name = "tcpkit", about = "Loopback TCP workloads for tcpstate's tests")]
 struct Cli {
@@ -81,6 +85,41 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "client-close")]
         mode: Mode,
     },
+    /// Load a BPF object and attach its BTF tracepoint program NAME on
+    /// inet_sock_set_state (the bench's calibration references); prints `attached`,
+    /// then holds it until SIGTERM/SIGINT or DURATION seconds.
+    Calib {
+        #[arg(long)]
+        object: std::path::PathBuf,
+        #[arg(long)]
+        program: String,
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// getppid() as fast as possible for DURATION seconds (an unrelated process for
+    /// the bench's syscall tax); prints `calls N secs S rate R`.
+    SyscallLoop {
+        #[arg(long)]
+        duration: f64,
+    },
+    /// Timer-wheel timers expiring as often as THREADS threads can make them, for
+    /// DURATION seconds; prints `timers N secs S rate R`.
+    TimerLoop {
+        #[arg(long)]
+        duration: f64,
+        #[arg(long, default_value_t = 64)]
+        threads: u32,
+    },
+    /// COUNT sockets in CLOSE_WAIT on loopback, spread over worker processes (the fd
+    /// limit is per process); prints `ready COUNT procs P ports P,P,...` and holds
+    /// them until stdin closes or SIGTERM, then resets them all (no TIME_WAIT left).
+    CloseWait {
+        #[arg(long)]
+        count: u64,
+        /// Internal: run as one worker holding COUNT sockets.
+        #[arg(long, hide = true)]
+        worker: bool,
+    },
 }
 
 fn set_comm(name: &str) {
@@ -91,7 +130,7 @@ fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
 
-fn linger0(s: &TcpStream) {
+pub(crate) fn linger0(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -213,7 +252,7 @@ fn fd_list(s: &[TcpStream]) -> String {
 
 /// Holding 100k sockets needs more than the default 1024 fds: raise the soft limit to
 /// the hard one.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         let mut r = libc::rlimit {
@@ -227,7 +266,7 @@ fn raise_nofile() {
     }
 }
 
-fn wait_for_stdin_eof() {
+pub(crate) fn wait_for_stdin_eof() {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
@@ -328,6 +367,27 @@ fn main() -> Result<()> {
             }
             let secs = start.elapsed().as_secs_f64();
             writeln!(out, "conns {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
+        }
+        Cmd::Calib {
+            object,
+            program,
+            duration,
+        } => calib::run(&object, &program, duration)?,
+        Cmd::SyscallLoop { duration } => {
+            let (n, secs) = loops::syscalls(duration);
+            writeln!(out, "calls {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
+        }
+        Cmd::TimerLoop { duration, threads } => {
+            let (n, secs) = loops::timers(duration, threads)?;
+            writeln!(out, "timers {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
+        }
+        Cmd::CloseWait { count, worker } => {
+            raise_nofile();
+            if worker {
+                closewait::worker(count)?
+            } else {
+                closewait::run(count)?
+            }
         }
     }
     Ok(())

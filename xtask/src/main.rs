@@ -51,7 +51,8 @@ fn usage() -> ! {
          \n  build [--debug]          build the probe and the tcpstate binary\
          \n  build-ebpf               build only the kernel probe\
          \n  setup                    install the BPF toolchain and bpf-linker if missing\
-         \n  bench [--rounds N] [--secs S] [--json] [--soak D]\
+         \n  bench [--rounds N] [--secs S] [--tax-secs S] [--scale [N]] [--tcpstate PATH]\
+         \n        [--compare PATH] [--calib-object PATH] [--json] [--soak D]\
          \n                           overhead on a loopback churn, side by side (root needed)"
     );
     std::process::exit(2)
@@ -90,6 +91,7 @@ fn run() -> Result<ExitCode> {
             if !is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
+            let (_, calib) = build_ebpf_all()?;
             let bin = build_user(true)?;
             let mut cmd = host_cargo();
             cmd.args([
@@ -106,7 +108,7 @@ fn run() -> Result<ExitCode> {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            bench::bench(&bin, &tcpkit, &rest)?;
+            bench::bench(&bin, &tcpkit, calib.as_deref(), &rest)?;
             Ok(ExitCode::SUCCESS)
         }
         _ => usage(),
@@ -215,23 +217,37 @@ fn setup() -> Result<PathBuf> {
 /// Reads cargo's `--message-format=json` output for the executable of `bin` built
 /// from `package`, instead of guessing paths under target/.
 fn cargo_artifact(cmd: &mut Command, package: &str, bin: &str) -> Result<PathBuf> {
+    cargo_artifacts(cmd, package, &[bin])?
+        .remove(0)
+        .with_context(|| format!("cargo reported no executable for {package}/{bin}"))
+}
+
+/// The executables of several bins of `package` from one cargo invocation (None for
+/// a bin the package does not have).
+fn cargo_artifacts(
+    cmd: &mut Command,
+    package: &str,
+    bins: &[&str],
+) -> Result<Vec<Option<PathBuf>>> {
     cmd.arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().context("starting cargo")?;
-    let mut found = None;
+    let mut found = vec![None; bins.len()];
     for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
         let line = line?;
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
+        let Some(i) = bins.iter().position(|b| msg["target"]["name"] == *b) else {
+            continue;
+        };
         if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == bin
             && msg["package_id"].as_str().is_some_and(|id| {
                 id.contains(&format!("/{package}#")) || id.contains(&format!("{package} "))
             })
         {
             if let Some(exe) = msg["executable"].as_str() {
-                found = Some(PathBuf::from(exe));
+                found[i] = Some(PathBuf::from(exe));
             }
         }
     }
@@ -239,11 +255,17 @@ fn cargo_artifact(cmd: &mut Command, package: &str, bin: &str) -> Result<PathBuf
     if !st.success() {
         bail!("cargo build of {package} failed ({st})");
     }
-    found.with_context(|| format!("cargo reported no executable for {package}/{bin}"))
+    Ok(found)
 }
 
 /// Builds the kernel probe with Debian's rustc (whose LLVM matches bpf-linker's).
 fn build_ebpf() -> Result<PathBuf> {
+    Ok(build_ebpf_all()?.0)
+}
+
+/// Every bin of the ebpf crate in one cargo run: the probe, and the bench's
+/// calibration programs (`calib`; None while the crate has no such binary).
+fn build_ebpf_all() -> Result<(PathBuf, Option<PathBuf>)> {
     let linker = setup()?;
     let path = format!(
         "{}:{}",
@@ -267,7 +289,13 @@ fn build_ebpf() -> Result<PathBuf> {
     .env_remove("RUSTC_WORKSPACE_WRAPPER")
     .env_remove("RUSTFLAGS")
     .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    cargo_artifact(&mut cmd, "tcpstate-ebpf", "tcpstate")
+    let mut found = cargo_artifacts(&mut cmd, "tcpstate-ebpf", &["tcpstate", "calib"])?;
+    let calib = found.pop().flatten();
+    let probe = found
+        .pop()
+        .flatten()
+        .context("cargo reported no executable for tcpstate-ebpf/tcpstate")?;
+    Ok((probe, calib))
 }
 
 fn host_cargo() -> Command {

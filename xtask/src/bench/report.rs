@@ -1,0 +1,317 @@
+//! The bench's output: the table the README's Overhead section shows (or one JSON
+//! object with everything), the taxes, the scale row, and each of issue 11's targets
+//! met or missed with the measured figure.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{
+    median,
+    scale::Scale,
+    tax::{TaxRow, TAX_COMMANDS},
+    tracer::Kind,
+    Sample, Variant, REFS,
+};
+
+pub struct Results<'a> {
+    pub tcpstate: &'a Path,
+    pub variants: &'a [Variant],
+    pub samples: &'a [Vec<Sample>],
+    pub syscall: &'a [TaxRow],
+    pub timer: Option<&'a TaxRow>,
+    pub scale: Option<&'a Scale>,
+}
+
+/// A figure rounded to `digits` decimals, or null when it was not measured.
+fn num(v: f64, digits: i32) -> Value {
+    if v.is_finite() {
+        let m = 10f64.powi(digits);
+        json!((v * m).round() / m)
+    } else {
+        Value::Null
+    }
+}
+
+fn variant_row(v: &Variant, s: &[Sample]) -> Value {
+    let m = |f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
+    let tracer = v.is_tracer();
+    let tcpstate = matches!(v.kind, Kind::Tcpstate { .. });
+    let opt = |x: f64, d: i32| if tracer { num(x, d) } else { Value::Null };
+    // Per-program figures, by name, over the rounds.
+    let mut names: Vec<String> = Vec::new();
+    for x in s {
+        for p in &x.cost.progs {
+            if !names.contains(&p.name) {
+                names.push(p.name.clone());
+            }
+        }
+    }
+    let programs: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            let get = |x: &Sample| x.cost.progs.iter().find(|p| &p.name == n).cloned();
+            json!({
+                "name": n,
+                "ns_per_run": num(m(&|x| get(x).map_or(f64::NAN, |p| p.run_time_ns as f64 / p.run_cnt.max(1) as f64)), 1),
+                "runs_per_transition": num(m(&|x| get(x).map_or(f64::NAN, |p| p.run_cnt as f64 / x.transitions.max(1) as f64)), 4),
+                "ns_per_transition": num(m(&|x| get(x).map_or(f64::NAN, |p| p.run_time_ns as f64 / x.transitions.max(1) as f64)), 1),
+            })
+        })
+        .collect();
+    let cpu_per_tr = m(&|x| x.cpu_ns_per_tr());
+    json!({
+        "variant": v.name,
+        "conn_per_s": m(&|x| x.conns_per_s).round() as u64,
+        "ratio": num(m(&|x| x.ratio), 3),
+        "events_per_s": if tcpstate { num(m(&|x| x.cost.events as f64 / x.cost.alive_s), 0) } else { Value::Null },
+        "lost": if tcpstate { json!(s.iter().map(|x| x.cost.lost).max().unwrap_or(0)) } else { Value::Null },
+        "cpu_ms_attached": opt(m(&|x| x.cost.cpu_ns as f64 / 1e6), 1),
+        // ms per million transitions is ns per transition: both keys, one figure.
+        "cpu_ms_per_million_transitions": opt(cpu_per_tr, 1),
+        "cpu_ns_per_transition": opt(cpu_per_tr, 1),
+        "cpu_ns_per_event": if tcpstate { num(m(&|x| if x.cost.events > 0 { x.cost.cpu_ns as f64 / x.cost.events as f64 } else { f64::NAN }), 1) } else { Value::Null },
+        "bpf_ns_per_transition": opt(m(&|x| x.bpf_ns_per_tr()), 1),
+        "total_ns_per_transition": opt(m(&|x| x.total_ns_per_tr()), 1),
+        "vs_bpftrace": opt(m(&|x| x.vs[0]), 2),
+        "vs_calib_count": opt(m(&|x| x.vs[1]), 2),
+        "vs_calib_empty": opt(m(&|x| x.vs[2]), 2),
+        "programs": if tracer { json!(programs) } else { Value::Null },
+        "peak_rss_kib": if tracer { json!(m(&|x| x.cost.peak_rss_kib as f64) as u64) } else { Value::Null },
+        "rss_at_end_kib": if tracer { json!(m(&|x| x.cost.rss_kib as f64) as u64) } else { Value::Null },
+        "startup_ms": opt(m(&|x| x.cost.startup_ms), 0),
+    })
+}
+
+fn tax_json(t: &TaxRow) -> Value {
+    json!({
+        "command": t.command,
+        "rate_without": num(t.rate_without, 0),
+        "rate_with": num(t.rate_with, 0),
+        "slowdown_pct": num(t.slowdown_pct, 2),
+        "bpf_ns": num(t.bpf_ns, 1),
+        "timer_prog_ns_per_run": num(t.ns_per_run, 1),
+    })
+}
+
+fn scale_json(s: &Scale) -> Value {
+    json!({
+        "sockets": s.sockets,
+        "setup_s": num(s.setup_s, 1),
+        "trace_attach_ms": num(s.trace_attach_ms, 0),
+        "trace_peak_rss_kib_first_2s": s.trace_peak_rss_kib,
+        "trace_cpu_ms_first_2s": num(s.trace_cpu_ms_2s, 0),
+        "trace_busy_ms": num(s.trace_busy_ms, 0),
+        "linger_wall_ms": num(s.linger_wall_ms, 0),
+        "linger_peak_rss_kib": s.linger_peak_rss_kib,
+        "linger_count": s.linger_count,
+    })
+}
+
+/// Issue 11's targets: (what, measured, met). Targets whose figure was not measured
+/// are left out.
+fn targets(rows: &[Value], r: &Results) -> Vec<(String, String, bool)> {
+    let row = |name: &str| rows.iter().find(|x| x["variant"] == name);
+    let f = |name: &str, key: &str| row(name).and_then(|x| x[key].as_f64());
+    let mut t = Vec::new();
+    let mut ratio = |name: &str, what: &str, max: f64| {
+        if let Some(x) = f(name, "vs_bpftrace") {
+            t.push((
+                format!("{what} <= {max}x the bpftrace count"),
+                format!("{x:.2}x"),
+                x <= max,
+            ));
+        }
+    };
+    ratio("trace --json > tmpfs", "trace --json", 1.5);
+    ratio(
+        "trace --json > tmpfs",
+        "trace --json (at the very least)",
+        2.0,
+    );
+    ratio("hist", "hist", 1.2);
+    ratio("linger", "linger", 1.0);
+    if let (Some(a), Some(b)) = (
+        f("trace --json > tmpfs", "total_ns_per_transition"),
+        f("libbpf-tools tcpstates", "total_ns_per_transition"),
+    ) {
+        t.push((
+            "trace --json >= 30x cheaper than tcpstates".into(),
+            format!("{:.1}x", b / a),
+            b / a >= 30.0,
+        ));
+    }
+    for (name, max) in [
+        ("trace > /dev/null", 100.0),
+        ("trace --json > tmpfs", 200.0),
+    ] {
+        if let Some(x) = f(name, "cpu_ns_per_event") {
+            t.push((
+                format!("{name}: tracer CPU <= {max} ns per event"),
+                format!("{x:.0} ns"),
+                x <= max,
+            ));
+        }
+    }
+    for name in ["trace --json > tmpfs", "trace > /dev/null"] {
+        if let Some(x) = row(name).and_then(|x| x["lost"].as_u64()) {
+            t.push((format!("{name}: 0 lost"), format!("{x} lost"), x == 0));
+        }
+    }
+    for s in r.syscall {
+        t.push((
+            format!("syscall tax of {} within 3%", s.command),
+            format!("{:+.1}%", s.slowdown_pct),
+            s.slowdown_pct <= 3.0,
+        ));
+    }
+    if let Some(x) = f("trace > /dev/null", "startup_ms") {
+        t.push((
+            "startup to attached <= 100 ms".into(),
+            format!("{x:.0} ms"),
+            x <= 100.0,
+        ));
+    }
+    if let Some(s) = r.scale {
+        let mib = s.trace_peak_rss_kib as f64 / 1024.0;
+        t.push((
+            format!("{} existing sockets: trace seeded in <= 1 s", s.sockets),
+            format!("busy until {:.0} ms", s.trace_busy_ms),
+            s.trace_busy_ms <= 1000.0,
+        ));
+        t.push((
+            format!("{} existing sockets: trace <= 32 MiB", s.sockets),
+            format!("{mib:.1} MiB"),
+            mib <= 32.0,
+        ));
+    }
+    t
+}
+
+pub fn report(r: &Results, json_out: bool) {
+    let rows: Vec<Value> = r
+        .variants
+        .iter()
+        .zip(r.samples)
+        .map(|(v, s)| variant_row(v, s))
+        .collect();
+    let targets = targets(&rows, r);
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "type": "bench",
+                "tcpstate": r.tcpstate.display().to_string(),
+                "rounds": r.samples[0].len(),
+                "references": REFS.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
+                "variants": rows,
+                "syscall_tax": r.syscall.iter().map(tax_json).collect::<Vec<_>>(),
+                "timer_tax": r.timer.map(tax_json),
+                "scale": r.scale.map(scale_json),
+                "targets": targets.iter().map(|(w, m, ok)| json!({"target": w, "measured": m, "met": ok})).collect::<Vec<_>>(),
+            })
+        );
+        return;
+    }
+    println!("tracers: {}", r.tcpstate.display());
+    println!(
+        "{:<32} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
+        "VARIANT", "CONN/S", "RATIO", "EVENTS/S", "LOST", "BPF NS/TR", "CPU NS/TR", "NS/TR",
+        "CPU/EV", "X BPFTR", "X COUNT", "X EMPTY", "PEAK RSS", "END RSS", "STARTUP"
+    );
+    let cell = |r: &Value, k: &str, d: usize, suffix: &str| match r[k].as_f64() {
+        Some(x) => format!("{x:.d$}{suffix}"),
+        None => "-".to_string(),
+    };
+    let mib = |r: &Value, k: &str| {
+        r[k].as_u64()
+            .map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    };
+    for x in &rows {
+        println!(
+            "{:<32} {:>7} {:>6} {:>9} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8}",
+            x["variant"].as_str().unwrap_or("?"),
+            x["conn_per_s"],
+            cell(x, "ratio", 3, ""),
+            cell(x, "events_per_s", 0, ""),
+            cell(x, "lost", 0, ""),
+            cell(x, "bpf_ns_per_transition", 0, ""),
+            cell(x, "cpu_ns_per_transition", 0, ""),
+            cell(x, "total_ns_per_transition", 0, ""),
+            cell(x, "cpu_ns_per_event", 0, ""),
+            cell(x, "vs_bpftrace", 2, ""),
+            cell(x, "vs_calib_count", 2, ""),
+            cell(x, "vs_calib_empty", 2, ""),
+            mib(x, "peak_rss_kib"),
+            mib(x, "rss_at_end_kib"),
+            cell(x, "startup_ms", 0, " ms"),
+        );
+    }
+    println!("\nBPF programs (median over rounds): ns per run, runs per transition");
+    for x in &rows {
+        let Some(progs) = x["programs"].as_array() else {
+            continue;
+        };
+        let list: Vec<String> = progs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} ns x{}",
+                    p["name"].as_str().unwrap_or("?"),
+                    cell(p, "ns_per_run", 0, ""),
+                    cell(p, "runs_per_transition", 3, "")
+                )
+            })
+            .collect();
+        println!(
+            "  {:<32} {}",
+            x["variant"].as_str().unwrap_or("?"),
+            list.join("; ")
+        );
+    }
+    if !r.syscall.is_empty() {
+        println!(
+            "\n{:<32} {:>14} {:>14} {:>9}",
+            "SYSCALL TAX (getppid loop)", "CALLS/S WITHOUT", "WITH", "SLOWDOWN"
+        );
+        for s in r.syscall {
+            println!(
+                "{:<32} {:>14.0} {:>14.0} {:>+8.1}%",
+                s.command, s.rate_without, s.rate_with, s.slowdown_pct
+            );
+        }
+        debug_assert_eq!(r.syscall.len(), TAX_COMMANDS.len());
+    }
+    if let Some(t) = r.timer {
+        println!(
+            "TIMER TAX of {} (timer-wheel loop): {:.0} timers/s without, {:.0} with ({:+.1}% time per timer); \
+             its timer program {:.0} ns per run, {:.0} ns per timer of the loop",
+            t.command, t.rate_without, t.rate_with, t.slowdown_pct, t.ns_per_run, t.bpf_ns
+        );
+    }
+    if let Some(s) = r.scale {
+        println!(
+            "\nSCALE with {} CLOSE_WAIT sockets (made in {:.1} s): trace attached in {:.0} ms, \
+             {:.1} MiB peak and {:.0} ms CPU in its first 2 s, busy until {:.0} ms; \
+             linger --duration 1: {:.0} ms wall, {:.1} MiB peak, reported {}",
+            s.sockets,
+            s.setup_s,
+            s.trace_attach_ms,
+            s.trace_peak_rss_kib as f64 / 1024.0,
+            s.trace_cpu_ms_2s,
+            s.trace_busy_ms,
+            s.linger_wall_ms,
+            s.linger_peak_rss_kib as f64 / 1024.0,
+            s.linger_count.map_or("?".to_string(), |n| n.to_string()),
+        );
+    }
+    if !targets.is_empty() {
+        println!("\nTARGETS (issue 11)");
+        for (what, measured, ok) in &targets {
+            println!(
+                "  {:<6} {what}: {measured}",
+                if *ok { "met" } else { "MISSED" }
+            );
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `--scale N`: startup with N sockets already in CLOSE_WAIT (held by `tcpkit
+//! close-wait`, ~10,000 per process): `trace`'s time to attached, then its CPU and
+//! peak RSS over its first 2 s (seeding owners of existing sockets runs then), and
+//! `linger --duration 1 --min-age 0`'s wall time, peak RSS and count.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::tracer::{cpu_ns, proc_status_kib};
+
+#[derive(Clone, Debug, Default)]
+pub struct Scale {
+    pub sockets: u64,
+    pub setup_s: f64,
+    pub trace_attach_ms: f64,
+    pub trace_peak_rss_kib: u64,
+    pub trace_cpu_ms_2s: f64,
+    /// From start until trace's CPU use fell below half a core for good (its
+    /// seeding), capped at 10 s.
+    pub trace_busy_ms: f64,
+    pub linger_wall_ms: f64,
+    pub linger_peak_rss_kib: u64,
+    pub linger_count: Option<u64>,
+}
+
+/// A tcpstate run, killed if an error leaves it running.
+struct Run(std::process::Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The holder of the sockets; stopping it (stdin closed, then wait) resets them all.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
+    let t0 = Instant::now();
+    eprintln!("xtask bench: scale: making {n} CLOSE_WAIT sockets");
+    let mut holder = Holder(
+        Command::new(tcpkit)
+            .args(["close-wait", "--count", &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if !line.starts_with("ready") {
+        bail!("tcpkit close-wait failed (printed {line:?})");
+    }
+    let mut s = Scale {
+        sockets: n,
+        setup_s: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+
+    // trace: to attached, then 2 s (longer while it is still busy, up to 10 s).
+    let started = Instant::now();
+    let child = Command::new(tcpstate)
+        .arg("trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut child = Run(child);
+    let pid = child.0.id();
+    let mut err = BufReader::new(child.0.stderr.take().context("stderr")?);
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("trace exited before attaching");
+        }
+        if line.contains("probe attached") {
+            break;
+        }
+    }
+    s.trace_attach_ms = started.elapsed().as_secs_f64() * 1e3;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+    });
+    let mut samples: Vec<(f64, u64)> = Vec::new(); // (ms since start, cpu ns)
+    loop {
+        let t = started.elapsed().as_secs_f64() * 1e3;
+        samples.push((t, cpu_ns(pid)));
+        if t >= 2000.0 && s.trace_peak_rss_kib == 0 {
+            s.trace_peak_rss_kib = proc_status_kib(pid, "VmHWM:");
+            s.trace_cpu_ms_2s = cpu_ns(pid) as f64 / 1e6;
+        }
+        if t >= 10_000.0 || (t >= 2000.0 && busy_until(&samples) < t - 300.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.trace_busy_ms = busy_until(&samples);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    child.0.wait()?;
+
+    // linger --duration 1: wall time, peak RSS (VmHWM polled until it exits).
+    let started = Instant::now();
+    let child = Command::new(tcpstate)
+        .args(["linger", "--duration", "1s", "--min-age", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut child = Run(child);
+    let pid = child.0.id();
+    let mut out = child.0.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        text
+    });
+    while child.0.try_wait()?.is_none() {
+        s.linger_peak_rss_kib = s.linger_peak_rss_kib.max(proc_status_kib(pid, "VmHWM:"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.linger_wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let text = reader.join().unwrap_or_default();
+    // "CLOSE_WAIT longer than 0s: N sockets in P processes at ...", the last report.
+    s.linger_count = text
+        .lines()
+        .rfind(|l| l.starts_with("CLOSE_WAIT longer than"))
+        .and_then(|l| {
+            l.split(": ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse()
+                .ok()
+        });
+    if s.linger_count.is_none() {
+        eprintln!(
+            "xtask bench: scale: linger printed no report: {:?}",
+            &text[..text.len().min(300)]
+        );
+    }
+    drop(holder);
+    Ok(s)
+}
+
+/// The time (ms) of the last 100 ms window in which the process used more than half
+/// a core.
+fn busy_until(samples: &[(f64, u64)]) -> f64 {
+    let mut until = 0.0;
+    for (i, &(t, c)) in samples.iter().enumerate() {
+        if let Some(&(t0, c0)) = samples[..i].iter().rev().find(|(t0, _)| t - t0 >= 100.0) {
+            if (c - c0) as f64 / 1e6 > (t - t0) * 0.5 {
+                until = t;
+            }
+        }
+    }
+    until
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_until;
+
+    #[test]
+    fn busy_until_is_the_last_window_over_half_a_core() {
+        // 20 ms samples: a full core for 500 ms, then idle.
+        let samples: Vec<(f64, u64)> = (0..60)
+            .map(|i| {
+                let t = i as f64 * 20.0;
+                (t, (t.min(500.0) * 1e6) as u64)
+            })
+            .collect();
+        let b = busy_until(&samples);
+        assert!((500.0..=560.0).contains(&b), "{b}");
+        assert_eq!(busy_until(&[(0.0, 0), (200.0, 0)]), 0.0);
+    }
+}
