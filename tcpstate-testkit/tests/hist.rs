@@ -307,14 +307,27 @@ fn time_wait_by_remote_port_and_address() {
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
-        &["hist", "--state", "PARKED"],
-        &["hist", "--interval", "0"],
-        &["hist", "--unit", "parsecs"],
-        &["hist", "--by", "color"],
-        &["hist", "--duration", "abc"],
-        &[
-            "hist", "--port", "1", "--port", "2", "--port", "3", "--port", "4", "--port", "5",
-            "--port", "6", "--port", "7", "--port", "8", "--port", "9",
-        ],
+        (&["hist", "--state", "PARKED"], "PARKED"),
+        (&["hist", "--interval", "0"], "--interval"),
+        (&["hist", "--unit", "parsecs"], "parsecs"),
+        (&["hist", "--by", "color"], "color"),
+        (&["hist", "--by", "nonsense"], "--by"),
+        (&["hist", "--duration", "abc"], "--duration"),
+        (&["hist", "--min-age", "1s"], "--min-age"),
+        // Checked after parsing (the kernel's filter has 8 slots per list).
+        (
+            &[
+                "hist", "--port", "1", "--port", "2", "--port", "3", "--port", "4", "--port", "5",
+                "--port", "6", "--port", "7", "--port", "8", "--port", "9",
+            ],
+            "--port",
+        ),
+        (
+            &[
+                "hist", "--pid", "1", "--pid", "2", "--pid", "3", "--pid", "4", "--pid", "5",
+                "--pid", "6", "--pid", "7", "--pid", "8", "--pid", "9",
+            ],
+            "--pid",
+        ),
     ]);
 }

@@ -291,11 +291,13 @@ fn fail_if_any_exits_1_only_when_not_empty() {
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
-        &["linger", "--min-age", "-1"],
-        &["linger", "--interval", "0"],
-        &["linger", "--state", "WAITING"],
-        &["linger", "--state", "TIME_WAIT"],
-        &["linger", "--duration", "0"],
-        &["linger", "--min-age", "5parsecs"],
+        (&["linger", "--min-age", "-1"], "--min-age"),
+        (&["linger", "--interval", "0"], "--interval"),
+        (&["linger", "--state", "WAITING"], "WAITING"),
+        (&["linger", "--state", "TIME_WAIT"], "TIME_WAIT"),
+        (&["linger", "--duration", "0"], "--duration"),
+        (&["linger", "--min-age", "5parsecs"], "parsecs"),
+        (&["linger", "--by", "process"], "--by"),
+        (&["linger", "--pid", "0"], "--pid"),
     ]);
 }
