@@ -304,6 +304,35 @@ fn time_wait_by_remote_port_and_address() {
     }
 }
 
+/// A state named twice, adjacent or not and in any case, gets one histogram.
+#[test]
+fn repeated_state_one_histogram() {
+    const N: u64 = 10;
+    let port = free_port("127.0.0.1");
+    let mut t = Tracer::start(&[
+        "hist",
+        "--json",
+        "--port",
+        &port.to_string(),
+        "--state",
+        "ESTABLISHED",
+        "--state",
+        "FIN_WAIT1",
+        "--state",
+        "established",
+        "--state",
+        "FIN_WAIT1",
+    ]);
+    churn(port, N);
+    let (out, err, st) = t.stop();
+    assert!(st.success(), "{err:?}");
+    let (hs, _) = hists(&out);
+    let states: Vec<&str> = hs.iter().map(|h| h["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["ESTABLISHED", "FIN_WAIT1"], "{out}");
+    assert_eq!(hs[0]["count"], 2 * N, "{out}");
+    assert_eq!(hs[1]["count"], N, "{out}");
+}
+
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
