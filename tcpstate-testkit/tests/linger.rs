@@ -9,14 +9,6 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 
-fn fds(line: &str) -> BTreeSet<u64> {
-    let list = line.split(" fds ").nth(1).unwrap_or_default();
-    list.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect()
-}
-
 fn addr(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -304,11 +296,8 @@ fn repeated_state_reports_once() {
         &["CLOSE_WAIT", "CLOSE_WAIT"][..],
         &["CLOSE_WAIT", "FIN_WAIT2", "close_wait"][..],
     ] {
-        let mut args = vec!["--port", &p];
-        for st in states {
-            args.extend(["--state", st]);
-        }
-        let (groups, reports, _) = linger_once(&args);
+        let (groups, reports, _) =
+            linger_once(&[&["--port", &p][..], &state_args(states)].concat());
         let names: Vec<&str> = reports
             .iter()
             .map(|r| r["state"].as_str().unwrap())

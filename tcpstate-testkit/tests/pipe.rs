@@ -97,14 +97,15 @@ fn assert_freed(ids: &BTreeSet<u32>) {
 }
 
 /// Plays `tcpstate ARGS | head -1`: starts it, lets `first_line` (given its pid) make
-/// its first line of output, reads that line (checked by `check`), lets it finish writing what that
+/// its first line of output, reads that line (a JSON object of type `kind`), lets it
+/// finish writing what that
 /// first report holds, and closes the read end. `after` then runs (traffic, or none).
 /// tcpstate must be gone within `bound`, with status 0, nothing more on stderr, and
 /// every BPF program it held freed.
 fn head_one(
     args: &[&str],
     first_line: impl FnOnce(u32),
-    check: impl FnOnce(&str),
+    kind: &str,
     after: impl FnOnce(),
     bound: Duration,
 ) {
@@ -118,7 +119,8 @@ fn head_one(
     first_line(t.pid());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    check(&first);
+    let tag = format!("\"type\":\"{kind}\"");
+    assert!(first.contains(&tag), "{args:?}: first line {first:?}");
     // `head` reads a block: whatever the same report wrote is gone with it.
     std::thread::sleep(Duration::from_millis(300));
     drop(out);
@@ -160,7 +162,7 @@ fn closed_stdout_exits_quietly_and_detaches() {
     head_one(
         &["trace", "--json", "--port", &p],
         loaded,
-        |first| assert!(first.contains("\"type\":\"transition\""), "{first}"),
+        "transition",
         || connections(port, 3),
         Duration::from_secs(10),
     );
@@ -175,7 +177,7 @@ fn trace_head_exits_without_further_traffic() {
     head_one(
         &["trace", "--json", "--port", &port.to_string()],
         |_| connections(port, 1),
-        |first| assert!(first.contains("\"type\":\"transition\""), "{first}"),
+        "transition",
         || {},
         Duration::from_secs(5),
     );
@@ -199,7 +201,7 @@ fn linger_head_exits_without_further_output() {
             &port.to_string(),
         ],
         |_| {},
-        |first| assert!(first.contains("\"type\":\"linger_report\""), "{first}"),
+        "linger_report",
         || {},
         Duration::from_secs(5),
     );
@@ -218,7 +220,7 @@ fn hist_head_exits_without_further_output() {
             &port.to_string(),
         ],
         |_| {},
-        |first| assert!(first.contains("\"type\":\"hist\""), "{first}"),
+        "hist",
         || {},
         Duration::from_secs(5),
     );

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
@@ -173,6 +174,11 @@ pub fn count_before(text: &str, word: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no number before {word:?} in {text:?}"))
 }
 
+/// `--state S` for each of `states`.
+pub fn state_args<'a>(states: &[&'a str]) -> Vec<&'a str> {
+    states.iter().flat_map(|s| ["--state", s]).collect()
+}
+
 /// Reads a tcpstate's stderr until its probe is attached.
 pub fn wait_attached(err: &mut impl BufRead) {
     let mut line = String::new();
@@ -200,6 +206,15 @@ pub fn summary(lines: &[Value]) -> &Value {
 
 pub fn transitions(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|v| v["type"] == "transition").collect()
+}
+
+/// The fds in a `tcpkit ... hold` line ("... fds 4,5,6").
+pub fn fds(line: &str) -> BTreeSet<u64> {
+    let list = line.split(" fds ").nth(1).unwrap_or_default();
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
 }
 
 /// A tcpkit process.
