@@ -110,7 +110,7 @@ fn head_one(
     bound: Duration,
 ) {
     let mut t = Tracer::start(args);
-    let held = programs_held_by(t.pid());
+    let mut held = programs_held_by(t.pid());
     assert!(
         !held.is_empty(),
         "tcpstate holds no BPF program while running"
@@ -123,6 +123,8 @@ fn head_one(
     assert!(first.contains(&tag), "{args:?}: first line {first:?}");
     // `head` reads a block: whatever the same report wrote is gone with it.
     std::thread::sleep(Duration::from_millis(300));
+    // And what it loaded for that report (linger's iterator, for one).
+    held.extend(programs_held_by(t.pid()));
     drop(out);
     let left = Instant::now();
     after();
