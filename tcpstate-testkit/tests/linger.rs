@@ -9,14 +9,6 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 
-fn fds(line: &str) -> BTreeSet<u64> {
-    let list = line.split(" fds ").nth(1).unwrap_or_default();
-    list.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect()
-}
-
 fn addr(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -288,14 +280,59 @@ fn fail_if_any_exits_1_only_when_not_empty() {
     server.finish();
 }
 
+/// A state named twice, adjacent or not and in any case, gets one report: one
+/// `linger_report` per state, and the held socket in it once.
+#[test]
+fn repeated_state_reports_once() {
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let a = addr("127.0.0.1", port);
+    let mut server = Kit::server(&a, "1", "hold");
+    let mut client = Kit::client(&a, "1", "client-close", &[]);
+    assert!(client.line().starts_with("done"));
+    let held = fds(&server.line());
+    assert_eq!(held.len(), 1);
+    for states in [
+        &["CLOSE_WAIT", "CLOSE_WAIT"][..],
+        &["CLOSE_WAIT", "FIN_WAIT2", "close_wait"][..],
+    ] {
+        let (groups, reports, _) =
+            linger_once(&[&["--port", &p][..], &state_args(states)].concat());
+        let names: Vec<&str> = reports
+            .iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect();
+        let mut want = vec!["CLOSE_WAIT"];
+        if states.contains(&"FIN_WAIT2") {
+            want.push("FIN_WAIT2");
+        }
+        assert_eq!(
+            names, want,
+            "one report per state for {states:?}: {reports:?}"
+        );
+        assert_eq!(reports[0]["count"], 1, "{reports:?}");
+        let cw: Vec<&Value> = groups
+            .iter()
+            .filter(|g| g["state"] == "CLOSE_WAIT")
+            .collect();
+        assert_eq!(cw.len(), 1, "{groups:?}");
+        assert_eq!(cw[0]["pid"], server.pid());
+        assert_eq!(group_fds(cw[0]), held);
+    }
+    client.finish();
+    server.finish();
+}
+
 #[test]
 fn bad_values_exit_2() {
     assert_usage_errors(&[
-        &["linger", "--min-age", "-1"],
-        &["linger", "--interval", "0"],
-        &["linger", "--state", "WAITING"],
-        &["linger", "--state", "TIME_WAIT"],
-        &["linger", "--duration", "0"],
-        &["linger", "--min-age", "5parsecs"],
+        (&["linger", "--min-age", "-1"], "--min-age"),
+        (&["linger", "--interval", "0"], "--interval"),
+        (&["linger", "--state", "WAITING"], "WAITING"),
+        (&["linger", "--state", "TIME_WAIT"], "TIME_WAIT"),
+        (&["linger", "--duration", "0"], "--duration"),
+        (&["linger", "--min-age", "5parsecs"], "parsecs"),
+        (&["linger", "--by", "process"], "--by"),
+        (&["linger", "--pid", "0"], "--pid"),
     ]);
 }

@@ -224,21 +224,38 @@ fn churn_is_exact_and_nothing_is_lost() {
     assert_eq!(counts.get(&e.server), Some(&N), "{counts:?}");
 }
 
+/// A port free on both 127.0.0.1 and ::1.
+fn free_port_v4_and_v6() -> u16 {
+    loop {
+        let p = free_port("127.0.0.1");
+        if std::net::TcpListener::bind(("::1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 #[test]
 fn filters_state_family_and_pid() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
+    // A second port that carries one IPv6 connection, so that the family filters are
+    // seen to keep something and to drop something.
+    let port6 = free_port_v4_and_v6();
+    let p6 = port6.to_string();
     let addr = format!("127.0.0.1:{port}");
     let mut server = Kit::server(&addr, "3", "client-close");
     let server_pid = server.pid();
     let sp = server_pid.to_string();
     let mut by_state = Tracer::start(&["trace", "--json", "--port", &p, "--state", "close_wait"]);
     let mut by_pid = Tracer::start(&["trace", "--json", "--port", &p, "--pid", &sp]);
-    let mut v6_only = Tracer::start(&["trace", "--json", "--port", &p, "-6"]);
+    let both = ["trace", "--json", "--port", &p, "--port", &p6];
+    let mut v6_only = Tracer::start(&[&both[..], &["-6"]].concat());
+    let mut v4_only = Tracer::start(&[&both[..], &["-4"]].concat());
     let mut client = Kit::client(&addr, "3", "client-close", &[]);
     assert!(client.line().starts_with("done"));
     client.finish();
     server.finish();
+    run_pair("::1", port6, 1, "client-close");
 
     let lines = json_lines(&by_state.stop().0);
     let ts = transitions(&lines);
@@ -254,8 +271,21 @@ fn filters_state_family_and_pid() {
     assert_eq!(ts.len(), 1 + 3 * 3, "{ts:?}");
     assert!(ts.iter().all(|t| t["pid"] == server_pid));
 
+    // -6 drops the 3 IPv4 connections and keeps the IPv6 one on the other port:
+    // 10 transitions plus its listener's two. Nothing traced at all fails here.
     let lines = json_lines(&v6_only.stop().0);
-    assert_eq!(transitions(&lines).len(), 0);
+    let ts = transitions(&lines);
+    assert_eq!(ts.len(), 10 + 2, "{ts:?}");
+    assert!(ts.iter().all(|t| t["family"] == 6 && t["saddr"] == "::1"));
+    assert_eq!(summary(&lines)["lost"], 0);
+
+    // -4, the mirror: the 3 IPv4 connections and the listener's close, no IPv6.
+    let lines = json_lines(&v4_only.stop().0);
+    let ts = transitions(&lines);
+    assert_eq!(ts.len(), 3 * 10 + 1, "{ts:?}");
+    assert!(ts
+        .iter()
+        .all(|t| t["family"] == 4 && t["saddr"] == "127.0.0.1"));
     assert_eq!(summary(&lines)["lost"], 0);
 }
 
@@ -326,23 +356,31 @@ fn duration_and_sigterm_end_with_a_summary() {
     assert!(st.success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
-    assert!(rest.contains("events") && rest.contains("0 lost"), "{rest}");
+    // Nothing on port 1: a summary of exactly 0 events, 0 lost ("10 lost" fails).
+    let line = rest
+        .lines()
+        .find(|l| l.contains(" events, "))
+        .unwrap_or_else(|| panic!("no summary: {rest}"));
+    assert_eq!(count_before(line, "events"), 0, "{line}");
+    assert_eq!(count_before(line, "lost"), 0, "{line}");
 }
 
 #[test]
 fn bad_values_exit_2_with_one_line() {
     assert_usage_errors(&[
-        &["--port", "0"],
-        &["--port", "70000"],
-        &["trace", "--duration", "abc"],
-        &["trace", "--duration", "0"],
-        &["trace", "--state", "SLEEPING"],
-        &["--bogus"],
-        &["-4", "-6"],
-        &["--pid", "0"],
-        &["--pid", "x"],
-        &["--lport", "0"],
-        &["--rport", "70000"],
+        (&["--port", "0"], "--port"),
+        (&["--port", "70000"], "--port"),
+        (&["trace", "--duration", "abc"], "--duration"),
+        (&["trace", "--duration", "0"], "--duration"),
+        (&["trace", "--state", "SLEEPING"], "SLEEPING"),
+        (&["--bogus"], "--bogus"),
+        (&["-4", "-6"], "--ipv6"),
+        (&["--pid", "0"], "--pid"),
+        (&["--pid", "x"], "--pid"),
+        (&["--lport", "0"], "--lport"),
+        (&["--rport", "70000"], "--rport"),
+        (&["trace", "--port", "1", "--port", "x"], "--port"),
+        (&["trace", "--json", "--interval", "1s"], "--interval"),
     ]);
 }
 

@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -36,8 +37,15 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `tcpstate ARGS` and waits until its probe is attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(tcpstate_bin())
-            .args(args)
+        let mut cmd = Command::new(tcpstate_bin());
+        cmd.args(args);
+        Tracer::spawn(cmd)
+    }
+
+    /// Starts `cmd` (tcpstate, or a wrapper that execs it) with stdout and stderr
+    /// piped, and waits until its probe is attached.
+    pub fn spawn(mut cmd: Command) -> Tracer {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -71,6 +79,30 @@ impl Tracer {
         t
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls for its exit for up to `bound`; `None` if it still runs then.
+    pub fn exit_within(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it wrote to stderr after "probe attached"; call once it has exited
+    /// (it blocks until the reader thread has seen the end of the pipe).
+    pub fn stderr_rest(&mut self) -> Vec<String> {
+        self.stderr_lines.iter().collect()
+    }
+
     pub fn stdout(&mut self) -> ChildStdout {
         self.stdout.take().expect("stdout taken once")
     }
@@ -82,8 +114,7 @@ impl Tracer {
             s.read_to_string(&mut out).unwrap();
         }
         let status = self.child.wait().unwrap();
-        let err: Vec<String> = self.stderr_lines.try_iter().collect();
-        (out, err, status)
+        (out, self.stderr_rest(), status)
     }
 
     /// SIGINT, then everything it printed: (stdout, stderr, status).
@@ -104,17 +135,48 @@ impl Drop for Tracer {
     }
 }
 
-/// Each argument list must be refused before anything runs: exit status 2 and a
-/// one-line `error: ...` naming the problem, no panic, nothing on stdout.
-pub fn assert_usage_errors(cases: &[&[&str]]) {
-    for args in cases {
+/// Each argument list must be refused before anything runs: exit status 2 and exactly
+/// one line on stderr, `error: ...`, that names the problem (contains the case's
+/// second string), no panic, nothing on stdout.
+pub fn assert_usage_errors(cases: &[(&[&str], &str)]) {
+    for (args, names) in cases {
         let out = Command::new(tcpstate_bin()).args(*args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line, got {err:?}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            err.contains(names),
+            "{args:?}: should name {names:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
-        assert!(out.stdout.is_empty());
+        assert!(out.stdout.is_empty(), "{args:?}");
     }
+}
+
+/// The number just before `word` in a text summary ("12 events, 0 lost (...)"),
+/// as a whole number: "10 lost" gives 10, never a match for 0.
+pub fn count_before(text: &str, word: &str) -> u64 {
+    let at = text
+        .find(&format!(" {word}"))
+        .unwrap_or_else(|| panic!("no {word:?} in {text:?}"));
+    let digits: String = text[..at]
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(|c| *c != ',')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {word:?} in {text:?}"))
+}
+
+/// `--state S` for each of `states`.
+pub fn state_args<'a>(states: &[&'a str]) -> Vec<&'a str> {
+    states.iter().flat_map(|s| ["--state", s]).collect()
 }
 
 /// Reads a tcpstate's stderr until its probe is attached.
@@ -144,6 +206,15 @@ pub fn summary(lines: &[Value]) -> &Value {
 
 pub fn transitions(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|v| v["type"] == "transition").collect()
+}
+
+/// The fds in a `tcpkit ... hold` line ("... fds 4,5,6").
+pub fn fds(line: &str) -> BTreeSet<u64> {
+    let list = line.split(" fds ").nth(1).unwrap_or_default();
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
 }
 
 /// A tcpkit process.
@@ -207,8 +278,6 @@ impl Kit {
     }
 }
 
-/// Runs server and client processes for `conns` connections in `mode`.
-/// Returns (server pid, client pid).
 /// `tcpkit churn`: `conns` loopback connections to 127.0.0.1:`port`, as fast as
 /// possible (client closes first); panics if it fails.
 pub fn churn(port: u16, conns: impl ToString) {
@@ -220,6 +289,8 @@ pub fn churn(port: u16, conns: impl ToString) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Runs server and client processes for `conns` connections in `mode`.
+/// Returns (server pid, client pid).
 pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
     let addr: SocketAddr = if ip.contains(':') {
         format!("[{ip}]:{port}")
