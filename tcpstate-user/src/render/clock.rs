@@ -1,0 +1,231 @@
+//! The wall clock of the views: kernel monotonic timestamps as UTC (RFC 3339) or
+//! local time, each second formatted once.
+
+use std::fmt::Write as _;
+
+use crate::render::format::put_digits;
+
+/// Converts kernel monotonic timestamps to wall-clock text, caching the formatted
+/// second so that a burst of events costs one calendar conversion.
+pub struct Clock {
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, in ns.
+    offset_ns: i128,
+    /// Local time zone offset at start, in seconds.
+    local_offset_s: i64,
+    /// The monotonic time at which the last wall second seen starts, and that second:
+    /// most events fall in the second of the one before, which then costs no i128
+    /// division.
+    base_mono: u64,
+    base_sec: i64,
+    utc_sec: i64,
+    utc_text: String,
+    local_sec: i64,
+    local_text: String,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        Self::with_offsets(real - mono, local_utc_offset())
+    }
+
+    pub fn with_offsets(offset_ns: i128, local_offset_s: i64) -> Self {
+        let mut c = Self {
+            offset_ns,
+            local_offset_s,
+            base_mono: 0,
+            base_sec: 0,
+            utc_sec: i64::MIN,
+            utc_text: String::new(),
+            local_sec: i64::MIN,
+            local_text: String::new(),
+        };
+        c.wall_slow(0);
+        c
+    }
+
+    fn wall(&mut self, mono_ns: u64) -> (i64, u32) {
+        // Wrapping: below `base_mono` becomes huge and takes the slow path.
+        let d = mono_ns.wrapping_sub(self.base_mono);
+        if d < 1_000_000_000 {
+            return (self.base_sec, d as u32);
+        }
+        self.wall_slow(mono_ns)
+    }
+
+    fn wall_slow(&mut self, mono_ns: u64) -> (i64, u32) {
+        let ns = mono_ns as i128 + self.offset_ns;
+        let (sec, nsec) = (
+            ns.div_euclid(1_000_000_000) as i64,
+            ns.rem_euclid(1_000_000_000) as u32,
+        );
+        self.base_mono = mono_ns.wrapping_sub(u64::from(nsec));
+        self.base_sec = sec;
+        (sec, nsec)
+    }
+
+    /// The cached `YYYY-MM-DDTHH:MM:SS` of `mono_ns` in UTC, and its nanoseconds.
+    pub(crate) fn utc_second(&mut self, mono_ns: u64) -> (&str, u32) {
+        let (sec, nsec) = self.wall(mono_ns);
+        if sec != self.utc_sec {
+            self.utc_sec = sec;
+            self.utc_text.clear();
+            let (y, mo, d) = civil_from_days(sec.div_euclid(86_400));
+            let t = sec.rem_euclid(86_400);
+            let _ = write!(
+                self.utc_text,
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            );
+        }
+        (&self.utc_text, nsec)
+    }
+
+    /// The cached local `HH:MM:SS` of `mono_ns`, and its nanoseconds.
+    pub(crate) fn local_second(&mut self, mono_ns: u64) -> (&str, u32) {
+        let (sec, nsec) = self.wall(mono_ns);
+        let sec = sec + self.local_offset_s;
+        if sec != self.local_sec {
+            self.local_sec = sec;
+            self.local_text.clear();
+            let t = sec.rem_euclid(86_400);
+            let _ = write!(
+                self.local_text,
+                "{:02}:{:02}:{:02}",
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            );
+        }
+        (&self.local_text, nsec)
+    }
+
+    /// `2026-11-22T12:01:02.123456Z`
+    pub fn utc_rfc3339(&mut self, mono_ns: u64, out: &mut String) {
+        let (text, nsec) = self.utc_second(mono_ns);
+        out.push_str(text);
+        out.extend(utc_fraction(nsec).iter().map(|&b| char::from(b)));
+    }
+
+    /// `12:01:02.123` in the local time zone.
+    pub fn local_hms(&mut self, mono_ns: u64, out: &mut String) {
+        let (text, nsec) = self.local_second(mono_ns);
+        out.push_str(text);
+        out.extend(local_fraction(nsec).iter().map(|&b| char::from(b)));
+    }
+}
+
+/// `.123456Z`: microseconds.
+/// `.123456Z`: microseconds.
+pub(crate) fn utc_fraction(nsec: u32) -> [u8; 8] {
+    let mut f = *b".000000Z";
+    put_digits(&mut f[1..7], u64::from(nsec / 1000));
+    f
+}
+
+/// `.123`: milliseconds.
+pub(crate) fn local_fraction(nsec: u32) -> [u8; 4] {
+    let mut f = *b".000";
+    put_digits(&mut f[1..], u64::from(nsec / 1_000_000));
+    f
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn local_utc_offset() -> i64 {
+    // SAFETY: time() and localtime_r() with valid pointers.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: deterministic pseudo-random test inputs without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn clock_formats() {
+        // Monotonic 5 s maps to 2026-11-22T12:01:02.123456Z.
+        let wall: i128 = 1_795_348_862_123_456_789;
+        let mut c = Clock::with_offsets(wall - 5_000_000_000, 3600);
+        let mut s = String::new();
+        c.utc_rfc3339(5_000_000_000, &mut s);
+        assert_eq!(s, "2026-11-22T12:01:02.123456Z");
+        s.clear();
+        c.local_hms(5_000_000_000, &mut s);
+        assert_eq!(s, "13:01:02.123");
+    }
+
+    #[test]
+    fn clock_fast_path_agrees() {
+        let wall: i128 = 1_795_348_862_123_456_789;
+        let mut rng = Rng(5);
+        let mut c = Clock::with_offsets(wall, -7200);
+        let mut mono = 0u64;
+        for i in 0..20_000 {
+            // Mostly forward in small steps, sometimes back or far.
+            mono = match i % 10 {
+                0 => rng.next() >> 2,
+                1 => mono.saturating_sub(rng.next() % 2_000_000_000),
+                _ => mono + rng.next() % 300_000_000,
+            };
+            let mut fresh = Clock::with_offsets(wall, -7200);
+            let (mut a, mut b) = (String::new(), String::new());
+            c.utc_rfc3339(mono, &mut a);
+            c.local_hms(mono, &mut a);
+            fresh.utc_rfc3339(mono, &mut b);
+            fresh.local_hms(mono, &mut b);
+            assert_eq!(a, b, "{mono}");
+        }
+    }
+}
