@@ -15,6 +15,10 @@ use crate::model::{events::TcpState, filter::Filter, histogram::Unit};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Diagnostics on stderr, the probe's own included (default off; RUST_LOG is
+    /// honoured too, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
     /// Options of `trace`, the default command.
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -38,6 +42,29 @@ pub enum Command {
     /// made) is counted `unseen` 66 s after the hand-over, without a duration.
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -376,6 +403,19 @@ mod tests {
             (h.by_code(), h.needs_owners(), h.unit),
             (BY_RPORT, false, Unit::Ms)
         );
+    }
+
+    #[test]
+    fn log_level_anywhere() {
+        let cli = Cli::try_parse_from(["tcpstate", "--log-level", "debug"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Debug));
+        let cli = Cli::try_parse_from(["tcpstate", "linger", "--log-level", "warn"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Warn));
+        assert!(Cli::try_parse_from(["tcpstate"])
+            .unwrap()
+            .log_level
+            .is_none());
+        assert!(Cli::try_parse_from(["tcpstate", "--log-level", "loud"]).is_err());
     }
 
     #[test]

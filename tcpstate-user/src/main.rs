@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    init_logging(cli.log_level);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,6 +63,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `log` to stderr: off unless `--log-level` or RUST_LOG asks. The flag sets the
+/// level of tcpstate's own records and the probe's (targets `tcpstate*`); RUST_LOG
+/// can name any target (`RUST_LOG=aya=debug`). The probe logs only what passes (see
+/// `probe::Probe::load`).
+fn init_logging(level: Option<cli::LogLevel>) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Off);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    if let Some(l) = level {
+        b.filter_module("tcpstate", l.into());
+    }
+    let _ = b.try_init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

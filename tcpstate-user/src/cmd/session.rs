@@ -119,6 +119,16 @@ impl Session {
         tokio::pin!(stop);
         let gone = stdout::reader_gone();
         tokio::pin!(gone);
+        // The probe's aya-log records, if it has a log map (read on wake-up).
+        let mut logs = match self.probe.log_fd() {
+            // SAFETY: the fd is the log map's, owned by the probe's logger, which
+            // outlives this AsyncFd (dropped when `run` returns).
+            Some(fd) => Some(
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?,
+            ),
+            None => None,
+        };
         let r = &mut self.received;
         loop {
             tokio::select! {
@@ -135,6 +145,13 @@ impl Session {
                     }
                     c.interval(&mut self.probe)?;
                 }
+                ready = async { logs.as_mut().expect("guarded").readable_mut().await },
+                    if logs.is_some() =>
+                {
+                    let mut guard = ready?;
+                    self.probe.flush_logs();
+                    guard.clear_ready();
+                }
                 _ = &mut gone => return Err(io::ErrorKind::BrokenPipe.into()),
                 _ = self.int.recv() => break,
                 _ = self.term.recv() => break,
@@ -145,6 +162,7 @@ impl Session {
         // had submitted when `emitted` was read is in the ring now, so the final
         // drain must receive at least that many.
         r.emitted = self.probe.counters().emitted;
+        self.probe.flush_logs();
         drain(ring.get_mut(), c, r)
     }
 

@@ -23,6 +23,7 @@ use aya::{
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use tcpstate_common::{names, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK};
 
 use maps::prog_misses;
@@ -94,6 +95,10 @@ impl Default for LoadOptions {
 
 pub struct Probe {
     ebpf: Ebpf,
+    /// Reads the probe's aya-log records. Kept for the probe's whole life: dropping
+    /// it closes the log map's fd, and later program loads then fail. `None` when
+    /// the object has no log map.
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
     counters: PerCpuArray<MapData, u64>,
     /// Whether this run mounted tracefs (reported once).
     pub mounted_tracefs: bool,
@@ -178,12 +183,24 @@ impl Probe {
             ],
         )?;
         drop(vmlinux);
+        // aya-log's level in the probe: 0 (off) skips every log statement there, so
+        // logging costs nothing unless asked for. Objects without aya-log lack it.
+        let log_level = probe_log_level();
         let mut ebpf = loader
             .override_global(names::CONFIG, &config, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_bytes)
             .map_max_entries(names::HIST, opts.hist_keys.max(1))
             .load(BPF_OBJECT)
             .map_err(Box::new)?;
+        // Before any program is loaded: they refer to the log map by fd.
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no log records from the probe: {e}");
+                None
+            }
+        };
         // Primary first, then its backup (see tcpstate-ebpf for why there are two).
         // Both are verified before either is attached: a run the kernel skips while
         // the primary is attached alone is unrecoverable, so that window is kept to
@@ -248,6 +265,7 @@ impl Probe {
         Ok((
             Self {
                 ebpf,
+                logger,
                 counters,
                 mounted_tracefs,
                 skipped_before_backup,
@@ -265,7 +283,37 @@ fn raise_memlock() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: valid rlimit pointer.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        log::warn!(
+            "raising RLIMIT_MEMLOCK failed ({}); kernels >= 5.11 charge BPF maps to the memory cgroup instead",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The most verbose level (aya-log's numbering, as `log`'s: 1 error .. 5 trace) the
+/// logger takes from the probe, whose records carry its crate's name as target.
+fn probe_log_level() -> u8 {
+    use log::Level::*;
+    [(Trace, 5), (Debug, 4), (Info, 3), (Warn, 2), (Error, 1)]
+        .into_iter()
+        .find(|&(l, _)| log::log_enabled!(target: "tcpstate_ebpf", l))
+        .map_or(0, |(_, n)| n)
+}
+
+impl Probe {
+    /// The fd to watch for the probe's log records, if it has a log map.
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Hands the probe's pending log records to the `log` logger.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
 }
 
 /// A BTF tracepoint program of the object, by name.
