@@ -1,7 +1,14 @@
 //! The wall clock of the views: kernel monotonic timestamps as UTC (RFC 3339) or
-//! local time, each second formatted once.
+//! local time, each second formatted once. Calendar and time zone rules are jiff's;
+//! the local offset is looked up for every second printed, so local times stay right
+//! across a DST change.
 
 use std::fmt::Write as _;
+
+use jiff::{
+    tz::{Offset, TimeZone},
+    Timestamp,
+};
 
 use crate::render::format::put_digits;
 
@@ -10,8 +17,8 @@ use crate::render::format::put_digits;
 pub struct Clock {
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, in ns.
     offset_ns: i128,
-    /// Local time zone offset at start, in seconds.
-    local_offset_s: i64,
+    /// The local time zone (its rules, not one offset).
+    tz: TimeZone,
     /// The monotonic time at which the last wall second seen starts, and that second:
     /// most events fall in the second of the one before, which then costs no i128
     /// division.
@@ -19,21 +26,31 @@ pub struct Clock {
     base_sec: i64,
     utc_sec: i64,
     utc_text: String,
+    /// The UTC second whose local time `local_text` holds.
     local_sec: i64,
     local_text: String,
 }
 
 impl Clock {
+    /// The system's time zone (TZ, else /etc/localtime; UTC if neither is usable).
     pub fn new() -> Self {
         let real = clock_ns(libc::CLOCK_REALTIME);
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
-        Self::with_offsets(real - mono, local_utc_offset())
+        let tz = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+        Self::with_zone(real - mono, tz)
     }
 
+    /// A fixed local offset, in seconds (tests).
+    #[cfg(test)]
     pub fn with_offsets(offset_ns: i128, local_offset_s: i64) -> Self {
+        let off = Offset::from_seconds(local_offset_s as i32).expect("a valid offset");
+        Self::with_zone(offset_ns, TimeZone::fixed(off))
+    }
+
+    pub fn with_zone(offset_ns: i128, tz: TimeZone) -> Self {
         let mut c = Self {
             offset_ns,
-            local_offset_s,
+            tz,
             base_mono: 0,
             base_sec: 0,
             utc_sec: i64::MIN,
@@ -71,14 +88,16 @@ impl Clock {
         if sec != self.utc_sec {
             self.utc_sec = sec;
             self.utc_text.clear();
-            let (y, mo, d) = civil_from_days(sec.div_euclid(86_400));
-            let t = sec.rem_euclid(86_400);
+            let t = Offset::UTC.to_datetime(timestamp(sec));
             let _ = write!(
                 self.utc_text,
-                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-                t / 3600,
-                t / 60 % 60,
-                t % 60
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
             );
         }
         (&self.utc_text, nsec)
@@ -87,17 +106,18 @@ impl Clock {
     /// The cached local `HH:MM:SS` of `mono_ns`, and its nanoseconds.
     pub(crate) fn local_second(&mut self, mono_ns: u64) -> (&str, u32) {
         let (sec, nsec) = self.wall(mono_ns);
-        let sec = sec + self.local_offset_s;
         if sec != self.local_sec {
             self.local_sec = sec;
             self.local_text.clear();
-            let t = sec.rem_euclid(86_400);
+            // The offset of this second: one lookup in the zone's transitions.
+            let ts = timestamp(sec);
+            let t = self.tz.to_offset(ts).to_datetime(ts);
             let _ = write!(
                 self.local_text,
                 "{:02}:{:02}:{:02}",
-                t / 3600,
-                t / 60 % 60,
-                t % 60
+                t.hour(),
+                t.minute(),
+                t.second()
             );
         }
         (&self.local_text, nsec)
@@ -118,7 +138,12 @@ impl Clock {
     }
 }
 
-/// `.123456Z`: microseconds.
+/// A Unix second as a jiff timestamp, clamped to jiff's range (years -9999..=9999).
+fn timestamp(sec: i64) -> Timestamp {
+    let sec = sec.clamp(Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+    Timestamp::from_second(sec).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
 /// `.123456Z`: microseconds.
 pub(crate) fn utc_fraction(nsec: u32) -> [u8; 8] {
     let mut f = *b".000000Z";
@@ -143,32 +168,6 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
-fn local_utc_offset() -> i64 {
-    // SAFETY: time() and localtime_r() with valid pointers.
-    unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            return 0;
-        }
-        tm.tm_gmtoff
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,12 +184,36 @@ mod tests {
         }
     }
 
+    /// The dates the hand-written `civil_from_days` was tested with, through jiff.
     #[test]
     fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        for (days, want) in [
+            (0, "1970-01-01T00:00:00"),
+            (20_414, "2025-11-22T00:00:00"),
+            (11_016, "2000-02-29T00:00:00"),
+            (-1, "1969-12-31T00:00:00"),
+        ] {
+            let mut c = Clock::with_offsets(i128::from(days) * 86_400_000_000_000, 0);
+            assert_eq!(c.utc_second(0).0, want, "{days}");
+        }
+    }
+
+    /// A zone's offset is taken for each second printed: one clock shows both sides
+    /// of a DST change (Berlin, 2026-03-29 01:00 UTC).
+    #[test]
+    fn local_time_follows_dst() {
+        let tz = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let switch: i128 = 1_774_746_000; // 2026-03-29T01:00:00Z
+        let mut c = Clock::with_zone((switch - 1) * 1_000_000_000, tz);
+        let mut s = String::new();
+        c.local_hms(0, &mut s);
+        assert_eq!(s, "01:59:59.000");
+        s.clear();
+        c.local_hms(1_000_000_000, &mut s);
+        assert_eq!(s, "03:00:00.000");
+        s.clear();
+        c.utc_rfc3339(1_000_000_000, &mut s);
+        assert_eq!(s, "2026-03-29T01:00:00.000000Z");
     }
 
     #[test]
