@@ -11,7 +11,7 @@ use crate::model::{events::TcpState, filter::Filter, histogram::Unit};
 /// TCP state transitions with their true owning process, from an eBPF probe on
 /// `sock:inet_sock_set_state`.
 #[derive(Debug, Parser)]
-#[command(name = "tcpstate", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "tcpstate", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -131,7 +131,7 @@ pub struct LingerArgs {
 }
 
 /// Filters shared by every command. All filters combine with AND; repeated ones with OR.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct FilterArgs {
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -153,7 +153,7 @@ pub struct FilterArgs {
     pub pids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -286,6 +286,15 @@ impl Cli {
     /// Checks that need more than one value at a time, before anything starts: a
     /// usage error is one line, and exit status 2, as clap's own.
     pub fn check(&self) -> Result<(), String> {
+        // `trace`'s options at the top level belong to the default command only
+        // (clap's args_conflicts_with_subcommands would refuse the global
+        // --log-level before a subcommand too).
+        if self.command.is_some() && self.trace != TraceArgs::default() {
+            return Err(
+                "options before a subcommand are trace's: put them after it (`tcpstate linger --port 80`)"
+                    .to_string(),
+            );
+        }
         match &self.command {
             Some(Command::Hist(h)) => h.check(),
             _ => Ok(()),
@@ -411,6 +420,12 @@ mod tests {
         assert_eq!(cli.log_level, Some(LogLevel::Debug));
         let cli = Cli::try_parse_from(["tcpstate", "linger", "--log-level", "warn"]).unwrap();
         assert_eq!(cli.log_level, Some(LogLevel::Warn));
+        let cli = Cli::try_parse_from(["tcpstate", "--log-level", "info", "hist"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Info));
+        assert!(cli.check().is_ok());
+        // Trace's options before another command are still refused.
+        let cli = Cli::try_parse_from(["tcpstate", "--port", "80", "linger"]).unwrap();
+        assert!(cli.check().is_err());
         assert!(Cli::try_parse_from(["tcpstate"])
             .unwrap()
             .log_level
