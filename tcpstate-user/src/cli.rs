@@ -1,18 +1,24 @@
-//! Command line: subcommands, flags and their value parsers.
+//! Command line: subcommands, flags and their value parsers, and the conversions from
+//! them into the model (the model knows nothing of clap).
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{builder::PossibleValue, Args, Parser, Subcommand};
+use tcpstate_common::{BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX};
 
-use crate::events::TcpState;
+use crate::model::{events::TcpState, filter::Filter, histogram::Unit};
 
 /// TCP state transitions with their true owning process, from an eBPF probe on
 /// `sock:inet_sock_set_state`.
 #[derive(Debug, Parser)]
-#[command(name = "tcpstate", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "tcpstate", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Diagnostics on stderr, the probe's own included (default off; RUST_LOG is
+    /// honoured too, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
     /// Options of `trace`, the default command.
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -36,6 +42,29 @@ pub enum Command {
     /// made) is counted `unseen` 66 s after the hand-over, without a duration.
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,7 +95,7 @@ pub struct HistArgs {
     pub by: Option<By>,
     /// Unit of the distribution rows.
     #[arg(long, value_enum, default_value = "us")]
-    pub unit: crate::histogram::Unit,
+    pub unit: Unit,
     /// One JSON object per state (and key) per report.
     #[arg(long)]
     pub json: bool,
@@ -102,7 +131,7 @@ pub struct LingerArgs {
 }
 
 /// Filters shared by every command. All filters combine with AND; repeated ones with OR.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct FilterArgs {
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -124,7 +153,7 @@ pub struct FilterArgs {
     pub pids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -187,8 +216,90 @@ pub fn parse_state(s: &str) -> Result<TcpState, String> {
 
 pub fn parse_linger_state(s: &str) -> Result<TcpState, String> {
     let st = parse_state(s)?;
-    crate::linger::check_states(&[st])?;
+    crate::model::linger::check_states(&[st])?;
     Ok(st)
+}
+
+impl clap::ValueEnum for Unit {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Unit::Us, Unit::Ms, Unit::S]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+impl FilterArgs {
+    /// The model's filter (states are the command's to add).
+    pub fn filter(&self) -> Filter {
+        Filter {
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(4),
+                (_, true) => Some(6),
+                _ => None,
+            },
+            ports: self.ports.clone(),
+            lports: self.lports.clone(),
+            rports: self.rports.clone(),
+            pids: self.pids.clone(),
+            states: Vec::new(),
+        }
+    }
+}
+
+impl HistArgs {
+    /// The probe's `BY_*` key.
+    pub fn by_code(&self) -> u32 {
+        match self.by {
+            None => BY_NONE,
+            Some(By::Process) => BY_PROCESS,
+            Some(By::Rport) => BY_RPORT,
+            Some(By::Raddr) => BY_RADDR,
+        }
+    }
+
+    /// Whether the probe must learn owners (a key or a filter names them).
+    pub fn needs_owners(&self) -> bool {
+        self.by == Some(By::Process) || !self.filter.pids.is_empty()
+    }
+
+    /// What clap cannot check: `hist`'s filters run in the kernel, in lists of at
+    /// most `FILTER_MAX`.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, n) in [
+            ("--port", self.filter.ports.len()),
+            ("--lport", self.filter.lports.len()),
+            ("--rport", self.filter.rports.len()),
+            ("--pid", self.filter.pids.len()),
+        ] {
+            if n > FILTER_MAX {
+                return Err(format!(
+                    "hist filters in the kernel: at most {FILTER_MAX} values for {name} (got {n})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// Checks that need more than one value at a time, before anything starts: a
+    /// usage error is one line, and exit status 2, as clap's own.
+    pub fn check(&self) -> Result<(), String> {
+        // `trace`'s options at the top level belong to the default command only
+        // (clap's args_conflicts_with_subcommands would refuse the global
+        // --log-level before a subcommand too).
+        if self.command.is_some() && self.trace != TraceArgs::default() {
+            return Err(
+                "options before a subcommand are trace's: put them after it (`tcpstate linger --port 80`)"
+                    .to_string(),
+            );
+        }
+        match &self.command {
+            Some(Command::Hist(h)) => h.check(),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +356,81 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn too_many_kernel_filter_values_are_refused_before_start() {
+        let mut args = vec!["tcpstate", "hist"];
+        for _ in 0..=FILTER_MAX {
+            args.extend(["--port", "80"]);
+        }
+        let cli = Cli::try_parse_from(&args).unwrap();
+        let err = cli.check().unwrap_err();
+        assert!(err.contains("--port") && !err.contains('\n'), "{err}");
+        args.truncate(args.len() - 2);
+        assert!(Cli::try_parse_from(&args).unwrap().check().is_ok());
+        // trace filters the rest in userspace: no limit.
+        let mut args = vec!["tcpstate", "trace"];
+        for _ in 0..=FILTER_MAX {
+            args.extend(["--pid", "7"]);
+        }
+        assert!(Cli::try_parse_from(&args).unwrap().check().is_ok());
+    }
+
+    #[test]
+    fn filters_and_hist_keys_into_the_model() {
+        let cli = Cli::try_parse_from(["tcpstate", "-4", "--lport", "80", "--pid", "9"]).unwrap();
+        let f = cli.trace.filter.filter();
+        assert_eq!(f.family, Some(4));
+        assert_eq!((f.lports, f.pids), (vec![80], vec![9]));
+        let cli = Cli::try_parse_from(["tcpstate", "-6"]).unwrap();
+        assert_eq!(cli.trace.filter.filter().family, Some(6));
+        assert!(Cli::try_parse_from(["tcpstate"])
+            .unwrap()
+            .trace
+            .filter
+            .filter()
+            .is_empty());
+        let Some(Command::Hist(h)) = Cli::try_parse_from(["tcpstate", "hist", "--by", "process"])
+            .unwrap()
+            .command
+        else {
+            panic!("not hist")
+        };
+        assert_eq!(
+            (h.by_code(), h.needs_owners(), h.unit),
+            (BY_PROCESS, true, Unit::Us)
+        );
+        let Some(Command::Hist(h)) =
+            Cli::try_parse_from(["tcpstate", "hist", "--by", "rport", "--unit", "ms"])
+                .unwrap()
+                .command
+        else {
+            panic!("not hist")
+        };
+        assert_eq!(
+            (h.by_code(), h.needs_owners(), h.unit),
+            (BY_RPORT, false, Unit::Ms)
+        );
+    }
+
+    #[test]
+    fn log_level_anywhere() {
+        let cli = Cli::try_parse_from(["tcpstate", "--log-level", "debug"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Debug));
+        let cli = Cli::try_parse_from(["tcpstate", "linger", "--log-level", "warn"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Warn));
+        let cli = Cli::try_parse_from(["tcpstate", "--log-level", "info", "hist"]).unwrap();
+        assert_eq!(cli.log_level, Some(LogLevel::Info));
+        assert!(cli.check().is_ok());
+        // Trace's options before another command are still refused.
+        let cli = Cli::try_parse_from(["tcpstate", "--port", "80", "linger"]).unwrap();
+        assert!(cli.check().is_err());
+        assert!(Cli::try_parse_from(["tcpstate"])
+            .unwrap()
+            .log_level
+            .is_none());
+        assert!(Cli::try_parse_from(["tcpstate", "--log-level", "loud"]).is_err());
     }
 
     #[test]

@@ -1,24 +1,18 @@
 //! tcpstate (userspace side): loads the kernel probe, follows every TCP socket's
 //! lifetime with its true owner, and prints what the user asked for.
 //!
-//! Event path, by module: `loader` (load and attach the probe from `tcpstate-ebpf`)
-//! -> `events` (decode ring-buffer records) -> `filter` -> `output` (table or JSON).
-//! `trace` wires them for the `trace` command.
+//! Layers, each depending only on those below it: `probe` (load, attach, read the
+//! kernel's maps and ring buffer: plain data) -> `model` (events, filters, tables,
+//! histograms, reports, the summary: pure) -> `render` (tables, JSON lines) ->
+//! `cli` (clap, and its conversions into the model) -> `cmd` (each command wires
+//! the three) -> `main`. A transition's path: kernel `set_state` -> ring ->
+//! `probe::ring` -> `model::events`/`model::filter` -> `render::trace` -> stdout.
 
 mod cli;
-mod events;
-mod filter;
-mod hist;
-mod histogram;
-mod linger;
-mod loader;
-mod offsets;
-mod output;
-mod session;
-mod sockdiag;
-mod sockets;
-mod trace;
-mod tracefs;
+mod cmd;
+mod model;
+mod probe;
+mod render;
 
 use std::{io, process::ExitCode};
 
@@ -28,6 +22,12 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime: a usage error is one line and status 2, as clap's.
+    if let Err(e) = cli.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    init_logging(cli.log_level);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,12 +40,12 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            None => trace::run(cli.trace).await.map(|()| ExitCode::SUCCESS),
-            Some(Command::Trace(t)) => trace::run(t).await.map(|()| ExitCode::SUCCESS),
-            Some(Command::Hist(h)) => hist::run(h).await.map(|()| ExitCode::SUCCESS),
+            None => cmd::trace::run(cli.trace).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Trace(t)) => cmd::trace::run(t).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Hist(h)) => cmd::hist::run(h).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Linger(l)) => {
                 let fail_if_any = l.fail_if_any;
-                let nonempty = linger::run(l).await?;
+                let nonempty = cmd::linger::run(l).await?;
                 Ok(if fail_if_any && nonempty {
                     ExitCode::from(1)
                 } else {
@@ -63,6 +63,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `log` to stderr: off unless `--log-level` or RUST_LOG asks. The flag sets the
+/// level of tcpstate's own records and the probe's (targets `tcpstate*`); RUST_LOG
+/// can name any target (`RUST_LOG=aya=debug`). The probe logs only what passes (see
+/// `probe::Probe::load`).
+fn init_logging(level: Option<cli::LogLevel>) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Off);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    if let Some(l) = level {
+        b.filter_module("tcpstate", l.into());
+    }
+    let _ = b.try_init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -1,5 +1,5 @@
 //! One tracing session, shared by every command: signals, load and attach, the startup
-//! seed, the event loop, and the loss counters at the end.
+//! seed, the event loop, and the summary at the end.
 //!
 //! Event path: the probe writes [`Event`]s into the ring buffer and wakes us only when
 //! a batch has piled up; we also drain on a short timer. Each drain decodes records in
@@ -18,10 +18,12 @@ use tokio::{
 };
 
 use crate::{
-    events::decode,
-    loader::{LoadOptions, Probe},
-    output::Summary,
-    sockdiag,
+    cmd::stdout,
+    model::summary::{Received, Summary},
+    probe::{
+        ring::{decode, monotonic_ns},
+        sockdiag, tracefs, LoadOptions, Probe,
+    },
 };
 
 /// Longest time an event waits in the ring buffer when the host is quiet.
@@ -37,6 +39,12 @@ pub trait Consumer {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Every `interval`, if the command has one, before [`Self::interval`]: starts
+    /// what the probe must settle, and says how long to wait (without blocking the
+    /// runtime) before [`Self::interval`].
+    fn prepare_interval(&mut self, _probe: &mut Probe) -> io::Result<Option<Duration>> {
+        Ok(None)
+    }
     /// Every `interval`, if the command has one.
     fn interval(&mut self, _probe: &mut Probe) -> io::Result<()> {
         Ok(())
@@ -48,21 +56,9 @@ pub struct Session {
     ring: Option<RingBuf<MapData>>,
     int: Signal,
     term: Signal,
-    pub summary: Summary,
+    received: Received,
     /// CLOCK_MONOTONIC ns when the probe was attached (the kernel's event clock).
     pub attached_ns: u64,
-    /// The probe's count of submitted events, read just before the final drain.
-    emitted: u64,
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Session {
@@ -77,7 +73,7 @@ impl Session {
         let (mut probe, ring) = Probe::load(opts)?;
         let attached_ns = monotonic_ns();
         if probe.mounted_tracefs {
-            eprintln!("tcpstate: mounted tracefs at {}", crate::tracefs::TRACEFS);
+            eprintln!("tcpstate: mounted tracefs at {}", tracefs::TRACEFS);
         }
         eprintln!(
             "tcpstate: probe attached in {} ms; {what} (Ctrl-C to stop)",
@@ -91,13 +87,13 @@ impl Session {
             ring: Some(ring),
             int,
             term,
-            summary: Summary::default(),
+            received: Received::default(),
             attached_ns,
-            emitted: 0,
         })
     }
 
-    /// Runs until a signal or `duration`, calling `c.interval` every `interval`.
+    /// Runs until a signal or `duration`, calling `c.interval` every `interval`. Ends
+    /// with a `BrokenPipe` error as soon as the reader of stdout has gone.
     pub async fn run<C: Consumer>(
         &mut self,
         c: &mut C,
@@ -121,18 +117,42 @@ impl Session {
             }
         };
         tokio::pin!(stop);
+        let gone = stdout::reader_gone();
+        tokio::pin!(gone);
+        // The probe's aya-log records, if it has a log map (read on wake-up).
+        let mut logs = match self.probe.log_fd() {
+            // SAFETY: the fd is the log map's, owned by the probe's logger, which
+            // outlives this AsyncFd (dropped when `run` returns).
+            Some(fd) => Some(
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?,
+            ),
+            None => None,
+        };
+        let r = &mut self.received;
         loop {
             tokio::select! {
                 ready = ring.readable_mut() => {
                     let mut guard = ready?;
-                    drain(guard.get_inner_mut(), c, &mut self.summary)?;
+                    drain(guard.get_inner_mut(), c, r)?;
                     guard.clear_ready();
                 }
-                _ = tick.tick() => drain(ring.get_mut(), c, &mut self.summary)?,
+                _ = tick.tick() => drain(ring.get_mut(), c, r)?,
                 _ = report.tick(), if interval.is_some() => {
-                    drain(ring.get_mut(), c, &mut self.summary)?;
+                    drain(ring.get_mut(), c, r)?;
+                    if let Some(wait) = c.prepare_interval(&mut self.probe)? {
+                        tokio::time::sleep(wait).await;
+                    }
                     c.interval(&mut self.probe)?;
                 }
+                ready = async { logs.as_mut().expect("guarded").readable_mut().await },
+                    if logs.is_some() =>
+                {
+                    let mut guard = ready?;
+                    self.probe.flush_logs();
+                    guard.clear_ready();
+                }
+                _ = &mut gone => return Err(io::ErrorKind::BrokenPipe.into()),
                 _ = self.int.recv() => break,
                 _ = self.term.recv() => break,
                 _ = &mut stop => break,
@@ -141,44 +161,34 @@ impl Session {
         // Whatever the probe wrote before we stopped still counts. Everything it
         // had submitted when `emitted` was read is in the ring now, so the final
         // drain must receive at least that many.
-        self.emitted = self.probe.counters().emitted;
-        drain(ring.get_mut(), c, &mut self.summary)
+        r.emitted = self.probe.counters().emitted;
+        self.probe.flush_logs();
+        drain(ring.get_mut(), c, r)
     }
 
-    /// The summary with the probe's loss counters.
-    pub fn final_summary(&mut self) -> Summary {
-        let c = self.probe.counters();
-        let s = &mut self.summary;
-        s.lost_ringbuf = c.ringbuf_full;
-        // Timer runs the kernel skipped would be TIME_WAIT expiries never seen.
-        s.lost_skipped = c.set_state_skipped.saturating_sub(c.set_state_recovered) + c.tw_skipped;
-        s.recovered = c.set_state_recovered;
-        s.lost_read = c.read_failed;
-        // Submitted by the probe but never read here (decoded or not): should be 0.
-        s.lost_transit = self.emitted.saturating_sub(s.events + s.bad_records);
-        s.hist_spilled = c.hist_spilled;
-        s.lost = s.lost_ringbuf + s.lost_skipped + s.lost_read + s.lost_transit;
-        s.untracked += c.table_full + c.tw_untracked;
-        // Everything received passed the probe's filters; `trace` narrows this further.
-        s.shown = s.events;
-        s.accept_unresolved = c.accept_unresolved + c.accept_skipped;
-        s.probe_calls = c.probe_calls;
-        *s
+    /// The summary: the probe's counters and ours. `shown`: what the command showed,
+    /// if it filters further than the probe; `untracked`: sockets its own table
+    /// could not hold.
+    pub fn summary(&self, shown: Option<u64>, untracked: u64) -> Summary {
+        Summary::from_counters(
+            &self.probe.counters(),
+            &Received {
+                shown,
+                untracked,
+                ..self.received
+            },
+        )
     }
 }
 
-fn drain<C: Consumer>(
-    ring: &mut RingBuf<MapData>,
-    c: &mut C,
-    summary: &mut Summary,
-) -> io::Result<()> {
+fn drain<C: Consumer>(ring: &mut RingBuf<MapData>, c: &mut C, r: &mut Received) -> io::Result<()> {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else {
-            summary.bad_records += 1;
+            r.bad_records += 1;
             continue;
         };
         drop(item);
-        summary.events += 1;
+        r.events += 1;
         c.event(&ev)?;
     }
     c.flush()

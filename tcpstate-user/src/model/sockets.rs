@@ -6,7 +6,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use tcpstate_common::{state, Event};
 
-use crate::events::{addrs, display_family};
+use crate::{
+    model::events::{addrs, display_family, family_of, unmap},
+    probe::sockdiag::DiagSocket,
+};
 
 /// A socket sitting in one of the watched states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,23 @@ pub struct Lingering {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+}
+
+impl Lingering {
+    /// A socket sock_diag found at startup, in the state since `since_ns` at the latest.
+    pub fn seeded(s: &DiagSocket, since_ns: u64) -> Self {
+        let (saddr, daddr) = (unmap(s.saddr), unmap(s.daddr));
+        Lingering {
+            state: s.state,
+            since_ns,
+            lower_bound: true,
+            family: family_of(saddr, daddr),
+            saddr,
+            sport: s.sport,
+            daddr,
+            dport: s.dport,
+        }
+    }
 }
 
 /// Sockets in the watched states, by cookie (stable, never reused: a socket address
@@ -118,7 +138,7 @@ mod tests {
     use tcpstate_common::AF_INET;
 
     use super::*;
-    use crate::events::tests::event;
+    use crate::model::events::tests::event;
 
     const CW: u32 = 1 << state::CLOSE_WAIT;
 
@@ -176,6 +196,21 @@ mod tests {
         t.seed(5, seeded(state::CLOSE_WAIT));
         let l = t.iter().find(|(c, _)| **c == 5).unwrap().1;
         assert!(!l.lower_bound, "an observed entry is exact");
+    }
+
+    #[test]
+    fn seeded_sockets_are_unmapped() {
+        let d = DiagSocket {
+            cookie: 1,
+            state: state::CLOSE_WAIT as u8,
+            saddr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
+            sport: 80,
+            daddr: Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().into(),
+            dport: 5000,
+        };
+        let l = Lingering::seeded(&d, 9);
+        assert_eq!((l.family, l.since_ns, l.lower_bound), (4, 9, true));
+        assert_eq!(l.daddr.to_string(), "10.0.0.1");
     }
 
     #[test]

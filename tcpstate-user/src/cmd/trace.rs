@@ -7,11 +7,10 @@ use tcpstate_common::Event;
 
 use crate::{
     cli::TraceArgs,
-    events::TcpState,
-    filter::Filter,
-    loader::LoadOptions,
-    output::{Clock, Summary, TraceWriter},
-    session::{Consumer, Session},
+    cmd::session::{Consumer, Session},
+    model::{events::TcpState, filter::Filter},
+    probe::LoadOptions,
+    render::{clock::Clock, trace::TraceWriter},
 };
 
 struct Trace<W: Write> {
@@ -42,7 +41,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
              (tcp_time_wait() hands over to a timewait socket); --state TIME_WAIT matches nothing here"
         );
     }
-    let filter = Filter::new(&args.filter, &args.states);
+    let filter = args.filter.filter().with_states(&args.states);
     let opts = LoadOptions {
         filter: filter.kernel(),
         ..LoadOptions::default()
@@ -61,10 +60,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     trace.out.header()?;
     let result = session.run(&mut trace, args.duration, None).await;
-    let summary = Summary {
-        shown: trace.shown,
-        ..session.final_summary()
-    };
+    let summary = session.summary(Some(trace.shown), 0);
     result?;
     trace.out.summary(&summary)?;
     Ok(())

@@ -1,38 +1,32 @@
-//! Which transitions the user asked for. Filters combine with AND, repeated values of
-//! one filter with OR.
+//! Which transitions the user asked for, with no command-line types in it (the cli
+//! builds it). Filters combine with AND, repeated values of one filter with OR.
 
 use tcpstate_common::Event;
 
-use crate::{
-    cli::FilterArgs,
+use crate::model::{
     events::{display_family, TcpState},
     sockets::Lingering,
 };
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    family: Option<u8>,
-    ports: Vec<u16>,
-    lports: Vec<u16>,
-    rports: Vec<u16>,
-    pids: Vec<u32>,
-    states: Vec<u8>,
+    /// 4 or 6 (IPv4-mapped IPv6 counts as 4); `None`: either.
+    pub family: Option<u8>,
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    pub lports: Vec<u16>,
+    pub rports: Vec<u16>,
+    /// Owner (trace, hist) or fd holder (linger); an unknown one never matches.
+    pub pids: Vec<u32>,
+    /// Kernel state numbers the old or new state must be (`trace --state`).
+    pub states: Vec<u8>,
 }
 
 impl Filter {
-    pub fn new(args: &FilterArgs, states: &[TcpState]) -> Self {
-        Self {
-            family: match (args.ipv4, args.ipv6) {
-                (true, _) => Some(4),
-                (_, true) => Some(6),
-                _ => None,
-            },
-            ports: args.ports.clone(),
-            lports: args.lports.clone(),
-            rports: args.rports.clone(),
-            pids: args.pids.clone(),
-            states: states.iter().map(|s| s.number() as u8).collect(),
-        }
+    /// The same filter, also keeping transitions whose old or new state is in `states`.
+    pub fn with_states(mut self, states: &[TcpState]) -> Self {
+        self.states = states.iter().map(|s| s.number() as u8).collect();
+        self
     }
 
     /// No filter at all: every transition matches, and `trace` skips [`Self::matches`]
@@ -57,7 +51,8 @@ impl Filter {
 
 impl Filter {
     /// The part of these filters the probe can apply itself (lists of at most
-    /// `FILTER_MAX`; longer ones stay with userspace only). `--state` stays here.
+    /// `FILTER_MAX`; longer ones stay with userspace only). States go to the probe
+    /// as a bit mask too, and userspace checks them again.
     pub fn kernel(&self) -> tcpstate_common::Filter {
         use tcpstate_common::FILTER_MAX;
         let mut k = tcpstate_common::Filter {
@@ -104,10 +99,17 @@ mod tests {
     use tcpstate_common::{state, AF_INET, AF_INET6};
 
     use super::*;
-    use crate::events::tests::event;
+    use crate::model::events::tests::event;
 
-    fn args() -> FilterArgs {
-        FilterArgs::default()
+    fn args() -> Filter {
+        Filter::default()
+    }
+
+    impl Filter {
+        /// As `Filter::new(args, states)` was, before the cli built filters.
+        fn new(f: &Filter, states: &[TcpState]) -> Self {
+            f.clone().with_states(states)
+        }
     }
 
     #[test]
@@ -116,27 +118,27 @@ mod tests {
         assert!(f.is_empty());
         assert!(f.matches(&event(AF_INET, 7, 2)));
         for a in [
-            FilterArgs {
-                ipv4: true,
+            Filter {
+                family: Some(4),
                 ..args()
             },
-            FilterArgs {
-                ipv6: true,
+            Filter {
+                family: Some(6),
                 ..args()
             },
-            FilterArgs {
+            Filter {
                 ports: vec![1],
                 ..args()
             },
-            FilterArgs {
+            Filter {
                 lports: vec![1],
                 ..args()
             },
-            FilterArgs {
+            Filter {
                 rports: vec![1],
                 ..args()
             },
-            FilterArgs {
+            Filter {
                 pids: vec![1],
                 ..args()
             },
@@ -152,51 +154,51 @@ mod tests {
         ev.sport = 8080;
         ev.dport = 50000;
         ev.pid = 7;
-        let f = |a: FilterArgs, s: &[TcpState]| Filter::new(&a, s).matches(&ev);
+        let f = |a: Filter, s: &[TcpState]| Filter::new(&a, s).matches(&ev);
         assert!(f(
-            FilterArgs {
+            Filter {
                 ports: vec![1, 50000],
                 ..args()
             },
             &[]
         ));
         assert!(!f(
-            FilterArgs {
+            Filter {
                 ports: vec![1],
                 ..args()
             },
             &[]
         ));
         assert!(f(
-            FilterArgs {
+            Filter {
                 lports: vec![8080],
                 ..args()
             },
             &[]
         ));
         assert!(!f(
-            FilterArgs {
+            Filter {
                 lports: vec![50000],
                 ..args()
             },
             &[]
         ));
         assert!(f(
-            FilterArgs {
+            Filter {
                 rports: vec![50000],
                 ..args()
             },
             &[]
         ));
         assert!(f(
-            FilterArgs {
+            Filter {
                 pids: vec![3, 7],
                 ..args()
             },
             &[]
         ));
         assert!(!f(
-            FilterArgs {
+            Filter {
                 pids: vec![3],
                 ..args()
             },
@@ -206,22 +208,22 @@ mod tests {
         assert!(f(args(), &[TcpState::Established]));
         assert!(!f(args(), &[TcpState::Listen]));
         assert!(f(
-            FilterArgs {
-                ipv4: true,
+            Filter {
+                family: Some(4),
                 ..args()
             },
             &[]
         ));
         assert!(!f(
-            FilterArgs {
-                ipv6: true,
+            Filter {
+                family: Some(6),
                 ..args()
             },
             &[]
         ));
         // AND across filters.
         assert!(!f(
-            FilterArgs {
+            Filter {
                 lports: vec![8080],
                 pids: vec![3],
                 ..args()
@@ -233,8 +235,8 @@ mod tests {
     #[test]
     fn kernel_part() {
         let f = Filter::new(
-            &FilterArgs {
-                ipv6: true,
+            &Filter {
+                family: Some(6),
                 lports: vec![80, 443],
                 rports: (1..=9).collect(),
                 ..args()
@@ -258,7 +260,7 @@ mod tests {
     fn unknown_owner_never_matches_a_pid() {
         let ev = event(AF_INET, 7, 2);
         assert!(!Filter::new(
-            &FilterArgs {
+            &Filter {
                 pids: vec![1],
                 ..args()
             },
@@ -273,8 +275,8 @@ mod tests {
         ev.saddr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
         ev.daddr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
         assert!(Filter::new(
-            &FilterArgs {
-                ipv4: true,
+            &Filter {
+                family: Some(4),
                 ..args()
             },
             &[]
@@ -282,8 +284,8 @@ mod tests {
         .matches(&ev));
         ev.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
         assert!(Filter::new(
-            &FilterArgs {
-                ipv6: true,
+            &Filter {
+                family: Some(6),
                 ..args()
             },
             &[]

@@ -1,4 +1,5 @@
-//! Events from the kernel probe: TCP states and the decoded transition record.
+//! Events as the model sees them: TCP states (names and numbers), and the rules for a
+//! transition's addresses (IPv4-mapped IPv6 shows as IPv4), family and duration.
 
 use std::{
     fmt,
@@ -104,41 +105,49 @@ impl fmt::Display for StateNum {
     }
 }
 
-/// Reads an [`Event`] from a ring-buffer record; `None` if the record is too short.
-pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < std::mem::size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: length checked; Event is plain old data, read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
-}
-
 /// Local and remote addresses of an event; IPv4-mapped IPv6 addresses become IPv4.
 pub fn addrs(ev: &Event) -> (IpAddr, IpAddr) {
     (addr(ev.family, &ev.saddr), addr(ev.family, &ev.daddr))
+}
+
+/// The one IPv4-mapped test (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2) every view uses.
+#[inline]
+pub fn is_v4_mapped(b: &[u8; 16]) -> bool {
+    b[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
 }
 
 /// An address from the probe; IPv4-mapped IPv6 becomes IPv4.
 pub fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
     match family {
         AF_INET => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
-        AF_INET6 => {
-            let v6 = Ipv6Addr::from(*bytes);
-            match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(v6),
-            }
-        }
+        AF_INET6 => unmap(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// IPv4-mapped IPv6 becomes IPv4 (for addresses from sock_diag).
+pub fn unmap(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) if is_v4_mapped(&v6.octets()) => {
+            let o = v6.octets();
+            IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
+        a => a,
+    }
+}
+
+/// The family a user sees for a pair of (unmapped) addresses: 4 if both are IPv4.
+pub fn family_of(saddr: IpAddr, daddr: IpAddr) -> u8 {
+    match (saddr, daddr) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => 4,
+        _ => 6,
     }
 }
 
 /// The family a user sees: 4 for IPv4 and IPv4-mapped IPv6 sockets, else 6.
 pub fn display_family(ev: &Event) -> u8 {
-    match addrs(ev) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => 4,
-        _ => 6,
-    }
+    let (s, d) = addrs(ev);
+    family_of(s, d)
 }
 
 /// Time spent in the old state, in milliseconds, when known.
@@ -150,22 +159,20 @@ pub fn prev_ms(ev: &Event) -> Option<f64> {
 pub(crate) mod tests {
     use super::*;
 
+    /// Built field by field on a zeroed record, so it does not depend on fields the
+    /// model never reads.
     pub fn event(family: u16, old: i32, new: i32) -> Event {
-        Event {
-            ts_ns: 1,
-            prev_ns: PREV_UNKNOWN,
-            cookie: 42,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            pid: 0,
-            sport: 1,
-            dport: 2,
-            family,
-            oldstate: old as u8,
-            newstate: new as u8,
-            flags: 0,
-            comm: [0; 16],
-        }
+        // SAFETY: Event is plain old data; all zeros is a valid value.
+        let mut e: Event = unsafe { std::mem::zeroed() };
+        e.ts_ns = 1;
+        e.prev_ns = PREV_UNKNOWN;
+        e.cookie = 42;
+        e.sport = 1;
+        e.dport = 2;
+        e.family = family;
+        e.oldstate = old as u8;
+        e.newstate = new as u8;
+        e
     }
 
     #[test]
@@ -179,14 +186,6 @@ pub(crate) mod tests {
         assert!("CLOSED_WAIT".parse::<TcpState>().is_err());
         assert_eq!(StateNum(99).to_string(), "UNKNOWN(99)");
         assert_eq!(format!("{:<12}|", StateNum(8)), "CLOSE_WAIT  |");
-    }
-
-    #[test]
-    fn decode_needs_a_whole_record() {
-        let ev = event(AF_INET, state::CLOSE, state::SYN_SENT);
-        let bytes: [u8; std::mem::size_of::<Event>()] = unsafe { std::mem::transmute(ev) };
-        assert_eq!(decode(&bytes), Some(ev));
-        assert_eq!(decode(&bytes[..10]), None);
     }
 
     #[test]
@@ -204,5 +203,17 @@ pub(crate) mod tests {
         assert_eq!(prev_ms(&v4), None);
         v4.prev_ns = 1_532_104_000;
         assert_eq!(prev_ms(&v4), Some(1532.104));
+    }
+
+    #[test]
+    fn one_mapped_rule_for_every_source() {
+        let m: IpAddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().into();
+        assert_eq!(unmap(m).to_string(), "10.1.2.3");
+        assert_eq!(unmap(Ipv6Addr::LOCALHOST.into()).to_string(), "::1");
+        // ::a.b.c.d (IPv4-compatible, deprecated) is not mapped.
+        let compat: IpAddr = "::10.1.2.3".parse().unwrap();
+        assert_eq!(unmap(compat), compat);
+        assert!(is_v4_mapped(&Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets()));
+        assert_eq!(family_of(unmap(m), Ipv4Addr::LOCALHOST.into()), 4);
     }
 }

@@ -1,14 +1,11 @@
 //! Time-in-state histograms: the kernel's log-linear buckets (16 per power of two, see
-//! `tcpstate_common::hist_bucket`), summed over CPUs, with count, percentiles and max,
-//! and the bcc-style log2 display.
+//! `tcpstate_common::hist_bucket`), summed over CPUs by the probe and over intervals
+//! here, with count, percentiles and max, and the rows of the bcc-style log2 display.
 
-use std::fmt::Write as _;
-
-use serde::Serialize;
 use tcpstate_common::{hist_bucket_low, Hist, HIST_BUCKETS};
 
-/// Display unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Display unit of the log2 rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     Us,
     Ms,
@@ -30,7 +27,7 @@ impl Unit {
             Unit::S => "s",
         }
     }
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Unit::Us => "usecs",
             Unit::Ms => "msecs",
@@ -142,43 +139,6 @@ impl Histogram {
             })
             .collect()
     }
-
-    pub fn render_rows(&self, unit: Unit, out: &mut String) {
-        let rows = self.log2_rows(unit);
-        let max = rows.iter().map(|r| r.2).max().unwrap_or(0).max(1);
-        let _ = writeln!(out, "{:>24} : count     distribution", unit.label());
-        for (lo, hi, c) in rows {
-            let stars = (c * 40).div_ceil(max) as usize;
-            let stars = if c == 0 { 0 } else { stars.max(1) };
-            let _ = writeln!(
-                out,
-                "{lo:>10} -> {hi:<10} : {c:<9} |{:<40}|",
-                "*".repeat(stars)
-            );
-        }
-    }
-}
-
-/// Seconds, milliseconds or microseconds, whichever reads best.
-pub fn fmt_ns(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.1}s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.1}us", ns as f64 / 1e3)
-    }
-}
-
-#[derive(Serialize)]
-pub struct BucketJson {
-    pub lo: u64,
-    pub hi: u64,
-    pub count: u64,
-}
-
-pub fn ms(ns: Option<u64>) -> Option<f64> {
-    ns.map(|n| (n as f64 / 1e3).round() / 1e3)
 }
 
 #[cfg(test)]
@@ -210,7 +170,7 @@ mod tests {
         let p50 = h.quantile_ns(0.5).unwrap() as f64 / 1e9;
         // All four share a bucket (58.7-60.8 s): the percentile is its middle.
         assert!((p50 - 60.05).abs() / 60.05 < 0.032, "{p50}");
-        assert_eq!(fmt_ns(h.max_ns), "60.2s");
+        assert_eq!(h.max_ns, 60_200_000_000);
     }
 
     #[test]
@@ -241,14 +201,5 @@ mod tests {
         assert_eq!(rows.last(), Some(&(32768, 65535, 2)));
         let ms_rows = h.log2_rows(Unit::Ms);
         assert_eq!(ms_rows.last(), Some(&(32, 63, 2)));
-        let mut s = String::new();
-        h.render_rows(Unit::Us, &mut s);
-        assert!(s.lines().next().unwrap().trim_start().starts_with("usecs"));
-        assert!(
-            s.contains(
-                "     32768 -> 65535      : 2         |****************************************|"
-            ),
-            "{s}"
-        );
     }
 }

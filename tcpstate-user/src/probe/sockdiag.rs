@@ -12,7 +12,8 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-/// One socket as sock_diag reports it.
+/// One socket as sock_diag reports it (IPv4-mapped addresses as they are: the model
+/// unmaps them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiagSocket {
     pub cookie: u64,
@@ -21,9 +22,6 @@ pub struct DiagSocket {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
-    /// Milliseconds until the socket's timer fires (`idiag_expires`); for TIME_WAIT,
-    /// until the timewait socket dies.
-    pub expires_ms: u32,
 }
 
 /// Dumps IPv4 and IPv6 TCP sockets whose state bit is set in `states`
@@ -128,7 +126,6 @@ fn parse_inet_diag_msg(m: &[u8]) -> DiagSocket {
         sport: be16(4),
         daddr: addr(24),
         dport: be16(6),
-        expires_ms: u32_at(52),
     }
 }
 

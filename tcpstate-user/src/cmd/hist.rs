@@ -1,0 +1,193 @@
+//! `tcpstate hist`: how long sockets spend in each state, TIME_WAIT included.
+//!
+//! Everything is aggregated in the kernel (exact counts whatever the load; see
+//! `add_sample` in tcpstate-ebpf), TIME_WAIT included: the probe records each
+//! hand-over to a timewait socket (FIN_WAIT2/CLOSING->CLOSE), and ends it when the
+//! socket's timer fires (timer_expire_entry) or a new connection takes its 4-tuple.
+//! At each report this reads the histograms, sweeps candidates whose end the probe
+//! could not see, and lists TIME_WAIT sockets once for the gauge.
+
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
+
+use tcpstate_common::{state, Event, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK};
+
+use crate::{
+    cli::HistArgs,
+    cmd::session::{Consumer, Session},
+    model::{
+        events::{family_of, unmap, StateNum, TcpState},
+        filter::Filter,
+        hist::{Gauge, Interval},
+    },
+    probe::{procfs, ring::monotonic_ns, sockdiag, LoadOptions, Probe, HIST_SETTLE},
+    render::{
+        clock::Clock,
+        hist::HistView,
+        summary::{summary_text, write_summary_json},
+    },
+};
+
+/// A candidate still recorded this long after its hand-over ended unseen: its timer
+/// would have fired by now. TCP_TIMEWAIT_LEN is 60 s, and the timer wheel rounds a
+/// 60 s timer up by up to one granule of its level: 512 jiffies at HZ=100 and 250
+/// (5.1 s and 2 s), 4096 at HZ=1000 (4.1 s).
+const TW_UNSEEN_AFTER: Duration = Duration::from_secs(66);
+
+struct Hist<W: Write> {
+    args: HistArgs,
+    by: u32,
+    filter: Filter,
+    want_tw: bool,
+    current: Interval,
+    /// Latest TIME_WAIT listing.
+    gauge: Gauge,
+    /// Candidates still in TIME_WAIT at the last sweep.
+    tw_open: u64,
+    /// The generation the probe switched to in [`Consumer::prepare_interval`].
+    next_gen: Option<u32>,
+    clock: Clock,
+    out: W,
+}
+
+impl<W: Write> Hist<W> {
+    /// Candidates whose end the probe could not see, and the TIME_WAIT gauge.
+    fn sweep_timewait(&mut self, probe: &mut Probe) -> io::Result<()> {
+        let now = monotonic_ns();
+        let (open, unseen) = probe.sweep_timewaits(now, TW_UNSEEN_AFTER.as_nanos() as u64)?;
+        self.tw_open = open;
+        self.current.add_unseen(self.by, &unseen, procfs::comm);
+        self.gauge.clear();
+        let (gauge, filter) = (&mut self.gauge, &self.filter);
+        sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| {
+            let (saddr, daddr) = (unmap(s.saddr), unmap(s.daddr));
+            if filter.matches_endpoints(family_of(saddr, daddr), s.sport, s.dport) {
+                gauge.add(daddr, s.dport);
+            }
+        })
+    }
+
+    fn wanted(&self, st: u8) -> bool {
+        self.args.states.is_empty() || self.args.states.iter().any(|s| s.number() == i32::from(st))
+    }
+
+    /// Reads the interval the probe closed in [`Consumer::prepare_interval`] and
+    /// prints it.
+    fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
+        let next = match self.next_gen.take() {
+            Some(g) => g,
+            None => probe.next_hist_gen()?,
+        };
+        let hists = probe.take_hists(next)?;
+        self.current.add_kernel(self.by, &hists, procfs::comm);
+        drop(hists);
+        if self.want_tw {
+            self.sweep_timewait(probe)?;
+        }
+        let now = monotonic_ns();
+        let mut iv = std::mem::take(&mut self.current);
+        let mut time = String::new();
+        self.clock.utc_rfc3339(now, &mut time);
+        let mut view = HistView::new(self.args.json, self.args.unit);
+        view.header(self.args.interval.is_some(), &time);
+        for ((st, key), h) in &iv.kernel_sorted(|st| self.wanted(st)) {
+            view.one(&StateNum(*st).to_string(), key, h, None, &time)?;
+        }
+        if self.want_tw {
+            for (key, (h, e)) in &iv.tw_sorted() {
+                view.one("TIME_WAIT", key, h, Some(*e), &time)?;
+            }
+            view.gauge(&self.gauge, &time)?;
+        }
+        self.out.write_all(view.bytes())?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Consumer for Hist<W> {
+    /// The probe sends nothing to `hist`: everything is aggregated in the kernel.
+    fn event(&mut self, _ev: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn prepare_interval(&mut self, probe: &mut Probe) -> io::Result<Option<Duration>> {
+        self.next_gen = Some(probe.next_hist_gen()?);
+        Ok(Some(HIST_SETTLE))
+    }
+
+    fn interval(&mut self, probe: &mut Probe) -> io::Result<()> {
+        self.report(probe)
+    }
+}
+
+/// How many histogram keys the probe preallocates. With a key: up to 1024, but at most ~64 MiB of
+/// kernel memory on hosts with many CPUs (each key holds a 4.5 KiB histogram per CPU).
+fn hist_keys(by: u32) -> u32 {
+    let per_key = std::mem::size_of::<tcpstate_common::Hist>() as u64
+        * aya::util::nr_cpus().map_or(1, |n| n as u64);
+    match by {
+        // The probe uses a per-CPU array instead (HIST_SPILL).
+        BY_NONE => 1,
+        _ => ((64 << 20) / per_key).clamp(64, 1024) as u32,
+    }
+}
+
+/// Runs `hist`; `args` were checked by [`HistArgs::check`] before the runtime started.
+pub async fn run(args: HistArgs) -> anyhow::Result<()> {
+    let want_tw = args.states.is_empty() || args.states.contains(&TcpState::TimeWait);
+    let filter = args.filter.filter();
+    let by = args.by_code();
+    // Owners only when a key or filter needs them: learning them costs the accept
+    // probe and a task read per owner-context transition.
+    let owners = args.needs_owners();
+    let opts = LoadOptions {
+        flags: FLAG_HIST
+            | FLAG_TRACK
+            | if owners { FLAG_OWNERS } else { 0 }
+            | if want_tw { FLAG_TIMEWAIT } else { 0 },
+        hist_by: by,
+        filter: filter.kernel(),
+        // Nothing is streamed to `hist`.
+        ring_bytes: 16 << 10,
+        hist_keys: hist_keys(by),
+        ..LoadOptions::default()
+    };
+    let mut session = Session::start("aggregating time in state", &opts, owners)?;
+    let mut hist = Hist {
+        by,
+        filter,
+        want_tw,
+        current: Interval::default(),
+        gauge: Gauge::new(procfs::local_port_range()),
+        tw_open: 0,
+        next_gen: None,
+        clock: Clock::new(),
+        out: BufWriter::new(io::stdout().lock()),
+        args,
+    };
+    let duration = hist.args.duration;
+    let interval = hist.args.interval;
+    session.run(&mut hist, duration, interval).await?;
+    if interval.is_none() {
+        hist.next_gen = Some(session.probe.next_hist_gen()?);
+        tokio::time::sleep(HIST_SETTLE).await;
+        hist.report(&mut session.probe)?;
+    }
+    let summary = session.summary(None, 0);
+    if hist.args.json {
+        write_summary_json(&mut hist.out, &summary)?;
+    } else {
+        hist.out.flush()?;
+        let c = session.probe.counters();
+        eprintln!(
+            "{}; TIME_WAIT: {} hand-overs, {} still open (not counted), {} expired in FIN_WAIT2 (orphans, not TIME_WAIT)",
+            summary_text(&summary),
+            c.tw_candidates,
+            hist.tw_open,
+            c.tw_not_timewait
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Commands: each wires the probe, the model and a view, and holds no logic of its
+//! own. [`session`] is the event loop they share; [`stdout`] notices a reader that
+//! has gone.
+
+pub mod hist;
+pub mod linger;
+pub mod session;
+pub mod stdout;
+pub mod trace;

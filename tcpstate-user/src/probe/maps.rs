@@ -1,0 +1,351 @@
+//! Readers of the probe's maps: the fd iterator, the owner seed, the histograms, the
+//! TIME_WAIT candidates and the loss counters. Everything is returned as plain data
+//! (the common crate's records, summed over CPUs); the model interprets it.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuValues},
+    programs::Iter,
+    Ebpf,
+};
+use tcpstate_common::{
+    counter, names, FdRecord, Hist, HistKey, SockState, TwKey, TwLive, HIST_BUCKETS,
+    HIST_SPILL_STATES,
+};
+
+use super::Probe;
+
+/// Loss and coverage counters as the kernel keeps them, summed over CPUs and
+/// programs: raw facts, turned into the user's `Summary` by the model.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_full: u64,
+    pub table_full: u64,
+    pub accept_unresolved: u64,
+    /// Transitions the kernel skipped in the primary probe since the backup was
+    /// attached...
+    pub set_state_skipped: u64,
+    /// ...and those of them the backup probe handled.
+    pub set_state_recovered: u64,
+    /// Transitions dropped because a kernel read failed.
+    pub read_failed: u64,
+    /// Histogram samples kept without their --by key (see HIST_SPILL).
+    pub hist_spilled: u64,
+    /// `recursion_misses` of the accept probes.
+    pub accept_skipped: u64,
+    /// TIME_WAIT candidates recorded, and how they ended (see `counter::TW_*`).
+    pub tw_candidates: u64,
+    pub tw_expired: u64,
+    pub tw_reused: u64,
+    pub tw_not_timewait: u64,
+    pub tw_untracked: u64,
+    /// `recursion_misses` of the timer probe (timewait expiries it did not see).
+    pub tw_skipped: u64,
+    /// Events the probe submitted to the ring buffer.
+    pub emitted: u64,
+    /// Transitions the kernel handed to the probe: its runs plus the runs it skipped.
+    pub probe_calls: u64,
+}
+
+/// A per-CPU map value that adds up over CPUs: the one place per-CPU values are summed.
+pub trait PerCpuSum: Sized {
+    fn zero() -> Self;
+    fn add(&mut self, other: &Self);
+    fn sum(values: &PerCpuValues<Self>) -> Self
+    where
+        Self: aya::Pod,
+    {
+        let mut total = Self::zero();
+        for v in values.iter() {
+            total.add(v);
+        }
+        total
+    }
+}
+
+impl PerCpuSum for u64 {
+    fn zero() -> Self {
+        0
+    }
+    fn add(&mut self, other: &Self) {
+        *self += other;
+    }
+}
+
+impl PerCpuSum for Hist {
+    fn zero() -> Self {
+        Hist {
+            count: 0,
+            sum_ns: 0,
+            max_ns: 0,
+            buckets: [0; HIST_BUCKETS],
+        }
+    }
+    /// Counts and sums add; the max is the largest.
+    fn add(&mut self, o: &Self) {
+        self.count += o.count;
+        self.sum_ns += o.sum_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+    }
+}
+
+impl Probe {
+    /// Every fd that refers to a TCP socket, in every process, from one pass of the
+    /// `task_file` iterator.
+    pub fn scan_fds(&mut self, mut each: impl FnMut(&FdRecord)) -> io::Result<()> {
+        let iter: &mut Iter = self
+            .ebpf
+            .program_mut(names::PROG_TASK_SOCKETS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| io::Error::other("iter/task_file not loaded"))?;
+        let id = iter.attach().map_err(io::Error::other)?;
+        let link = iter.take_link(id).map_err(io::Error::other)?;
+        let mut file = link.into_file().map_err(io::Error::other)?;
+        // Streamed in 64 KiB reads: a host with 200k socket fds would otherwise hold
+        // all of them in memory at once.
+        const N: usize = std::mem::size_of::<FdRecord>();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut filled = 0;
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf[filled..])?;
+            if n == 0 {
+                return Ok(());
+            }
+            filled += n;
+            let whole = filled - filled % N;
+            for c in buf[..whole].chunks_exact(N) {
+                // SAFETY: FdRecord is plain old data; each chunk is one whole record.
+                each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) });
+            }
+            buf.copy_within(whole..filled, 0);
+            filled -= whole;
+        }
+    }
+
+    /// Tells the probe the owners of sockets it has not seen yet (they predate it), so
+    /// their transitions name the right process. Entries the probe already made win.
+    pub fn seed_owners(&mut self) -> io::Result<usize> {
+        let mut holders = Vec::new();
+        self.scan_fds(|r| {
+            if r.cookie != 0 {
+                holders.push(*r)
+            }
+        })?;
+        let Some(map) = self.ebpf.map_mut(names::SOCKS) else {
+            return Ok(0);
+        };
+        let mut socks =
+            aya::maps::HashMap::<_, u64, SockState>::try_from(map).map_err(io::Error::other)?;
+        let mut n = 0;
+        for h in &holders {
+            // Only the fields the probe reads; the rest stay zero. `since_ns` 0: the
+            // time of the last change is unknown.
+            // SAFETY: SockState is plain old data; all zeros is a valid value.
+            let mut st: SockState = unsafe { std::mem::zeroed() };
+            st.pid = h.pid;
+            st.comm = h.comm;
+            // BPF_NOEXIST: the probe's own record is newer.
+            if socks.insert(h.cookie, st, 1).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// First half of reading the histograms: makes the probe switch to a new
+    /// generation, and returns it. Wait [`HIST_SETTLE`](super::HIST_SETTLE) before
+    /// [`Self::take_hists`], so that transitions already past their GEN read finish.
+    pub fn next_hist_gen(&mut self) -> io::Result<u32> {
+        let gen_map = self
+            .ebpf
+            .map_mut(names::GEN)
+            .ok_or_else(|| io::Error::other("no GEN map"))?;
+        let mut gens = aya::maps::Array::<_, u32>::try_from(gen_map).map_err(io::Error::other)?;
+        let next = gens.get(&0, 0).map_err(io::Error::other)?.wrapping_add(1);
+        gens.set(0, next, 0).map_err(io::Error::other)?;
+        Ok(next)
+    }
+
+    /// Reads and removes the histograms of every generation but `next` (from
+    /// [`Self::next_hist_gen`]): an interval is read whole while the next one fills.
+    /// Each is summed over CPUs.
+    pub fn take_hists(&mut self, next: u32) -> io::Result<Vec<(HistKey, Hist)>> {
+        let map = self
+            .ebpf
+            .map_mut(names::HIST)
+            .ok_or_else(|| io::Error::other("no HIST map"))?;
+        let mut hists = aya::maps::PerCpuHashMap::<_, HistKey, Hist>::try_from(map)
+            .map_err(io::Error::other)?;
+        let keys: Vec<HistKey> = hists
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.gen != next)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Ok(per_cpu) = hists.get(&k, 0) else {
+                continue;
+            };
+            let h = Hist::sum(&per_cpu);
+            let _ = hists.remove(&k);
+            out.push((k, h));
+        }
+        // The spill slots of the generation just closed, keyed with no --by key.
+        let old = next.wrapping_sub(1) & 1;
+        let map = self
+            .ebpf
+            .map_mut(names::HIST_SPILL)
+            .ok_or_else(|| io::Error::other("no HIST_SPILL map"))?;
+        let mut spill =
+            aya::maps::PerCpuArray::<_, Hist>::try_from(map).map_err(io::Error::other)?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for state in 0..HIST_SPILL_STATES {
+            let idx = old * HIST_SPILL_STATES + state;
+            let Ok(per_cpu) = spill.get(&idx, 0) else {
+                continue;
+            };
+            let h = Hist::sum(&per_cpu);
+            if h.count == 0 {
+                continue;
+            }
+            let zeros =
+                PerCpuValues::try_from(vec![Hist::zero(); ncpus]).map_err(io::Error::other)?;
+            let _ = spill.set(idx, zeros, 0);
+            let key = HistKey {
+                gen: old,
+                state,
+                ..Default::default()
+            };
+            out.push((key, h));
+        }
+        Ok(out)
+    }
+
+    /// TIME_WAIT candidates: removes those older than `max_age_ns` at `now_ns` (their
+    /// timer should have fired: a reset or kill ended them unseen, or the hand-over
+    /// made no timewait socket) and returns (still open, the removed ones).
+    #[allow(clippy::type_complexity)]
+    pub fn sweep_timewaits(
+        &mut self,
+        now_ns: u64,
+        max_age_ns: u64,
+    ) -> io::Result<(u64, Vec<(TwKey, TwLive)>)> {
+        let map = self
+            .ebpf
+            .map_mut(names::TWS)
+            .ok_or_else(|| io::Error::other("no TWS map"))?;
+        let mut tws =
+            aya::maps::HashMap::<_, TwKey, TwLive>::try_from(map).map_err(io::Error::other)?;
+        let mut stale = Vec::new();
+        let mut open = 0;
+        for (k, v) in tws.iter().filter_map(Result::ok) {
+            if now_ns.saturating_sub(v.start_ns) > max_age_ns {
+                stale.push((k, v));
+            } else {
+                open += 1;
+            }
+        }
+        // Removed here, counted once: the probe may have ended one meanwhile.
+        stale.retain(|(k, _)| tws.remove(k).is_ok());
+        Ok((open, stale))
+    }
+
+    pub fn counters(&self) -> Counters {
+        read_counters(&self.counters, &self.ebpf, self.skipped_before_backup)
+    }
+}
+
+fn read_counters(
+    map: &PerCpuArray<MapData, u64>,
+    ebpf: &Ebpf,
+    skipped_before_backup: u64,
+) -> Counters {
+    let sum = |idx: u32| -> u64 { map.get(&idx, 0).map(|v| u64::sum(&v)).unwrap_or(0) };
+    let misses = |name: &str| prog_misses(ebpf, name);
+    Counters {
+        ringbuf_full: sum(counter::RINGBUF_FULL),
+        table_full: sum(counter::TABLE_FULL),
+        accept_unresolved: sum(counter::ACCEPT_UNRESOLVED),
+        set_state_skipped: misses(names::PROG_SET_STATE).saturating_sub(skipped_before_backup),
+        set_state_recovered: sum(counter::RECOVERED),
+        read_failed: sum(counter::READ_FAILED),
+        hist_spilled: sum(counter::HIST_SPILLED),
+        accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
+        tw_candidates: sum(counter::TW_CANDIDATES),
+        tw_expired: sum(counter::TW_EXPIRED),
+        tw_reused: sum(counter::TW_REUSED),
+        tw_not_timewait: sum(counter::TW_NOT_TIMEWAIT),
+        tw_untracked: sum(counter::TW_UNTRACKED),
+        tw_skipped: misses(names::PROG_TW_EXPIRE),
+        emitted: sum(counter::EMITTED),
+        probe_calls: sum(counter::PROBE_RUNS) + misses(names::PROG_SET_STATE),
+    }
+}
+
+/// A loaded program's recursion_misses (0 if it is not loaded).
+pub(super) fn prog_misses(ebpf: &Ebpf, name: &str) -> u64 {
+    ebpf.program(name)
+        .and_then(|p| p.fd().ok())
+        .and_then(|fd| recursion_misses(fd.as_fd().as_raw_fd()).ok())
+        .unwrap_or(0)
+}
+
+/// The kernel's count of runs it skipped for this program (`bpf_prog_info`, read with
+/// `BPF_OBJ_GET_INFO_BY_FD`; aya's `ProgramInfo` does not expose it).
+pub fn recursion_misses(prog_fd: i32) -> io::Result<u64> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: prog_fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD with a valid attr of the given size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as i64,
+            &mut attr as *mut InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_hists_add_up() {
+        let mut k = Hist::zero();
+        k.count = 2;
+        k.sum_ns = 3000;
+        k.max_ns = 2000;
+        k.buckets[1] = 1;
+        k.buckets[2] = 1;
+        let mut k2 = k;
+        k2.max_ns = 500;
+        let mut h = Hist::zero();
+        h.add(&k);
+        h.add(&k2);
+        assert_eq!((h.count, h.sum_ns, h.max_ns), (4, 6000, 2000));
+        assert_eq!(h.buckets[1], 2);
+    }
+}

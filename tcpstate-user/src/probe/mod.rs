@@ -1,0 +1,325 @@
+//! The probe layer: loads the embedded kernel probe, attaches it, and reads its maps
+//! and counters ([`maps`]), its ring buffer's records ([`ring`]) and the sockets that
+//! predate it ([`sockdiag`]). It returns plain data (the common crate's records and
+//! its own [`Counters`]), never the model's types.
+//!
+//! Lifecycle (as in libbpf-tools): check privileges -> tracefs, only if a classic
+//! tracepoint is attached ->
+//! resolve kernel offsets from BTF -> set them as the probe's read-only `CONFIG` ->
+//! load -> attach. Links live as long as [`Probe`]: they close with the process, so an
+//! early exit leaves nothing attached.
+
+pub mod maps;
+pub mod offsets;
+pub mod procfs;
+pub mod ring;
+pub mod sockdiag;
+pub mod tracefs;
+
+use std::time::Duration;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use tcpstate_common::{names, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK};
+
+use maps::prog_misses;
+pub use maps::Counters;
+
+/// How long transitions already past their read of GEN may take to finish adding to
+/// the old generation (they take microseconds): see [`Probe::next_hist_gen`].
+pub const HIST_SETTLE: Duration = Duration::from_millis(20);
+
+/// The probe built by `cargo xtask build-ebpf`, embedded by build.rs.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate.bpf.o"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tcpstate needs root, or the CAP_BPF and CAP_PERFMON capabilities (missing: {0}); run it with sudo or grant them (setcap cap_bpf,cap_perfmon,cap_sys_admin+ep)")]
+    Privileges(String),
+    #[error("this tcpstate binary was built without its kernel probe; build it with `cargo xtask build --release` or run `cargo xtask run`")]
+    NoObject,
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] Box<aya::EbpfError>),
+    #[error("{what} failed: {source}{hint}")]
+    Program {
+        what: String,
+        source: ProgramError,
+        hint: &'static str,
+    },
+    #[error("the BPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+}
+
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Wake userspace once this many bytes wait (see `Config::wakeup_bytes`).
+    pub wakeup_bytes: u64,
+    /// `FLAG_*` of tcpstate-common.
+    pub flags: u32,
+    /// `BY_*` of tcpstate-common.
+    pub hist_by: u32,
+    pub filter: tcpstate_common::Filter,
+    /// Histogram keys the probe can hold (`hist`; preallocated per CPU).
+    pub hist_keys: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            // 4 MiB holds ~47k events, a third of a second at this machine's maximum
+            // churn; the reader is woken every 128 KiB (~1.5k events) or 100 ms.
+            ring_bytes: 4 << 20,
+            wakeup_bytes: 128 << 10,
+            flags: FLAG_STREAM | FLAG_TRACK | FLAG_OWNERS,
+            hist_by: tcpstate_common::BY_NONE,
+            filter: Default::default(),
+            hist_keys: 1,
+        }
+    }
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    /// Reads the probe's aya-log records. Kept for the probe's whole life: dropping
+    /// it closes the log map's fd, and later program loads then fail. `None` when
+    /// the object has no log map.
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Whether this run mounted tracefs (reported once).
+    pub mounted_tracefs: bool,
+    /// The primary's recursion_misses when the backup was attached.
+    skipped_before_backup: u64,
+}
+
+/// Fails early, with the one line users need, when privileges are missing.
+pub fn check_privileges() -> Result<(), LoadError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Privileges(missing.join(", ")))
+    }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(ProgramError) -> LoadError {
+    let what = what.into();
+    move |source| {
+        let hint = match &source {
+            ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                " (EPERM: run as root or grant CAP_BPF and CAP_PERFMON)"
+            }
+            _ => "",
+        };
+        LoadError::Program { what, source, hint }
+    }
+}
+
+impl Probe {
+    /// Loads and attaches everything, and hands over the event ring buffer.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, RingBuf<MapData>), LoadError> {
+        check_privileges()?;
+        if BPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        // Only the accept tracepoints are classic ones, attached by an id read from
+        // tracefs; without them tracefs is never touched (it may be unreadable).
+        let mounted_tracefs = if opts.flags & FLAG_OWNERS != 0 {
+            tracefs::ensure_usable()?
+        } else {
+            false
+        };
+        raise_memlock();
+
+        // EbpfLoader::new() always parses all of /sys/kernel/btf/vmlinux (~16 MB here)
+        // for CO-RE. The probe needs none: drop that copy at once and trim, before
+        // anything else is allocated, so that this transient sets the peak alone.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let vmlinux = offsets::load_vmlinux()?;
+        let mut config = offsets::kernel_config(&vmlinux)?;
+        config.wakeup_bytes = opts.wakeup_bytes;
+        config.flags = opts.flags;
+        config.hist_by = opts.hist_by;
+        config.filter = opts.filter;
+        use offsets::AttachType::{Func, Typedef};
+        let btf = offsets::attach_btf(
+            &vmlinux,
+            &[
+                Typedef("btf_trace_inet_sock_set_state"),
+                Typedef("btf_trace_timer_expire_entry"),
+                Func("bpf_iter_task_file"),
+            ],
+        )?;
+        drop(vmlinux);
+        // aya-log's level in the probe: 0 (off) skips every log statement there, so
+        // logging costs nothing unless asked for. Objects without aya-log lack it.
+        let log_level = probe_log_level();
+        let mut ebpf = loader
+            .override_global(names::CONFIG, &config, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .map_max_entries(names::EVENTS, opts.ring_bytes)
+            .map_max_entries(names::HIST, opts.hist_keys.max(1))
+            .load(BPF_OBJECT)
+            .map_err(Box::new)?;
+        // Before any program is loaded: they refer to the log map by fd.
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no log records from the probe: {e}");
+                None
+            }
+        };
+        // Primary first, then its backup (see tcpstate-ebpf for why there are two).
+        // Both are verified before either is attached: a run the kernel skips while
+        // the primary is attached alone is unrecoverable, so that window is kept to
+        // one syscall, and the misses in it are not counted (they precede "attached").
+        let both = [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP];
+        for name in both {
+            tp_btf(&mut ebpf, name)?
+                .load("inet_sock_set_state", &btf)
+                .map_err(prog_err(format!("loading tp_btf {name}")))?;
+        }
+        for name in both {
+            tp_btf(&mut ebpf, name)?
+                .attach()
+                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
+        }
+        let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
+
+        // Owners of accepted sockets: only commands that name owners pay for this.
+        if opts.flags & FLAG_OWNERS != 0 {
+            for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
+                let tp: &mut TracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::Missing("an accept tracepoint"))?
+                    .try_into()
+                    .map_err(prog_err(format!("syscalls/{name}")))?;
+                tp.load()
+                    .map_err(prog_err(format!("loading syscalls/{name}")))?;
+                tp.attach("syscalls", name)
+                    .map_err(prog_err(format!("attaching syscalls/{name}")))?;
+            }
+        }
+        if opts.flags & FLAG_TIMEWAIT != 0 {
+            let name = names::PROG_TW_EXPIRE;
+            let prog = tp_btf(&mut ebpf, name)?;
+            prog.load("timer_expire_entry", &btf)
+                .map_err(prog_err(format!("loading tp_btf {name}")))?;
+            prog.attach()
+                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
+        }
+
+        let iter: &mut Iter = ebpf
+            .program_mut(names::PROG_TASK_SOCKETS)
+            .ok_or(LoadError::Missing(names::PROG_TASK_SOCKETS))?
+            .try_into()
+            .map_err(prog_err("iter/task_file"))?;
+        iter.load("task_file", &btf)
+            .map_err(prog_err("loading iter/task_file"))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS)
+                .ok_or(LoadError::Missing(names::COUNTERS))?,
+        )
+        .map_err(|e| LoadError::Map(names::COUNTERS, e))?;
+        drop(btf);
+        // And hand the stand-in BTF's memory back too.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let events = RingBuf::try_from(
+            ebpf.take_map(names::EVENTS)
+                .ok_or(LoadError::Missing(names::EVENTS))?,
+        )
+        .map_err(|e| LoadError::Map(names::EVENTS, e))?;
+        Ok((
+            Self {
+                ebpf,
+                logger,
+                counters,
+                mounted_tracefs,
+                skipped_before_backup,
+            },
+            events,
+        ))
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory
+/// cgroup. Raising it needs CAP_SYS_RESOURCE, so a failure is not an error.
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        log::warn!(
+            "raising RLIMIT_MEMLOCK failed ({}); kernels >= 5.11 charge BPF maps to the memory cgroup instead",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The most verbose level (aya-log's numbering, as `log`'s: 1 error .. 5 trace) the
+/// logger takes from the probe, whose records carry its crate's name as target.
+fn probe_log_level() -> u8 {
+    use log::Level::*;
+    [(Trace, 5), (Debug, 4), (Info, 3), (Warn, 2), (Error, 1)]
+        .into_iter()
+        .find(|&(l, _)| log::log_enabled!(target: "tcpstate_ebpf", l))
+        .map_or(0, |(_, n)| n)
+}
+
+impl Probe {
+    /// The fd to watch for the probe's log records, if it has a log map.
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Hands the probe's pending log records to the `log` logger.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+}
+
+/// A BTF tracepoint program of the object, by name.
+fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(format!("tp_btf {name}")))
+}

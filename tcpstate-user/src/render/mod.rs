@@ -1,0 +1,11 @@
+//! Views: the model turned into text tables and JSON lines. [`trace`], [`linger`] and
+//! [`hist`] render their command's model; [`summary`] the exit counters; [`format`]
+//! and [`clock`] are the shared formatting (numbers, durations, addresses, escaping,
+//! wall-clock time). A Prometheus view would be one more module here.
+
+pub mod clock;
+pub mod format;
+pub mod hist;
+pub mod linger;
+pub mod summary;
+pub mod trace;
