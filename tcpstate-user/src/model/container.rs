@@ -210,7 +210,7 @@ pub fn identify(path: &str) -> Identity {
     for (i, c) in parts.iter().enumerate() {
         let uid = if c.ends_with(".slice") {
             pod_component(c)
-        } else if parts[..i].iter().any(|p| *p == "kubepods") {
+        } else if parts[..i].contains(&"kubepods") {
             c.strip_prefix("pod").and_then(pod_uid)
         } else {
             None
@@ -229,8 +229,7 @@ pub fn identify(path: &str) -> Identity {
         }
         // cgroupfs pod<uid> only counts under kubepods.
         let parent = parent.filter(|p| {
-            !(p.starts_with("pod") && !p.ends_with(".slice"))
-                || parts[..i].iter().any(|q| *q == "kubepods")
+            !p.starts_with("pod") || p.ends_with(".slice") || parts[..i].contains(&"kubepods")
         });
         match container_component(parts[i], parent) {
             Some(Some((cid, rt))) => {
