@@ -199,9 +199,11 @@ impl CgroupPaths {
     /// tcpstate's own cgroup-namespace root below the mount (for
     /// `model::container::resolve`): `/` when the mount's root is the namespace root;
     /// when the mount shows more (`/../..`), the directory at the right depth whose
-    /// path ends with tcpstate's own `/proc/self/cgroup` path and whose `cgroup.procs`
-    /// holds tcpstate's pid, minus that path.
-    pub fn ns_root(&mut self, mount_root: &str, own_path: &str) -> Option<String> {
+    /// path ends with tcpstate's own `/proc/self/cgroup` path (`own_path`) and whose
+    /// `cgroup.procs` holds tcpstate's pid (`own_pid`, `std::process::id()`), minus
+    /// that path. Cost: one `cgroup.procs` read per directory at that depth with that
+    /// name, once.
+    pub fn ns_root(&mut self, mount_root: &str, own_path: &str, own_pid: u32) -> Option<String> {
         if mount_root == "/" {
             return Some("/".into());
         }
@@ -213,7 +215,7 @@ impl CgroupPaths {
             let _ = self.walk();
         }
         let own: Vec<&str> = own_path.split('/').filter(|c| !c.is_empty()).collect();
-        let me = std::process::id().to_string();
+        let me = own_pid.to_string();
         self.by_id.values().find_map(|p| {
             let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
             if parts.len() != ups + own.len() || !parts.ends_with(&own) {
@@ -433,7 +435,7 @@ mod tests {
         // Our own namespace root is the mount's top.
         assert_eq!(
             cache
-                .ns_root(&m.root, me.unified.as_deref().unwrap())
+                .ns_root(&m.root, me.unified.as_deref().unwrap(), std::process::id())
                 .as_deref(),
             Some("/")
         );
@@ -444,5 +446,94 @@ mod tests {
         let mut want_ids = vec![fs::metadata(&g.top).unwrap().ino(), id];
         want_ids.sort();
         assert_eq!(ids, want_ids);
+    }
+
+    /// Inside a cgroup namespace, /proc/PID/cgroup and the mount's root are both
+    /// relative to the reader's namespace root: what `container::resolve` assumes.
+    #[test]
+    fn cgroup_namespace_paths_resolve() {
+        if !require_root("cgroup_namespace_paths_resolve") {
+            return;
+        }
+        let m = find_v2_mount().unwrap().expect("a cgroup2 mount");
+        let top_name = format!("tcpstate-test-ns-{}", std::process::id());
+        let id64 = format!("{:016x}", u64::from(std::process::id()) << 8).repeat(4);
+        let scope = format!("docker-{id64}.scope");
+        let mut g = TestCgroup {
+            mount: m.path.clone(),
+            top: m.path.join(&top_name),
+            dirs: Vec::new(),
+            child: None,
+        };
+        fs::create_dir(&g.top).unwrap();
+        for d in [scope.as_str(), "ns"] {
+            fs::create_dir(g.top.join(d)).unwrap();
+            g.dirs.push(g.top.join(d));
+        }
+        let target = Command::new("sleep").arg("30").spawn().unwrap();
+        let tpid = target.id();
+        g.child = Some(target);
+        fs::write(g.top.join(&scope).join("cgroup.procs"), tpid.to_string()).unwrap();
+        // A shell moves itself into <top>/ns, then reads from a new cgroup namespace.
+        let procs = g.top.join("ns/cgroup.procs");
+        let script = format!(
+            "echo $$ > {} && exec unshare --cgroup sh -c 'cat /proc/{tpid}/cgroup; grep \" cgroup2 \" /proc/self/mountinfo'",
+            procs.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let seen = parse_proc_cgroup(&text);
+        let rel = seen.unified.expect("a 0:: line");
+        assert_eq!(rel, format!("/../{scope}"), "{text}");
+        let mount = parse_mountinfo(&text)
+            .into_iter()
+            .find(|x| x.fstype == "cgroup2")
+            .unwrap();
+        assert_eq!(mount.root, "/../..", "{text}");
+        let want = format!("/{top_name}/{scope}");
+        let ns_root = format!("/{top_name}/ns");
+        assert_eq!(
+            container::resolve(&rel, &mount.root, Some(&ns_root)),
+            Some(want.clone())
+        );
+        // Without the namespace root the parent's name is unknown: not guessed.
+        assert_eq!(container::resolve(&rel, &mount.root, None), None);
+        assert_eq!(
+            container::identify(&want).container_id.as_deref(),
+            Some(id64.as_str())
+        );
+
+        // ns_root finds the namespace root from a pid sitting there.
+        let ns_proc = Command::new("sleep").arg("30").spawn().unwrap();
+        let npid = ns_proc.id();
+        let mut ns_guard = KillOnDrop(ns_proc, m.path.clone());
+        fs::write(&procs, npid.to_string()).unwrap();
+        let mut cache = CgroupPaths::new(&m.path);
+        assert_eq!(cache.ns_root(&mount.root, "/", npid), Some(ns_root));
+        assert_eq!(cache.ns_root(&mount.root, "/", u32::MAX), None);
+        ns_guard.stop();
+    }
+
+    /// Moves a child back to the root cgroup and kills it (before the cgroups'
+    /// guard removes their directories: declared after it, dropped first).
+    struct KillOnDrop(Child, PathBuf);
+
+    impl KillOnDrop {
+        fn stop(&mut self) {
+            let _ = fs::write(self.1.join("cgroup.procs"), self.0.id().to_string());
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            self.stop();
+        }
     }
 }

@@ -378,6 +378,41 @@ mod tests {
         ));
     }
 
+    /// The kernel fields issue 12's probe reads for a socket's identity resolve in this
+    /// kernel's BTF through `offsets::offset_of`, with the offsets seen on 6.18 here
+    /// (they move between kernels: `ns_common` gained `ns_type` in 6.18, so they
+    /// must come from BTF, never constants).
+    #[test]
+    fn identity_fields_in_kernel_btf() {
+        let Ok(btf) = crate::probe::offsets::load_vmlinux() else {
+            eprintln!("identity_fields_in_kernel_btf: no kernel BTF, skipped");
+            return;
+        };
+        let o = |s: &str, p: &str| crate::probe::offsets::offset_of(&btf, s, p).unwrap();
+        // netns: sk->__sk_common.skc_net.net -> net->ns.inum (sock_net(), net_eq()).
+        let skc_net = o("sock", "__sk_common.skc_net.net");
+        let inum = o("net", "ns.inum");
+        // The namespace cookie, as SO_NETNS_COOKIE returns it (sk_getsockopt()).
+        let cookie = o("net", "net_cookie");
+        // cgroup: sk->sk_cgrp_data.cgroup (sock_cgroup_ptr(), set by
+        // cgroup_sk_alloc() at sk_alloc(), copied by cgroup_sk_clone() to accepted
+        // children) -> cgroup->kn -> kernfs_node.id (cgroup_id()); cgroup->level and
+        // ->ancestors[] give a cgroup's ancestors (cgroup_ancestor()) for --cgroup.
+        let cgrp = o("sock", "sk_cgrp_data.cgroup");
+        let kn = o("cgroup", "kn");
+        let kn_id = o("kernfs_node", "id");
+        let level = o("cgroup", "level");
+        let ancestors = o("cgroup", "ancestors");
+        if std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| r.starts_with("6.18."))
+        {
+            assert_eq!(
+                (skc_net, inum, cookie, cgrp, kn, kn_id, level, ancestors),
+                (48, 176, 4160, 672, 256, 96, 216, 2224)
+            );
+        }
+    }
+
     /// Namespaces made with `ip netns add` and processes started in them; all deleted
     /// and killed even when the test fails.
     #[derive(Default)]
