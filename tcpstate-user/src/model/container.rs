@@ -891,3 +891,116 @@ mod tests {
         }
     }
 }
+
+/// The parser over what the kernel really prints, for cgroups made by the tests
+/// (privileged; `probe::cgroups::testutil` removes them even on failure).
+#[cfg(test)]
+mod kernel_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::probe::cgroups::{
+        find_v2_mount, pod_log_dirs, read_proc_cgroup,
+        testutil::{namespace_view, require_root, TestCgroup},
+        CgroupPaths, V1_DEVICES,
+    };
+
+    #[test]
+    fn docker_scope_from_proc_and_from_id() {
+        if !require_root("docker_scope_from_proc_and_from_id") {
+            return;
+        }
+        let m = find_v2_mount().unwrap().expect("a cgroup2 mount");
+        let id = "12".repeat(32);
+        let mut g = TestCgroup::new(&m.path, "tcpstate-test-id");
+        let dir = g.mkdir(&format!("docker-{id}.scope"));
+        let pid = g.spawn_in(&dir);
+        let seen = read_proc_cgroup(pid).unwrap();
+        let path = resolve(seen.unified.as_deref().unwrap(), &m.root, None).unwrap();
+        let (ident, src) = identify_process(Some(&path), &seen.v1_refs());
+        assert_eq!(src, Source::Unified);
+        assert_eq!(ident.container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(ident.runtime, Some(Runtime::Docker));
+        // The same from the cgroup id, as the kernel will give it.
+        use std::os::unix::fs::MetadataExt;
+        let cg_id = std::fs::metadata(&dir).unwrap().ino();
+        let mut cache = CgroupPaths::new(&m.path);
+        assert_eq!(cache.path(cg_id).map(identify), Some(ident.clone()));
+        assert!(ContainerPrefix::parse(&id[..12])
+            .unwrap()
+            .matches(ident.container_id.as_deref()));
+        assert!(CgroupPrefix::parse(&g.top_path()).unwrap().matches(&path));
+        // A host process (this test) is no container.
+        let me = read_proc_cgroup(std::process::id()).unwrap();
+        let (host, _) = identify_process(me.unified.as_deref(), &me.v1_refs());
+        assert_eq!(host, Identity::default());
+    }
+
+    #[test]
+    fn cgroup_namespace_paths_resolve() {
+        if !require_root("cgroup_namespace_paths_resolve") {
+            return;
+        }
+        let m = find_v2_mount().unwrap().expect("a cgroup2 mount");
+        let id = "34".repeat(32);
+        let mut g = TestCgroup::new(&m.path, "tcpstate-test-cgns");
+        let scope = format!("docker-{id}.scope");
+        let target = g.mkdir(&scope);
+        let tpid = g.spawn_in(&target);
+        let ns = g.mkdir("ns");
+        let (rel, mount_root) = namespace_view(&ns, tpid);
+        let want = format!("{}/{scope}", g.top_path());
+        let ns_root = format!("{}/ns", g.top_path());
+        assert_eq!(
+            resolve(&rel, &mount_root, Some(&ns_root)),
+            Some(want.clone())
+        );
+        // Without the namespace root, the parent's name is unknown: not guessed.
+        assert_eq!(resolve(&rel, &mount_root, None), None);
+        assert_eq!(identify(&want).container_id, Some(id));
+    }
+
+    #[test]
+    fn hybrid_host_names_from_v1() {
+        if !require_root("hybrid_host_names_from_v1") {
+            return;
+        }
+        if !Path::new(V1_DEVICES).join("cgroup.procs").exists() {
+            eprintln!("hybrid_host_names_from_v1: no v1 devices hierarchy, skipped");
+            return;
+        }
+        let id = "56".repeat(32);
+        let mut g = TestCgroup::new(Path::new(V1_DEVICES), "tcpstate-test-v1");
+        let dir = g.mkdir(&format!("docker/{id}"));
+        let pid = g.spawn_in(&dir);
+        let seen = read_proc_cgroup(pid).unwrap();
+        let v2 = seen.unified.clone().unwrap();
+        assert!(
+            !identify(&v2).is_container(),
+            "v2 stayed the parent's: {v2}"
+        );
+        let (ident, src) = identify_process(Some(&v2), &seen.v1_refs());
+        assert_eq!(src, Source::V1, "{seen:?}");
+        assert_eq!(ident.container_id, Some(id));
+        assert_eq!(ident.runtime, Some(Runtime::Docker));
+    }
+
+    #[test]
+    fn pod_name_from_a_log_dir() {
+        let dir = std::env::temp_dir().join(format!("tcpstate-pods-m-{}", std::process::id()));
+        let uid = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+        std::fs::create_dir_all(dir.join(format!("shop_cart-5f7_{uid}"))).unwrap();
+        let names = pod_log_dirs(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let pods = pod_names(names.iter().map(String::as_str));
+        let path = format!(
+            "/kubepods.slice/kubepods-pod{}.slice",
+            uid.replace('-', "_")
+        );
+        let pod = &pods[identify(&path).pod_uid.as_deref().unwrap()];
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str()),
+            ("shop", "cart-5f7")
+        );
+    }
+}

@@ -292,6 +292,9 @@ pub fn pod_log_dirs(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The v1 devices hierarchy on hybrid hosts (for tests of the v1 fallback).
+pub const V1_DEVICES: &str = "/sys/fs/cgroup/devices";
+
 /// The mount's directory for a path below it.
 pub fn dir_of(mount: &Path, path: &str) -> PathBuf {
     mount.join(path.trim_start_matches('/'))
@@ -316,12 +319,110 @@ pub(crate) fn require_root(test: &str) -> bool {
     false
 }
 
+/// Real cgroups for privileged tests (here and in `model::container`): made under a
+/// hierarchy, with `sleep` children moved in; the children are moved out and killed
+/// and the directories removed on drop, even when the test fails.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::{
+        fs,
+        path::{Path, PathBuf},
+        process::{Child, Command},
+    };
+
+    pub(crate) use super::require_root;
+
+    pub struct TestCgroup {
+        pub mount: PathBuf,
+        pub top: PathBuf,
+        dirs: Vec<PathBuf>,
+        children: Vec<Child>,
+    }
+
+    impl TestCgroup {
+        /// `<mount>/<name>-<pid>`, created now.
+        pub fn new(mount: &Path, name: &str) -> Self {
+            let top = mount.join(format!("{name}-{}", std::process::id()));
+            fs::create_dir(&top).unwrap_or_else(|e| panic!("mkdir {}: {e}", top.display()));
+            Self {
+                mount: mount.to_path_buf(),
+                top,
+                dirs: Vec::new(),
+                children: Vec::new(),
+            }
+        }
+
+        /// The top's name, as a path from the hierarchy's root (`/<name>-<pid>`).
+        pub fn top_path(&self) -> String {
+            format!("/{}", self.top.file_name().unwrap().to_string_lossy())
+        }
+
+        /// Makes `<top>/<rel>` (and its parents).
+        pub fn mkdir(&mut self, rel: &str) -> PathBuf {
+            let mut d = self.top.clone();
+            for c in rel.split('/') {
+                d.push(c);
+                if !self.dirs.contains(&d) {
+                    fs::create_dir(&d).unwrap();
+                    self.dirs.push(d.clone());
+                }
+            }
+            d
+        }
+
+        /// Starts `sleep 30` and moves it into `dir`; returns its pid.
+        pub fn spawn_in(&mut self, dir: &Path) -> u32 {
+            let child = Command::new("sleep").arg("30").spawn().unwrap();
+            let pid = child.id();
+            self.children.push(child);
+            fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+            pid
+        }
+    }
+
+    /// From a shell moved into `ns_dir` and then into a new cgroup namespace (rooted
+    /// there): `pid`'s v2 path and the cgroup2 mount's root field, as it sees them.
+    pub fn namespace_view(ns_dir: &Path, pid: u32) -> (String, String) {
+        let script = format!(
+            "echo $$ > {} && exec unshare --cgroup sh -c 'cat /proc/{pid}/cgroup; grep \" cgroup2 \" /proc/self/mountinfo'",
+            ns_dir.join("cgroup.procs").display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rel = super::parse_proc_cgroup(&text).unified.expect("a 0:: line");
+        let mount = super::parse_mountinfo(&text)
+            .into_iter()
+            .find(|x| x.fstype == "cgroup2")
+            .expect("cgroup2 in mountinfo");
+        (rel, mount.root)
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = fs::write(self.mount.join("cgroup.procs"), c.id().to_string());
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for d in self.dirs.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+            let _ = fs::remove_dir(&self.top);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::process::{Child, Command};
-
-    use super::*;
-    use crate::model::container;
+    use super::{
+        testutil::{namespace_view, TestCgroup},
+        *,
+    };
 
     #[test]
     fn mountinfo_lines() {
@@ -366,32 +467,9 @@ mod tests {
         assert!(read_proc_cgroup(u32::MAX).is_err());
     }
 
-    /// A cgroup tree made by a test, removed (processes moved out and killed first)
-    /// even when the test fails.
-    struct TestCgroup {
-        mount: PathBuf,
-        top: PathBuf,
-        dirs: Vec<PathBuf>,
-        child: Option<Child>,
-    }
-
-    impl Drop for TestCgroup {
-        fn drop(&mut self) {
-            if let Some(c) = &mut self.child {
-                let _ = fs::write(self.mount.join("cgroup.procs"), c.id().to_string());
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            for d in self.dirs.iter().rev() {
-                let _ = fs::remove_dir(d);
-            }
-            let _ = fs::remove_dir(&self.top);
-        }
-    }
-
     #[test]
-    fn real_cgroup_id_path_and_container() {
-        if !require_root("real_cgroup_id_path_and_container") {
+    fn real_cgroup_id_to_path() {
+        if !require_root("real_cgroup_id_to_path") {
             return;
         }
         let m = find_v2_mount().unwrap().expect("a cgroup2 mount");
@@ -399,32 +477,20 @@ mod tests {
             m.whole,
             "{m:?}: tcpstate's tests run outside cgroup namespaces"
         );
-        let id64 = format!("{:016x}", std::process::id()).repeat(4);
-        let top_name = format!("tcpstate-test-{}", std::process::id());
-        let scope = format!("docker-{id64}.scope");
-        let mut g = TestCgroup {
-            mount: m.path.clone(),
-            top: m.path.join(&top_name),
-            dirs: Vec::new(),
-            child: None,
-        };
         let mut cache = CgroupPaths::new(&m.path);
         cache.rewalk_every = Duration::from_millis(300);
         cache.walk().unwrap();
         assert_eq!(cache.path(fs::metadata(&m.path).unwrap().ino()), Some("/"));
 
-        fs::create_dir(&g.top).unwrap();
-        let dir = g.top.join(&scope);
-        fs::create_dir(&dir).unwrap();
-        g.dirs.push(dir.clone());
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        g.child = Some(child);
-        fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
-
-        let proc_cg = read_proc_cgroup(pid).unwrap();
-        let want = format!("/{top_name}/{scope}");
-        assert_eq!(proc_cg.unified.as_deref(), Some(want.as_str()));
+        let mut g = TestCgroup::new(&m.path, "tcpstate-test");
+        let scope = format!("docker-{}.scope", "ab".repeat(32));
+        let dir = g.mkdir(&scope);
+        let pid = g.spawn_in(&dir);
+        let want = format!("{}/{scope}", g.top_path());
+        assert_eq!(
+            read_proc_cgroup(pid).unwrap().unified.as_deref(),
+            Some(want.as_str())
+        );
         let id = fs::metadata(&dir).unwrap().ino();
         // Made after the last walk, which is recent: the miss does not re-walk ...
         assert_eq!(cache.path(id), None);
@@ -436,175 +502,85 @@ mod tests {
         assert_eq!(cache.walks, 2);
         assert_eq!(cache.path(id), Some(want.as_str()));
         assert_eq!(cache.walks, 2, "hits never walk");
-
-        // The whole chain issue 12's wiring uses: /proc path -> resolved -> identity.
-        let path = container::resolve(proc_cg.unified.as_deref().unwrap(), &m.root, None).unwrap();
-        assert_eq!(path, want);
-        let (ident, src) = container::identify_process(Some(&path), &proc_cg.v1_refs());
-        assert_eq!(src, container::Source::Unified);
-        assert_eq!(ident.container_id.as_deref(), Some(id64.as_str()));
-        assert_eq!(ident.runtime, Some(container::Runtime::Docker));
-        // A host process (this test) is no container.
-        let me = read_proc_cgroup(std::process::id()).unwrap();
-        let (host, _) = container::identify_process(me.unified.as_deref(), &me.v1_refs());
-        assert_eq!(host.container_id, None);
         // Our own namespace root is the mount's top.
+        let me = read_proc_cgroup(std::process::id()).unwrap();
         assert_eq!(
             cache
                 .ns_root(&m.root, me.unified.as_deref().unwrap(), std::process::id())
                 .as_deref(),
             Some("/")
         );
-        // --cgroup /tcpstate-test-PID selects the tree's ids, not a sibling's prefix.
-        let pre = container::CgroupPrefix::parse(&format!("/{top_name}")).unwrap();
-        let mut ids = cache.ids_matching(|p| pre.matches(p));
+        // The ids of a subtree, for a kernel-side filter map.
+        let top = g.top_path();
+        let mut ids = cache.ids_matching(|p| p == top || p.starts_with(&format!("{top}/")));
         ids.sort();
         let mut want_ids = vec![fs::metadata(&g.top).unwrap().ino(), id];
         want_ids.sort();
         assert_eq!(ids, want_ids);
     }
 
-    /// Inside a cgroup namespace, /proc/PID/cgroup and the mount's root are both
-    /// relative to the reader's namespace root: what `container::resolve` assumes.
+    /// What /proc/PID/cgroup and mountinfo print from inside a cgroup namespace (both
+    /// relative to the reader's namespace root), and `ns_root` finding that root.
     #[test]
-    fn cgroup_namespace_paths_resolve() {
-        if !require_root("cgroup_namespace_paths_resolve") {
+    fn cgroup_namespace_view() {
+        if !require_root("cgroup_namespace_view") {
             return;
         }
         let m = find_v2_mount().unwrap().expect("a cgroup2 mount");
-        let top_name = format!("tcpstate-test-ns-{}", std::process::id());
-        let id64 = format!("{:016x}", u64::from(std::process::id()) << 8).repeat(4);
-        let scope = format!("docker-{id64}.scope");
-        let mut g = TestCgroup {
-            mount: m.path.clone(),
-            top: m.path.join(&top_name),
-            dirs: Vec::new(),
-            child: None,
-        };
-        fs::create_dir(&g.top).unwrap();
-        for d in [scope.as_str(), "ns"] {
-            fs::create_dir(g.top.join(d)).unwrap();
-            g.dirs.push(g.top.join(d));
-        }
-        let target = Command::new("sleep").arg("30").spawn().unwrap();
-        let tpid = target.id();
-        g.child = Some(target);
-        fs::write(g.top.join(&scope).join("cgroup.procs"), tpid.to_string()).unwrap();
-        // A shell moves itself into <top>/ns, then reads from a new cgroup namespace.
-        let procs = g.top.join("ns/cgroup.procs");
-        let script = format!(
-            "echo $$ > {} && exec unshare --cgroup sh -c 'cat /proc/{tpid}/cgroup; grep \" cgroup2 \" /proc/self/mountinfo'",
-            procs.display()
-        );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let seen = parse_proc_cgroup(&text);
-        let rel = seen.unified.expect("a 0:: line");
-        assert_eq!(rel, format!("/../{scope}"), "{text}");
-        let mount = parse_mountinfo(&text)
-            .into_iter()
-            .find(|x| x.fstype == "cgroup2")
-            .unwrap();
-        assert_eq!(mount.root, "/../..", "{text}");
-        let want = format!("/{top_name}/{scope}");
-        let ns_root = format!("/{top_name}/ns");
-        assert_eq!(
-            container::resolve(&rel, &mount.root, Some(&ns_root)),
-            Some(want.clone())
-        );
-        // Without the namespace root the parent's name is unknown: not guessed.
-        assert_eq!(container::resolve(&rel, &mount.root, None), None);
-        assert_eq!(
-            container::identify(&want).container_id.as_deref(),
-            Some(id64.as_str())
-        );
-
+        let mut g = TestCgroup::new(&m.path, "tcpstate-test-ns");
+        let scope = format!("docker-{}.scope", "cd".repeat(32));
+        let target = g.mkdir(&scope);
+        let tpid = g.spawn_in(&target);
+        let ns = g.mkdir("ns");
+        let out = namespace_view(&ns, tpid);
+        assert_eq!(out.0, format!("/../{scope}"));
+        assert_eq!(out.1, "/../..");
         // ns_root finds the namespace root from a pid sitting there.
-        let ns_proc = Command::new("sleep").arg("30").spawn().unwrap();
-        let npid = ns_proc.id();
-        let mut ns_guard = KillOnDrop(ns_proc, m.path.clone());
-        fs::write(&procs, npid.to_string()).unwrap();
+        let npid = g.spawn_in(&ns);
         let mut cache = CgroupPaths::new(&m.path);
-        assert_eq!(cache.ns_root(&mount.root, "/", npid), Some(ns_root));
-        assert_eq!(cache.ns_root(&mount.root, "/", u32::MAX), None);
-        ns_guard.stop();
-    }
-
-    /// Moves a child back to the root cgroup and kills it (before the cgroups'
-    /// guard removes their directories: declared after it, dropped first).
-    struct KillOnDrop(Child, PathBuf);
-
-    impl KillOnDrop {
-        fn stop(&mut self) {
-            let _ = fs::write(self.1.join("cgroup.procs"), self.0.id().to_string());
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            self.stop();
-        }
+        assert_eq!(
+            cache.ns_root(&out.1, "/", npid),
+            Some(format!("{}/ns", g.top_path()))
+        );
+        assert_eq!(cache.ns_root(&out.1, "/", u32::MAX), None);
     }
 
     #[test]
-    fn pod_names_from_log_dirs() {
+    fn pod_log_dir_names() {
         let dir = std::env::temp_dir().join(format!("tcpstate-pods-{}", std::process::id()));
-        let uid = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
-        fs::create_dir_all(dir.join(format!("default_web_{uid}"))).unwrap();
+        fs::create_dir_all(dir.join("default_web_0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")).unwrap();
         fs::write(dir.join("not-a-dir_x_y"), "").unwrap();
         let names = pod_log_dirs(&dir);
         let _ = fs::remove_dir_all(&dir);
-        assert_eq!(names, vec![format!("default_web_{uid}")]);
-        let pods = container::pod_names(names.iter().map(String::as_str));
-        assert_eq!(pods[uid].name, "web");
+        assert_eq!(
+            names,
+            vec!["default_web_0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9".to_string()]
+        );
         assert!(pod_log_dirs(Path::new("/nonexistent/pods")).is_empty());
     }
 
-    /// Hybrid host: a cgroupfs-driver runtime puts the container in v1 `/docker/<id>`
-    /// and leaves its v2 cgroup the parent's. The name comes from v1 (devices).
+    /// Hybrid host: a process in v1 `devices:/…/docker/<id>` keeps its v2 cgroup.
     #[test]
-    fn hybrid_v1_fallback_names_the_container() {
-        if !require_root("hybrid_v1_fallback_names_the_container") {
+    fn hybrid_v1_lines() {
+        if !require_root("hybrid_v1_lines") {
             return;
         }
-        let v1 = Path::new("/sys/fs/cgroup/devices");
+        let v1 = Path::new(V1_DEVICES);
         if !v1.join("cgroup.procs").exists() {
-            eprintln!("hybrid_v1_fallback_names_the_container: no v1 devices hierarchy, skipped");
+            eprintln!("hybrid_v1_lines: no v1 devices hierarchy, skipped");
             return;
         }
-        let top_name = format!("tcpstate-test-v1-{}", std::process::id());
-        let id64 = format!("{:016x}", u64::from(std::process::id()) << 4).repeat(4);
-        let mut g = TestCgroup {
-            mount: v1.to_path_buf(),
-            top: v1.join(&top_name),
-            dirs: Vec::new(),
-            child: None,
-        };
-        fs::create_dir(&g.top).unwrap();
-        g.dirs.push(g.top.join("docker"));
-        g.dirs.push(g.top.join("docker").join(&id64));
-        fs::create_dir_all(g.dirs.last().unwrap()).unwrap();
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        g.child = Some(child);
-        fs::write(g.dirs.last().unwrap().join("cgroup.procs"), pid.to_string()).unwrap();
-
+        let before = read_proc_cgroup(std::process::id()).unwrap().unified;
+        let mut g = TestCgroup::new(v1, "tcpstate-test-v1");
+        let rel = format!("docker/{}", "ef".repeat(32));
+        let dir = g.mkdir(&rel);
+        let pid = g.spawn_in(&dir);
         let seen = read_proc_cgroup(pid).unwrap();
-        let v2 = seen.unified.clone().unwrap();
+        assert_eq!(seen.unified, before, "v2 stayed the parent's");
+        let want = format!("{}/{rel}", g.top_path());
         assert!(
-            !container::identify(&v2).is_container(),
-            "v2 stayed the parent's: {v2}"
+            seen.v1.iter().any(|(c, p)| c == "devices" && *p == want),
+            "{seen:?}"
         );
-        let (ident, src) = container::identify_process(Some(&v2), &seen.v1_refs());
-        assert_eq!(src, container::Source::V1, "{seen:?}");
-        assert_eq!(ident.container_id.as_deref(), Some(id64.as_str()));
-        assert_eq!(ident.runtime, Some(container::Runtime::Docker));
     }
 }
