@@ -1,5 +1,5 @@
 //! Reads from tasks and their files, shared by the programs that learn owners: the
-//! current task as an owner, and the file -> socket walk (`accept`, `iter`).
+//! current task as an owner, and the file -> socket walk (`iter`).
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task};
 use tcpstate_common::{Config, AF_INET, AF_INET6, IPPROTO_TCP};
