@@ -190,7 +190,9 @@ pub struct Config {
     pub tw_timer: u32,
     pub tw_substate: u32,
     pub tw_sport: u32,
-    pub _pad: u32,
+    /// `skc_num`: the local port in host order, in struct sock_common itself (so a
+    /// plain load), valid until ->CLOSE (inet_put_port() clears it).
+    pub sk_num: u32,
 }
 
 impl Config {
@@ -226,7 +228,7 @@ impl Config {
         tw_timer: 0,
         tw_substate: 0,
         tw_sport: 0,
-        _pad: 0,
+        sk_num: 0,
     };
 }
 

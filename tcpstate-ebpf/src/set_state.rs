@@ -197,10 +197,14 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             ev.saddr = load_in6(sk, c.sk_v6_rcv_saddr);
             ev.daddr = load_in6(sk, c.sk_v6_daddr);
         }
-        // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
-        // clears. It lies in struct inet_sock, beyond the BTF type of `sk`, so it
-        // takes a checked read.
-        ev.sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
+        // skc_num is a plain load but inet_put_port() clears it by ->CLOSE, where
+        // inet_sport stays valid; that one lies in struct inet_sock, beyond the BTF
+        // type of `sk`, so it takes a checked read.
+        ev.sport = if new != state::CLOSE {
+            unsafe { load::<u16>(sk, c.sk_num) }
+        } else {
+            u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? })
+        };
         ev.dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
         if !f.passes_endpoints(ev.family, &ev.saddr, &ev.daddr, ev.sport, ev.dport) {
             return Ok(());
