@@ -191,8 +191,10 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         if ev.family == AF_INET {
             let s: u32 = unsafe { load(sk, c.sk_rcv_saddr) };
             let d: u32 = unsafe { load(sk, c.sk_daddr) };
-            ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
-            ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+            // Whole 16-byte stores: a partial copy into the zeroed arrays made LLVM
+            // call memset for the rest (a BPF-to-BPF call per piece).
+            ev.saddr = u128::from(s).to_le_bytes();
+            ev.daddr = u128::from(d).to_le_bytes();
         } else if ev.family == AF_INET6 {
             ev.saddr = load_in6(sk, c.sk_v6_rcv_saddr);
             ev.daddr = load_in6(sk, c.sk_v6_daddr);
