@@ -24,10 +24,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
-    pub const PROG_ACCEPT_EXIT: &str = "sys_exit_accept";
     pub const PROG_TASK_SOCKETS: &str = "task_sockets";
     pub const PROG_TW_EXPIRE: &str = "tw_timer_expire";
-    pub const PROG_ACCEPT4_EXIT: &str = "sys_exit_accept4";
+    /// `iter/task_file` that seeds the `SOCKS` records of existing sockets.
+    pub const PROG_SEED_OWNERS: &str = "seed_owners";
 
     /// Every map of the `tcpstate` probe object.
     pub const MAPS: &[&str] = &[
@@ -39,10 +39,9 @@ pub mod names {
     pub const PROGRAMS: &[&str] = &[
         PROG_SET_STATE,
         PROG_SET_STATE_BACKUP,
-        PROG_ACCEPT_EXIT,
-        PROG_ACCEPT4_EXIT,
         PROG_TASK_SOCKETS,
         PROG_TW_EXPIRE,
+        PROG_SEED_OWNERS,
     ];
 
     /// aya-log's ring buffer and level global, defined by aya-log-ebpf in the probe.
@@ -98,22 +97,38 @@ pub struct Event {
     /// Kernel state numbers; `i32` in the kernel but always < 256.
     pub oldstate: u8,
     pub newstate: u8,
+    /// Where `pid` came from: `OWNER_NONE`, `OWNER_SOCKET` or `OWNER_LISTENER`.
+    pub owner_from: u8,
     /// Explicit padding (always 0): the struct's 8-byte alignment rounds it up anyway.
-    pub _pad: u32,
+    pub _pad: [u8; 3],
     /// Owner's process name (its thread-group leader's comm), NUL-padded.
     pub comm: [u8; 16],
 }
 
-/// What the kernel remembers per live socket (`SOCKS` map, keyed by cookie).
+/// No owner known (`Event::owner_from`, `SockState::owner_from`).
+pub const OWNER_NONE: u8 = 0;
+/// The owner was seen on this socket: it ran one of the socket's owner-context
+/// transitions (connect, listen, close), or holds an fd for it (startup seed).
+pub const OWNER_SOCKET: u8 = 1;
+/// Inherited from the listening socket this one was accepted from (the socket-local
+/// storage is cloned with it): the process that listened, until the accepting
+/// process shows itself on the socket.
+pub const OWNER_LISTENER: u8 = 2;
+
+/// What the kernel remembers per socket: its socket-local storage (`SOCKS`, a
+/// `BPF_MAP_TYPE_SK_STORAGE` map created with `BPF_F_CLONE`), freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockState {
-    /// Time of the last transition, 0 when unknown (the socket predates the tool).
+    /// Time of the last transition, 0 when unknown (the socket predates the tool,
+    /// or it is closed).
     pub since_ns: u64,
     /// Owner tgid, 0 when unknown.
     pub pid: u32,
+    /// `OWNER_*`: where `pid` came from.
+    pub owner_from: u8,
     /// Explicit padding (always 0).
-    pub _pad: u32,
+    pub _pad: [u8; 3],
     pub comm: [u8; 16],
 }
 
@@ -175,7 +190,9 @@ pub struct Config {
     pub tw_timer: u32,
     pub tw_substate: u32,
     pub tw_sport: u32,
-    pub _pad: u32,
+    /// `skc_num`: the local port in host order, in struct sock_common itself (so a
+    /// plain load), valid until ->CLOSE (inet_put_port() clears it).
+    pub sk_num: u32,
 }
 
 impl Config {
@@ -211,7 +228,7 @@ impl Config {
         tw_timer: 0,
         tw_substate: 0,
         tw_sport: 0,
-        _pad: 0,
+        sk_num: 0,
     };
 }
 
@@ -223,7 +240,8 @@ pub const FLAG_HIST: u32 = 2;
 pub const FLAG_TIMEWAIT: u32 = 4;
 /// Keep a record per socket (`SOCKS`): time in the previous state, owner.
 pub const FLAG_TRACK: u32 = 8;
-/// Learn owners (the current task on owner-context transitions, and accept()).
+/// Learn owners (the current task on owner-context transitions; accepted sockets
+/// inherit their listener's).
 pub const FLAG_OWNERS: u32 = 16;
 
 pub const BY_NONE: u32 = 0;
@@ -463,10 +481,11 @@ pub struct TwKey {
 pub mod counter {
     /// Events lost because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Sockets not tracked because the `SOCKS` table was full.
+    /// Sockets not tracked because their `SOCKS` record could not be created
+    /// (`bpf_sk_storage_get` failed: out of memory, or the socket is being freed).
     pub const TABLE_FULL: u32 = 1;
-    /// accept() results whose socket could not be resolved (owner stays unknown).
-    pub const ACCEPT_UNRESOLVED: u32 = 2;
+    /// Sockets whose owner the startup seed (`seed_owners`) recorded.
+    pub const SEEDED: u32 = 2;
     /// Transitions the primary program missed (the kernel skipped it) and the backup
     /// program handled.
     pub const RECOVERED: u32 = 3;

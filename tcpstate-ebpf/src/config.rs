@@ -59,15 +59,16 @@ pub unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
 }
 
-/// An in6_addr, as four 32-bit loads (its `u6_addr32` view), straight into place.
+/// An in6_addr, as four 32-bit loads (its `u6_addr32` view), assembled in a register
+/// pair and stored whole (partial copies into a zeroed array become memset calls).
 #[inline(always)]
 pub fn load_in6(sk: *const u8, off: u32) -> [u8; 16] {
-    let mut a = [0u8; 16];
+    let mut a: u128 = 0;
     let mut i = 0;
     while i < 4 {
         let w: u32 = unsafe { load(sk, off + 4 * i as u32) };
-        a[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        a |= u128::from(w) << (32 * i);
         i += 1;
     }
-    a
+    a.to_le_bytes()
 }

@@ -11,10 +11,13 @@
 
 use aya_log_ebpf::{debug, warn};
 
-/// The `SOCKS` table was full: this socket is not tracked.
+/// A socket's `SOCKS` record could not be created: this socket is not tracked.
 #[inline(never)]
 pub fn table_full(cookie: u64) {
-    warn!(&(), "socket table full: socket {} not tracked", cookie);
+    warn!(
+        &(),
+        "socket record not created: socket {} not tracked", cookie
+    );
 }
 
 /// The backup handled a transition the kernel skipped the primary program for.
@@ -36,12 +39,6 @@ pub fn tw_untracked(err: i32) {
         &(),
         "TIME_WAIT candidate not recorded: TWS insert failed: {}", err
     );
-}
-
-/// An accept()ed socket could not be resolved: its owner stays unknown.
-#[inline(never)]
-pub fn accept_unresolved(err: i32) {
-    debug!(&(), "accept() result not resolved: {}", err);
 }
 
 /// A histogram sample lost its --by key (went to the spill histogram).

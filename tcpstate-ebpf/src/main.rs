@@ -1,16 +1,16 @@
 //! tcpstate's kernel probe (runs in the kernel; built for `bpfel-unknown-none`).
 //!
 //! `inet_sock_set_state` (a BTF tracepoint) sees every TCP state change, keeps a small
-//! per-socket record keyed by the socket cookie (time of the last change, owner), and
-//! sends one compact `Event` per change through a ring buffer. `sys_exit_accept*`
-//! learns the owner of accepted sockets, whose early transitions run in softirq.
+//! record in each socket's local storage (time of the last change, owner; cloned from
+//! the listener into each accepted socket, so its owner is known before accept()),
+//! and sends one compact `Event` per change through a ring buffer. No syscall hook.
 //!
 //! Why a BTF tracepoint: a classic tracepoint program is skipped whenever any BPF
 //! program already runs on the CPU (`trace_call_bpf` checks `bpf_prog_active`), which
 //! loses events under churn; `__bpf_trace_run` only skips nested runs of the same
 //! program, and counts them in the program's `recursion_misses`, which userspace reports.
 //!
-//! One module per program (`set_state`, `timewait`, `accept`, `iter`), and the parts
+//! One module per program (`set_state`, `timewait`, `iter`, `seed`), and the parts
 //! they share: `maps`, `config` (settings, counters, reads), `marks` (primary/backup
 //! hand-off), `task` (owners, file -> socket), `hist`, `ring`. The pure rules (filters,
 //! histogram keys) live in `tcpstate_common`, shared with userspace.
@@ -22,7 +22,6 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
-mod accept;
 mod config;
 mod diag;
 mod hist;
@@ -30,6 +29,7 @@ mod iter;
 mod maps;
 mod marks;
 mod ring;
+mod seed;
 mod set_state;
 mod task;
 mod timewait;

@@ -2,9 +2,12 @@
 //! literal) that must equal `tcpstate_common::names`: `tcpstate-user/tests/object.rs`
 //! checks the built object against that list.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcpstate_common::{counter, Hist, HistKey, SockState, TwKey, TwLive, HIST_SPILL_STATES};
 
@@ -14,13 +17,55 @@ use crate::marks::Recent;
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Live sockets by cookie (only with `FLAG_TRACK`). Bounded; a failed insert is
-/// counted (`TABLE_FULL`). Preallocated (~24 MiB of kernel memory, charged to
-/// tcpstate's memory cgroup, while attached): inserting and deleting from a
-/// preallocated table measured ~100 ns cheaper per transition under churn than
-/// allocating each entry, and every connection does both twice.
-#[map(name = "SOCKS")]
-pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(1 << 18, 0);
+/// Socket-local storage flags: `BPF_F_NO_PREALLOC` (required), and `BPF_F_CLONE`, so
+/// that `sk_clone_lock()` copies a listener's record to each new child
+/// (`bpf_sk_storage_clone()`) before LISTEN -> SYN_RECV is traced.
+const SOCKS_FLAGS: usize = (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize;
+
+/// A BTF map definition by hand (libbpf's `__uint`/`__type` encoding: the values are
+/// array lengths of pointed-to types): aya-ebpf's `btf_maps::SkStorage` hard-codes
+/// its flags (no `BPF_F_CLONE`) and keeps its pointer private.
+#[repr(C)]
+pub struct SkStorageDef {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockState,
+    map_flags: *const [i32; SOCKS_FLAGS],
+}
+// SAFETY: never dereferenced; only its address is used, as the map's.
+unsafe impl Sync for SkStorageDef {}
+
+/// One record per socket (only with `FLAG_TRACK`, or created by the startup seed): no
+/// hashing, no table to fill, freed with the socket (`bpf_sk_storage_free`).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SOCKS")]
+pub static SOCKS: SkStorageDef = SkStorageDef {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
+/// `sk`'s record; created (zeroed) if missing and `create`. Null when there is none,
+/// or it cannot be created (out of memory, or `sk` is being freed).
+#[inline(always)]
+pub fn sock_rec(sk: *const u8, create: bool) -> *mut SockState {
+    let flags = if create {
+        aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    // SAFETY: `sk` is a BTF `struct sock *` (the tracepoint's or an iterator's).
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCKS) as *mut c_void,
+            sk as *mut c_void,
+            core::ptr::null_mut(),
+            flags,
+        )
+    }
+    .cast()
+}
 
 /// Time-in-state histograms (`hist`), per CPU so updates need no atomics.
 /// Preallocated (userspace sizes it): inserting a new key then never allocates, which

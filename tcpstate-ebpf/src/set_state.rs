@@ -10,16 +10,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcpstate_common::{
-    counter, hist_addr, owner_is_current, state, Event, SockState, AF_INET, AF_INET6, BY_RADDR,
-    BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP,
-    PREV_UNKNOWN,
+    counter, hist_addr, owner_is_current, state, Event, AF_INET, AF_INET6, BY_RADDR, BY_RPORT,
+    FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER,
+    OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
 };
 
 use crate::{
     config::{cfg, count, load, load_in6, read},
     diag,
     hist::{add_sample, dest},
-    maps::SOCKS,
+    maps::sock_rec,
     marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
     ring::emit,
     task::current_owner,
@@ -107,44 +107,45 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let learned = learned && cur_pid != 0;
 
     let mut prev_ns = PREV_UNKNOWN;
+    let mut owner_from = OWNER_NONE;
     let (pid, comm) = if !track {
         (0, [0; 16])
     } else {
-        match SOCKS.get_ptr_mut(cookie) {
-            Some(p) => {
-                // SAFETY: a valid map value; the socket lock serialises its transitions.
-                let st = unsafe { &mut *p };
-                if st.since_ns != 0 {
-                    prev_ns = now.saturating_sub(st.since_ns);
-                }
-                if learned {
-                    st.pid = cur_pid;
-                    st.comm = cur_comm;
-                }
-                let owner = (st.pid, st.comm);
-                if new == state::CLOSE {
-                    // The socket's life ends here; its address may be reused.
-                    let _ = SOCKS.remove(cookie);
-                } else {
-                    st.since_ns = now;
-                }
-                owner
+        // A closing socket's record is only updated, never created.
+        let p = sock_rec(sk, new != state::CLOSE);
+        if p.is_null() {
+            if new != state::CLOSE {
+                count(counter::TABLE_FULL);
+                diag::table_full(cookie);
             }
-            None => {
-                if new != state::CLOSE {
-                    let st = SockState {
-                        since_ns: now,
-                        pid: cur_pid,
-                        _pad: 0,
-                        comm: cur_comm,
-                    };
-                    if SOCKS.insert(cookie, st, 0).is_err() {
-                        count(counter::TABLE_FULL);
-                        diag::table_full(cookie);
-                    }
-                }
-                (cur_pid, cur_comm)
+            if learned {
+                owner_from = OWNER_SOCKET;
             }
+            (cur_pid, cur_comm)
+        } else {
+            // SAFETY: this socket's own storage; the socket lock (or, for a new
+            // child, its not being visible yet) serialises its transitions.
+            let st = unsafe { &mut *p };
+            if old == state::LISTEN && new == state::SYN_RECV {
+                // A new child whose record sk_clone_lock() copied from its listener
+                // (bpf_sk_storage_clone): the owner is the listener's holder until
+                // this socket shows its own; the time is the listener's, not ours.
+                if st.pid != 0 {
+                    st.owner_from = OWNER_LISTENER;
+                }
+            } else if st.since_ns != 0 {
+                prev_ns = now.saturating_sub(st.since_ns);
+            }
+            if learned {
+                st.pid = cur_pid;
+                st.comm = cur_comm;
+                st.owner_from = OWNER_SOCKET;
+            }
+            // Never carry a duration across a CLOSE: the socket may be reused
+            // (connect() again, listen() again) with a new history.
+            st.since_ns = if new == state::CLOSE { 0 } else { now };
+            owner_from = st.owner_from;
+            (st.pid, st.comm)
         }
     };
 
@@ -181,7 +182,8 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         family: 0,
         oldstate: old as u8,
         newstate: new as u8,
-        _pad: 0,
+        owner_from,
+        _pad: [0; 3],
         comm,
     };
     if need_addrs {
@@ -189,16 +191,22 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         if ev.family == AF_INET {
             let s: u32 = unsafe { load(sk, c.sk_rcv_saddr) };
             let d: u32 = unsafe { load(sk, c.sk_daddr) };
-            ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
-            ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+            // Whole 16-byte stores: a partial copy into the zeroed arrays made LLVM
+            // call memset for the rest (a BPF-to-BPF call per piece).
+            ev.saddr = u128::from(s).to_le_bytes();
+            ev.daddr = u128::from(d).to_le_bytes();
         } else if ev.family == AF_INET6 {
             ev.saddr = load_in6(sk, c.sk_v6_rcv_saddr);
             ev.daddr = load_in6(sk, c.sk_v6_daddr);
         }
-        // inet_sport stays valid at ->CLOSE, unlike skc_num, which inet_put_port()
-        // clears. It lies in struct inet_sock, beyond the BTF type of `sk`, so it
-        // takes a checked read.
-        ev.sport = u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? });
+        // skc_num is a plain load but inet_put_port() clears it by ->CLOSE, where
+        // inet_sport stays valid; that one lies in struct inet_sock, beyond the BTF
+        // type of `sk`, so it takes a checked read.
+        ev.sport = if new != state::CLOSE {
+            unsafe { load::<u16>(sk, c.sk_num) }
+        } else {
+            u16::from_be(unsafe { read::<u16>(sk, c.inet_sport)? })
+        };
         ev.dport = u16::from_be(unsafe { load::<u16>(sk, c.sk_dport) });
         if !f.passes_endpoints(ev.family, &ev.saddr, &ev.daddr, ev.sport, ev.dport) {
             return Ok(());

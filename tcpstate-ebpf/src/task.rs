@@ -1,15 +1,17 @@
 //! Reads from tasks and their files, shared by the programs that learn owners: the
-//! current task as an owner, and the file -> socket walk (`accept`, `iter`).
+//! current task as an owner, and the file -> socket walk (`iter`).
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task_btf};
 use tcpstate_common::{Config, AF_INET, AF_INET6, IPPROTO_TCP};
 
-use crate::config::read;
+use crate::config::{load, read};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 
 /// The current process (tgid) and its thread-group leader's comm, as `ss -p` names it.
+/// Plain loads from the BTF-typed current task (`bpf_get_current_task_btf`): no
+/// helper reads.
 #[inline(always)]
 pub fn current_owner(c: &Config) -> (u32, [u8; 16]) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -17,11 +19,13 @@ pub fn current_owner(c: &Config) -> (u32, [u8; 16]) {
         // The idle task is never an owner.
         return (0, [0; 16]);
     }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let comm = unsafe { read::<*const u8>(task, c.task_group_leader) }
-        .and_then(|leader| unsafe { read::<[u8; 16]>(leader, c.task_comm) })
-        .or_else(|_| bpf_get_current_comm())
-        .unwrap_or([0; 16]);
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let leader: *const u8 = unsafe { load(task, c.task_group_leader) };
+    let lo: u64 = unsafe { load(leader, c.task_comm) };
+    let hi: u64 = unsafe { load(leader, c.task_comm + 8) };
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&lo.to_ne_bytes());
+    comm[8..].copy_from_slice(&hi.to_ne_bytes());
     (tgid, comm)
 }
 

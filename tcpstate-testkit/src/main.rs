@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod calib;
 mod closewait;
 mod loops;
+mod owners;
 
 #[derive(Parser)]
 #[command(name = "tcpkit", about = "Loopback TCP workloads for tcpstate's tests")]
@@ -109,6 +110,29 @@ enum Cmd {
         duration: f64,
         #[arg(long, default_value_t = 64)]
         threads: u32,
+    },
+    /// Listen, print `ready PORT`, wait for a line on stdin, then accept CONNS
+    /// connections and close each after EOF (they can reach CLOSE_WAIT unaccepted).
+    LateServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+    },
+    /// Connect CONNS times, closing each connection at once; prints `done N`.
+    ConnectClose {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+    },
+    /// The parent listens, a forked child accepts CONNS connections and closes each
+    /// after EOF; prints `ready PORT child PID`.
+    PreforkServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
     },
     /// COUNT sockets in CLOSE_WAIT on loopback, spread over worker processes (the fd
     /// limit is per process); prints `ready COUNT procs P ports P,P,...` and holds
@@ -381,6 +405,9 @@ fn main() -> Result<()> {
             let (n, secs) = loops::timers(duration, threads)?;
             writeln!(out, "timers {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
         }
+        Cmd::LateServer { addr, conns } => owners::late_server(addr, conns)?,
+        Cmd::ConnectClose { addr, conns } => owners::connect_close(addr, conns)?,
+        Cmd::PreforkServer { addr, conns } => owners::prefork_server(addr, conns)?,
         Cmd::CloseWait { count, worker } => {
             raise_nofile();
             if worker {

@@ -50,6 +50,13 @@ fn owners(evs: &[Value]) -> Vec<Option<u64>> {
     evs.iter().map(|e| e["pid"].as_u64()).collect()
 }
 
+/// Where each transition's owner came from: "socket", "listener" or "" (null).
+fn owner_froms(evs: &[Value]) -> Vec<&str> {
+    evs.iter()
+        .map(|e| e["owner_from"].as_str().unwrap_or(""))
+        .collect()
+}
+
 struct Expect {
     client: Seq,
     server: Seq,
@@ -125,9 +132,11 @@ fn exact_pair(ip: &str, mode: &str, conns: usize) {
                 assert_ne!(ev["sport"], 0, "{ev}");
             }
         }
+        let from = owner_froms(&evs);
         if sq == s(&[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]) {
             n_listener += 1;
             assert_eq!(own, vec![Some(server); 2], "listener {sock}");
+            assert_eq!(from, vec!["socket"; 2], "listener {sock}");
         } else if sq[0].0 == "CLOSE" {
             n_client += 1;
             assert_eq!(sq, e.client, "client socket {sock}");
@@ -138,6 +147,7 @@ fn exact_pair(ip: &str, mode: &str, conns: usize) {
                 vec![Some(client); sq.len()],
                 "client socket {sock}: {evs:?}"
             );
+            assert_eq!(from, vec!["socket"; sq.len()], "client socket {sock}");
             for ev in &evs {
                 assert_eq!(ev["comm"], "tcpkit");
                 assert_eq!(ev["daddr"], ip);
@@ -146,11 +156,24 @@ fn exact_pair(ip: &str, mode: &str, conns: usize) {
         } else {
             n_server += 1;
             assert_eq!(sq, e.server, "server socket {sock}");
-            // Unknown until accept(), then the server, never the client whose
-            // segments drove the softirq transitions.
-            let mut want = vec![None, None];
-            want.extend(vec![Some(server); sq.len() - 2]);
-            assert_eq!(own, want, "server socket {sock}: {evs:?}");
+            // The listener's holder from the start (the child's record is cloned
+            // from the listener's), never the client whose segments drove the
+            // softirq transitions; "socket" from the server's own close() on.
+            assert_eq!(
+                own,
+                vec![Some(server); sq.len()],
+                "server socket {sock}: {evs:?}"
+            );
+            let closes = sq
+                .iter()
+                .position(|(o, n)| {
+                    (o == "ESTABLISHED" && n == "FIN_WAIT1")
+                        || (o == "CLOSE_WAIT" && n == "LAST_ACK")
+                })
+                .unwrap_or(sq.len());
+            let mut want = vec!["listener"; closes];
+            want.extend(vec!["socket"; sq.len() - closes]);
+            assert_eq!(from, want, "server socket {sock}: {evs:?}");
         }
         // Durations: unknown for a socket's first transition, measured afterwards.
         assert!(evs[0]["prev_ms"].is_null(), "{sock}");
@@ -266,9 +289,10 @@ fn filters_state_family_and_pid() {
 
     let lines = json_lines(&by_pid.stop().0);
     let ts = transitions(&lines);
-    // The server's sockets once owned: the listener's close (it listened before the
-    // tracer started) + 3 per accepted socket.
-    assert_eq!(ts.len(), 1 + 3 * 3, "{ts:?}");
+    // The listener's close (it listened before the tracer started; the startup seed
+    // names its holder) + all 5 transitions per accepted socket (the listener's
+    // holder from LISTEN -> SYN_RECV on).
+    assert_eq!(ts.len(), 1 + 3 * 5, "{ts:?}");
     assert!(ts.iter().all(|t| t["pid"] == server_pid));
 
     // -6 drops the 3 IPv4 connections and keeps the IPv6 one on the other port:
@@ -401,4 +425,138 @@ fn without_privileges_says_which() {
     );
     assert!(!err.contains("panicked"));
     assert!(out.stdout.is_empty());
+}
+
+fn sock_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// A server that accepts late: its connections reach CLOSE_WAIT in the accept queue,
+/// before any accept(). `trace --pid SERVER` still shows every ESTABLISHED ->
+/// CLOSE_WAIT, owned by the server as the listener's holder, then the server's own
+/// close() as "socket".
+fn late_accept(ip: &str) {
+    const N: usize = 6;
+    let port = free_port(ip);
+    let addr = sock_addr(ip, port);
+    let mut server = Kit::spawn(&["late-server", "--addr", &addr, "--conns", &N.to_string()]);
+    assert!(server.line().starts_with("ready"));
+    let sp = server.pid();
+    let mut tracer = Tracer::start(&[
+        "trace",
+        "--json",
+        "--port",
+        &port.to_string(),
+        "--pid",
+        &sp.to_string(),
+    ]);
+    let mut client = Kit::spawn(&["connect-close", "--addr", &addr, "--conns", &N.to_string()]);
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    // Let the FINs arrive: every connection is in CLOSE_WAIT, still unaccepted.
+    std::thread::sleep(Duration::from_millis(200));
+    server.write_stdin(b"go\n");
+    assert!(server.line().starts_with("accepted"));
+    server.finish();
+    let (out, err, status) = tracer.stop();
+    assert!(status.success(), "{err:?}");
+    let lines = json_lines(&out);
+    assert_eq!(summary(&lines)["lost"], 0);
+    let ts = transitions(&lines);
+    assert!(ts.iter().all(|t| t["pid"] == sp), "{out}");
+    let cw: Vec<&&Value> = ts
+        .iter()
+        .filter(|t| t["old"] == "ESTABLISHED" && t["new"] == "CLOSE_WAIT")
+        .collect();
+    assert_eq!(cw.len(), N, "{out}");
+    assert!(cw.iter().all(|t| t["owner_from"] == "listener"), "{out}");
+    let last_ack: Vec<&&Value> = ts.iter().filter(|t| t["new"] == "LAST_ACK").collect();
+    assert_eq!(last_ack.len(), N, "{out}");
+    assert!(
+        last_ack.iter().all(|t| t["owner_from"] == "socket"),
+        "{out}"
+    );
+    // Each accepted socket's 5 transitions, and the listener's close (it listened
+    // before the tracer started; the startup seed named its holder).
+    assert_eq!(ts.len(), 5 * N + 1, "{out}");
+}
+
+#[test]
+fn late_accept_shows_close_wait_owned_by_the_listener_ipv4() {
+    late_accept("127.0.0.1");
+}
+
+#[test]
+fn late_accept_shows_close_wait_owned_by_the_listener_ipv6() {
+    late_accept("::1");
+}
+
+/// A prefork server: the parent listens, a forked child accepts and closes. Until
+/// the child shows itself the owner is the listener's holder (the parent); the
+/// child's close() transitions name the child.
+fn prefork(ip: &str) {
+    const N: usize = 4;
+    let port = free_port(ip);
+    let addr = sock_addr(ip, port);
+    let mut tracer = Tracer::start(&["trace", "--json", "--port", &port.to_string()]);
+    let mut server = Kit::spawn(&["prefork-server", "--addr", &addr, "--conns", &N.to_string()]);
+    let ready = server.line();
+    let parent = u64::from(server.pid());
+    let child: u64 = ready
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{ready}"));
+    // The client closes at once (the server sends no greeting).
+    let mut client = Kit::spawn(&["connect-close", "--addr", &addr, "--conns", &N.to_string()]);
+    assert!(client.line().starts_with("done"));
+    client.finish();
+    server.finish();
+    let (out, err, status) = tracer.stop();
+    assert!(status.success(), "{err:?}");
+    let lines = json_lines(&out);
+    assert_eq!(summary(&lines)["lost"], 0);
+    let ts = transitions(&lines);
+    let mut accepted = 0;
+    for (sock, evs) in per_socket(&ts) {
+        if evs[0]["old"] != "LISTEN" || evs[0]["new"] != "SYN_RECV" {
+            continue;
+        }
+        accepted += 1;
+        let sq = seq(&evs);
+        assert_eq!(
+            sq,
+            s(&[
+                ("LISTEN", "SYN_RECV"),
+                ("SYN_RECV", "ESTABLISHED"),
+                ("ESTABLISHED", "CLOSE_WAIT"),
+                ("CLOSE_WAIT", "LAST_ACK"),
+                ("LAST_ACK", "CLOSE"),
+            ]),
+            "{sock}"
+        );
+        let own = owners(&evs);
+        assert_eq!(&own[..3], &[Some(parent); 3], "{sock}: {evs:?}");
+        assert_eq!(&own[3..], &[Some(child); 2], "{sock}: {evs:?}");
+        assert_eq!(
+            owner_froms(&evs),
+            vec!["listener", "listener", "listener", "socket", "socket"],
+            "{sock}"
+        );
+    }
+    assert_eq!(accepted, N, "{out}");
+}
+
+#[test]
+fn prefork_child_owns_what_it_closes_ipv4() {
+    prefork("127.0.0.1");
+}
+
+#[test]
+fn prefork_child_owns_what_it_closes_ipv6() {
+    prefork("::1");
 }

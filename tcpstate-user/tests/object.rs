@@ -38,7 +38,9 @@ fn probe_source() -> String {
 
 /// The names in `#[map(name = "...")]` attributes.
 fn source_maps(src: &str) -> Vec<&str> {
+    // Legacy maps (`#[map]`) and BTF maps (a `.maps` static named by export_name).
     src.match_indices("#[map(name = \"")
+        .chain(src.match_indices("#[unsafe(export_name = \""))
         .map(|(i, m)| {
             let rest = &src[i + m.len()..];
             &rest[..rest.find('"').unwrap()]

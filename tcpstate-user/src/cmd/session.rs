@@ -21,16 +21,14 @@ use crate::{
     cmd::stdout,
     model::summary::{Received, Summary},
     probe::{
+        kernel_order_warning, kernel_version,
         ring::{decode, monotonic_ns},
-        sockdiag, tracefs, LoadOptions, Probe,
+        LoadOptions, Probe,
     },
 };
 
 /// Longest time an event waits in the ring buffer when the host is quiet.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-/// Every TCP state bit, for sock_diag.
-pub const ALL_STATES: u32 = 0xfff;
 
 /// What a command does with events.
 pub trait Consumer {
@@ -70,18 +68,23 @@ impl Session {
         let int = signal(SignalKind::interrupt())?;
         let term = signal(SignalKind::terminate())?;
         let started = Instant::now();
+        if let Some(w) = kernel_version().and_then(kernel_order_warning) {
+            eprintln!("tcpstate: warning: {w}");
+        }
         let (mut probe, ring) = Probe::load(opts)?;
         let attached_ns = monotonic_ns();
-        if probe.mounted_tracefs {
-            eprintln!("tcpstate: mounted tracefs at {}", tracefs::TRACEFS);
-        }
+        // Seeded before saying "attached": from then on every owner is known.
+        let seeded = if seed_owners {
+            seed_existing(&mut probe)
+                .map(|n| format!(" (owners of {n} existing sockets seeded)"))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         eprintln!(
-            "tcpstate: probe attached in {} ms; {what} (Ctrl-C to stop)",
+            "tcpstate: probe attached in {} ms{seeded}; {what} (Ctrl-C to stop)",
             started.elapsed().as_millis()
         );
-        if seed_owners {
-            seed_existing(&mut probe);
-        }
         Ok(Session {
             probe,
             ring: Some(ring),
@@ -194,19 +197,15 @@ fn drain<C: Consumer>(ring: &mut RingBuf<MapData>, c: &mut C, r: &mut Received) 
     c.flush()
 }
 
-/// Sockets that predate the probe: learn their owners from the fds that refer to them.
-/// sock_diag first, because dumping a socket gives it a cookie (`sock_gen_cookie`),
-/// which the fd scan then reads.
-fn seed_existing(probe: &mut Probe) {
-    if let Err(e) = sockdiag::for_each_tcp(ALL_STATES, |_| {}) {
-        eprintln!(
-            "tcpstate: warning: listing existing sockets failed ({e}); their owners stay unknown"
-        );
-        return;
-    }
-    if let Err(e) = probe.seed_owners() {
-        eprintln!(
-            "tcpstate: warning: scanning file descriptors failed ({e}); owners of existing sockets stay unknown"
-        );
-    }
+/// Sockets that predate the probe: the kernel gives each one some process holds an
+/// fd for a record naming it (an iterator; no sock_diag dump, no copy to userspace).
+fn seed_existing(probe: &mut Probe) -> Option<usize> {
+    probe
+        .seed_owners()
+        .map_err(|e| {
+            eprintln!(
+                "tcpstate: warning: scanning file descriptors failed ({e}); owners of existing sockets stay unknown"
+            )
+        })
+        .ok()
 }

@@ -33,8 +33,6 @@ pub struct Summary {
     /// Sockets not tracked because a socket table (the probe's, its TIME_WAIT
     /// candidates', or the reader's) was full.
     pub untracked: u64,
-    /// accept() calls whose socket could not be resolved, or the kernel skipped.
-    pub accept_unresolved: u64,
     /// Malformed ring-buffer records.
     pub bad_records: u64,
     /// Transitions the kernel handed to the probe, before any filter (every protocol
@@ -81,7 +79,6 @@ impl Summary {
             hist_spilled: c.hist_spilled,
             recovered: c.set_state_recovered,
             untracked: c.table_full + c.tw_untracked + r.untracked,
-            accept_unresolved: c.accept_unresolved + c.accept_skipped,
             bad_records: r.bad_records,
             probe_calls: c.probe_calls,
         }
@@ -232,8 +229,6 @@ mod tests {
         let c = Counters {
             table_full: 1,
             tw_untracked: 2,
-            accept_unresolved: 4,
-            accept_skipped: 8,
             probe_calls: 99,
             ..Default::default()
         };
@@ -243,7 +238,7 @@ mod tests {
             ..received(3)
         };
         let s = Summary::from_counters(&c, &r);
-        assert_eq!((s.untracked, s.accept_unresolved), (19, 12));
+        assert_eq!(s.untracked, 19);
         assert_eq!((s.events, s.shown, s.probe_calls, s.lost), (3, 1, 99, 0));
     }
 }

@@ -13,11 +13,40 @@ use aya::{
     Ebpf,
 };
 use tcpstate_common::{
-    counter, names, FdRecord, Hist, HistKey, SockState, TwKey, TwLive, HIST_BUCKETS,
-    HIST_SPILL_STATES,
+    counter, names, FdRecord, Hist, HistKey, TwKey, TwLive, HIST_BUCKETS, HIST_SPILL_STATES,
 };
 
 use super::Probe;
+
+/// Runs iterator program `prog` once and hands each `N`-byte record it writes to
+/// `each`, streamed in 64 KiB reads (a host with 500k socket fds would otherwise
+/// hold all of them in memory at once).
+fn read_iter<const N: usize>(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    let iter: &mut Iter = ebpf
+        .program_mut(prog)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| io::Error::other(format!("iterator {prog} not loaded")))?;
+    let id = iter.attach().map_err(io::Error::other)?;
+    let link = iter.take_link(id).map_err(io::Error::other)?;
+    let mut file = link.into_file().map_err(io::Error::other)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut filled = 0;
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf[filled..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let whole = filled - filled % N;
+        buf[..whole].chunks_exact(N).for_each(&mut each);
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
+    }
+}
 
 /// Loss and coverage counters as the kernel keeps them, summed over CPUs and
 /// programs: raw facts, turned into the user's `Summary` by the model.
@@ -25,7 +54,8 @@ use super::Probe;
 pub struct Counters {
     pub ringbuf_full: u64,
     pub table_full: u64,
-    pub accept_unresolved: u64,
+    /// Existing sockets whose owner the startup seed recorded.
+    pub seeded: u64,
     /// Transitions the kernel skipped in the primary probe since the backup was
     /// attached...
     pub set_state_skipped: u64,
@@ -35,8 +65,6 @@ pub struct Counters {
     pub read_failed: u64,
     /// Histogram samples kept without their --by key (see HIST_SPILL).
     pub hist_spilled: u64,
-    /// `recursion_misses` of the accept probes.
-    pub accept_skipped: u64,
     /// TIME_WAIT candidates recorded, and how they ended (see `counter::TW_*`).
     pub tw_candidates: u64,
     pub tw_expired: u64,
@@ -100,62 +128,23 @@ impl Probe {
     /// Every fd that refers to a TCP socket, in every process, from one pass of the
     /// `task_file` iterator.
     pub fn scan_fds(&mut self, mut each: impl FnMut(&FdRecord)) -> io::Result<()> {
-        let iter: &mut Iter = self
-            .ebpf
-            .program_mut(names::PROG_TASK_SOCKETS)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| io::Error::other("iter/task_file not loaded"))?;
-        let id = iter.attach().map_err(io::Error::other)?;
-        let link = iter.take_link(id).map_err(io::Error::other)?;
-        let mut file = link.into_file().map_err(io::Error::other)?;
-        // Streamed in 64 KiB reads: a host with 200k socket fds would otherwise hold
-        // all of them in memory at once.
-        const N: usize = std::mem::size_of::<FdRecord>();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut filled = 0;
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf[filled..])?;
-            if n == 0 {
-                return Ok(());
-            }
-            filled += n;
-            let whole = filled - filled % N;
-            for c in buf[..whole].chunks_exact(N) {
+        read_iter::<{ std::mem::size_of::<FdRecord>() }>(
+            &mut self.ebpf,
+            names::PROG_TASK_SOCKETS,
+            |c: &[u8]| {
                 // SAFETY: FdRecord is plain old data; each chunk is one whole record.
-                each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) });
-            }
-            buf.copy_within(whole..filled, 0);
-            filled -= whole;
-        }
+                each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
+            },
+        )
     }
 
-    /// Tells the probe the owners of sockets it has not seen yet (they predate it), so
-    /// their transitions name the right process. Entries the probe already made win.
+    /// Gives every existing TCP socket some process holds an fd for a record naming
+    /// that process (`seed_owners`, in the kernel: nothing is copied out but one
+    /// cookie per socket seeded), so the transitions of sockets that predate the
+    /// probe name their owner. Records the probe already made win. Returns how many.
     pub fn seed_owners(&mut self) -> io::Result<usize> {
-        let mut holders = Vec::new();
-        self.scan_fds(|r| {
-            if r.cookie != 0 {
-                holders.push(*r)
-            }
-        })?;
-        let Some(map) = self.ebpf.map_mut(names::SOCKS) else {
-            return Ok(0);
-        };
-        let mut socks =
-            aya::maps::HashMap::<_, u64, SockState>::try_from(map).map_err(io::Error::other)?;
         let mut n = 0;
-        for h in &holders {
-            // Only the fields the probe reads; the rest stay zero. `since_ns` 0: the
-            // time of the last change is unknown.
-            // SAFETY: SockState is plain old data; all zeros is a valid value.
-            let mut st: SockState = unsafe { std::mem::zeroed() };
-            st.pid = h.pid;
-            st.comm = h.comm;
-            // BPF_NOEXIST: the probe's own record is newer.
-            if socks.insert(h.cookie, st, 1).is_ok() {
-                n += 1;
-            }
-        }
+        read_iter::<8>(&mut self.ebpf, names::PROG_SEED_OWNERS, |_| n += 1)?;
         Ok(n)
     }
 
@@ -272,12 +261,11 @@ fn read_counters(
     Counters {
         ringbuf_full: sum(counter::RINGBUF_FULL),
         table_full: sum(counter::TABLE_FULL),
-        accept_unresolved: sum(counter::ACCEPT_UNRESOLVED),
+        seeded: sum(counter::SEEDED),
         set_state_skipped: misses(names::PROG_SET_STATE).saturating_sub(skipped_before_backup),
         set_state_recovered: sum(counter::RECOVERED),
         read_failed: sum(counter::READ_FAILED),
         hist_spilled: sum(counter::HIST_SPILLED),
-        accept_skipped: misses(names::PROG_ACCEPT4_EXIT) + misses(names::PROG_ACCEPT_EXIT),
         tw_candidates: sum(counter::TW_CANDIDATES),
         tw_expired: sum(counter::TW_EXPIRED),
         tw_reused: sum(counter::TW_REUSED),

@@ -3,10 +3,9 @@
 //! predate it ([`sockdiag`]). It returns plain data (the common crate's records and
 //! its own [`Counters`]), never the model's types.
 //!
-//! Lifecycle (as in libbpf-tools): check privileges -> tracefs, only if a classic
-//! tracepoint is attached ->
+//! Lifecycle (as in libbpf-tools): check privileges ->
 //! resolve kernel offsets from BTF -> set them as the probe's read-only `CONFIG` ->
-//! load -> attach. Links live as long as [`Probe`]: they close with the process, so an
+//! load -> attach (BTF tracepoints and iterators only: no tracefs, no syscall hook). Links live as long as [`Probe`]: they close with the process, so an
 //! early exit leaves nothing attached.
 
 pub mod cgroups;
@@ -16,13 +15,12 @@ pub mod offsets;
 pub mod procfs;
 pub mod ring;
 pub mod sockdiag;
-pub mod tracefs;
 
 use std::time::Duration;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
+    programs::{BtfTracePoint, Iter, ProgramError},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -48,8 +46,6 @@ pub enum LoadError {
     Privileges(String),
     #[error("this tcpstate binary was built without its kernel probe; build it with `cargo xtask build --release` or run `cargo xtask run`")]
     NoObject,
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetError),
     #[error("loading the BPF object failed: {0}")]
@@ -102,8 +98,6 @@ pub struct Probe {
     /// the object has no log map.
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     counters: PerCpuArray<MapData, u64>,
-    /// Whether this run mounted tracefs (reported once).
-    pub mounted_tracefs: bool,
     /// The primary's recursion_misses when the backup was attached.
     skipped_before_backup: u64,
 }
@@ -153,13 +147,6 @@ impl Probe {
         if BPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        // Only the accept tracepoints are classic ones, attached by an id read from
-        // tracefs; without them tracefs is never touched (it may be unreadable).
-        let mounted_tracefs = if opts.flags & FLAG_OWNERS != 0 {
-            tracefs::ensure_usable()?
-        } else {
-            false
-        };
         raise_memlock();
 
         // EbpfLoader::new() always parses all of /sys/kernel/btf/vmlinux (~16 MB here)
@@ -220,20 +207,6 @@ impl Probe {
         }
         let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
 
-        // Owners of accepted sockets: only commands that name owners pay for this.
-        if opts.flags & FLAG_OWNERS != 0 {
-            for name in [names::PROG_ACCEPT4_EXIT, names::PROG_ACCEPT_EXIT] {
-                let tp: &mut TracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or(LoadError::Missing("an accept tracepoint"))?
-                    .try_into()
-                    .map_err(prog_err(format!("syscalls/{name}")))?;
-                tp.load()
-                    .map_err(prog_err(format!("loading syscalls/{name}")))?;
-                tp.attach("syscalls", name)
-                    .map_err(prog_err(format!("attaching syscalls/{name}")))?;
-            }
-        }
         if opts.flags & FLAG_TIMEWAIT != 0 {
             let name = names::PROG_TW_EXPIRE;
             let prog = tp_btf(&mut ebpf, name)?;
@@ -250,6 +223,16 @@ impl Probe {
             .map_err(prog_err("iter/task_file"))?;
         iter.load("task_file", &btf)
             .map_err(prog_err("loading iter/task_file"))?;
+        // The owner seed writes socket records: only commands that keep them.
+        if opts.flags & FLAG_OWNERS != 0 {
+            let iter: &mut Iter = ebpf
+                .program_mut(names::PROG_SEED_OWNERS)
+                .ok_or(LoadError::Missing(names::PROG_SEED_OWNERS))?
+                .try_into()
+                .map_err(prog_err("iter/task_file seed_owners"))?;
+            iter.load("task_file", &btf)
+                .map_err(prog_err("loading iter/task_file seed_owners"))?;
+        }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)
                 .ok_or(LoadError::Missing(names::COUNTERS))?,
@@ -269,12 +252,44 @@ impl Probe {
                 ebpf,
                 logger,
                 counters,
-                mounted_tracefs,
                 skipped_before_backup,
             },
             events,
         ))
     }
+}
+
+/// The kernel's release as (major, minor), from uname.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates release.
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    parse_release(&rel.to_string_lossy())
+}
+
+fn parse_release(rel: &str) -> Option<(u32, u32)> {
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// What an older kernel gets wrong, or None from 6.15 on. Before 6.15
+/// (`inet_csk_clone_lock()` consolidated), LISTEN -> SYN_RECV fires on the child
+/// before its 4-tuple and cookie are set.
+pub fn kernel_order_warning(v: (u32, u32)) -> Option<String> {
+    (v < (6, 15)).then(|| {
+        format!(
+            "kernel {}.{} < 6.15: each accepted socket's LISTEN -> SYN_RECV transition \
+             carries its listener's cookie (`sock`) and remote port 0 (the kernel sets the \
+             child's 4-tuple and cookie only after that transition before 6.15); its later \
+             transitions, owners and durations are right",
+            v.0, v.1
+        )
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory
@@ -324,4 +339,19 @@ fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTrace
         .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(prog_err(format!("tp_btf {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.209"), Some((5, 10)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(kernel_order_warning((6, 15)).is_none());
+        assert!(kernel_order_warning((7, 0)).is_none());
+        assert!(kernel_order_warning((6, 14)).unwrap().contains("6.15"));
+    }
 }

@@ -46,6 +46,7 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         tw_timer: o("inet_timewait_sock", "tw_timer")?,
         tw_substate: o("inet_timewait_sock", "tw_substate")?,
         tw_sport: o("inet_timewait_sock", "tw_sport")?,
+        sk_num: o("sock", "__sk_common.skc_num")?,
         ..Config::default()
     })
 }

@@ -31,7 +31,7 @@ pub fn summary_text(s: &Summary) -> String {
     format!(
         "tcpstate: {} events, {} shown, {} lost ({} ring buffer full, {} skipped by the kernel, \
          {} unreadable, {} sent but not received; {} recovered), {} untracked sockets (table \
-         full), {} accepts unresolved",
+         full)",
         s.events,
         s.shown,
         s.lost,
@@ -40,7 +40,6 @@ pub fn summary_text(s: &Summary) -> String {
         s.lost_read,
         s.lost_transit,
         s.recovered,
-        s.untracked,
-        s.accept_unresolved
+        s.untracked
     )
 }

@@ -7,7 +7,7 @@ use std::{
     net::Ipv6Addr,
 };
 
-use tcpstate_common::{Event, AF_INET, AF_INET6, PREV_UNKNOWN};
+use tcpstate_common::{Event, AF_INET, AF_INET6, OWNER_LISTENER, OWNER_SOCKET, PREV_UNKNOWN};
 
 use crate::{
     model::{
@@ -112,9 +112,13 @@ fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, c
         l.int(ev.pid);
         l.put(b",\"comm\":\"");
         put_comm(l, &ev.comm, true, comm);
-        l.byte(b'"');
+        l.put(match ev.owner_from {
+            OWNER_LISTENER => &b"\",\"owner_from\":\"listener\""[..],
+            OWNER_SOCKET => &b"\",\"owner_from\":\"socket\""[..],
+            _ => &b"\",\"owner_from\":null"[..],
+        });
     } else {
-        l.put(b"null,\"comm\":null");
+        l.put(b"null,\"comm\":null,\"owner_from\":null");
     }
     let (s, d) = (
         Addr::of(ev.family, &ev.saddr),
@@ -161,6 +165,10 @@ fn table_line(
     if ev.pid != 0 {
         let col = l.pos;
         l.int(ev.pid);
+        // The listener's holder, not yet seen on this socket itself.
+        if ev.owner_from == OWNER_LISTENER {
+            l.byte(b'*');
+        }
         l.pad(col, 7);
         l.byte(b' ');
         let col = l.pos;

@@ -22,7 +22,8 @@ pub struct Scale {
     pub trace_peak_rss_kib: u64,
     pub trace_cpu_ms_2s: f64,
     /// From start until trace's CPU use fell below half a core for good (its
-    /// seeding), capped at 10 s.
+    /// seeding), capped at 10 s; at least the time to attached (tcpstate seeds
+    /// existing sockets' owners before it says "attached").
     pub trace_busy_ms: f64,
     pub linger_wall_ms: f64,
     pub linger_peak_rss_kib: u64,
@@ -110,7 +111,7 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    s.trace_busy_ms = busy_until(&samples);
+    s.trace_busy_ms = busy_until(&samples).max(s.trace_attach_ms);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     child.0.wait()?;

@@ -13,6 +13,7 @@ fn sample() -> Event {
     ev.sport = 443;
     ev.dport = 51234;
     ev.pid = 4242;
+    ev.owner_from = tcpstate_common::OWNER_SOCKET;
     ev.comm[..5].copy_from_slice(b"nginx");
     ev.prev_ns = 1_532_104_000;
     ev
@@ -45,12 +46,13 @@ fn json_line() {
     assert_eq!(
         lines[0],
         serde_json::json!({"type":"transition","time":"2026-11-22T12:01:02.123456Z",
-            "sock":"42","pid":4242,"comm":"nginx","family":4,"saddr":"10.0.0.5","sport":443,
+            "sock":"42","pid":4242,"comm":"nginx","owner_from":"socket","family":4,"saddr":"10.0.0.5","sport":443,
             "daddr":"10.0.0.9","dport":51234,"old":"ESTABLISHED","new":"CLOSE_WAIT",
             "prev_ms":1532.104})
     );
     assert_eq!(lines[1]["pid"], serde_json::Value::Null);
     assert_eq!(lines[1]["comm"], serde_json::Value::Null);
+    assert_eq!(lines[1]["owner_from"], serde_json::Value::Null);
     assert_eq!(lines[1]["prev_ms"], serde_json::Value::Null);
     assert_eq!(lines[1]["new"], "UNKNOWN(99)");
 }
@@ -129,6 +131,7 @@ mod reference {
         sock: &'a str,
         pid: Option<u32>,
         comm: Option<&'a str>,
+        owner_from: Option<&'a str>,
         family: u8,
         saddr: IpAddr,
         sport: u16,
@@ -188,6 +191,11 @@ mod reference {
                     sock: &self.scratch,
                     pid,
                     comm: pid.map(|_| self.comm.as_str()),
+                    owner_from: pid.and(match ev.owner_from {
+                        tcpstate_common::OWNER_SOCKET => Some("socket"),
+                        tcpstate_common::OWNER_LISTENER => Some("listener"),
+                        _ => None,
+                    }),
                     family: display_family(ev),
                     saddr,
                     sport: ev.sport,
@@ -206,6 +214,12 @@ mod reference {
                 let _ = write!(self.line, "{:<12} ", self.time);
                 match pid {
                     Some(p) => {
+                        let mark = if ev.owner_from == tcpstate_common::OWNER_LISTENER {
+                            "*"
+                        } else {
+                            ""
+                        };
+                        let p = format!("{p}{mark}");
                         let _ = write!(self.line, "{p:<7} {:<16} ", self.comm);
                     }
                     None => {
@@ -301,6 +315,7 @@ fn events() -> Vec<Event> {
         ev.ts_ns += i as u64 * 400_000_007;
         ev.cookie = [0, 1, 42, u64::MAX][i % 4];
         ev.pid = [4242, 0, 1, u32::MAX][i % 4];
+        ev.owner_from = [0, 1, 2][i % 3];
         ev.sport = [0, 443, 65535][i % 3];
         match i % 7 {
             0 => {}
@@ -387,11 +402,11 @@ fn json_matches_serde() {
         lines(&both(true, false, &events()).0)[..2],
         [
             "{\"type\":\"transition\",\"time\":\"2026-11-22T12:01:02.123456Z\",\"sock\":\"0\",\
-             \"pid\":4242,\"comm\":\"nginx\",\"family\":4,\"saddr\":\"10.0.0.5\",\"sport\":0,\
+             \"pid\":4242,\"comm\":\"nginx\",\"owner_from\":null,\"family\":4,\"saddr\":\"10.0.0.5\",\"sport\":0,\
              \"daddr\":\"10.0.0.9\",\"dport\":51234,\"old\":\"ESTABLISHED\",\
              \"new\":\"CLOSE_WAIT\",\"prev_ms\":0.0}",
             "{\"type\":\"transition\",\"time\":\"2026-11-22T12:01:02.523456Z\",\"sock\":\"1\",\
-             \"pid\":null,\"comm\":null,\"family\":6,\"saddr\":\"::1\",\"sport\":443,\
+             \"pid\":null,\"comm\":null,\"owner_from\":null,\"family\":6,\"saddr\":\"::1\",\"sport\":443,\
              \"daddr\":\"2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff\",\"dport\":51234,\
              \"old\":\"CLOSE\",\"new\":\"UNKNOWN(99)\",\"prev_ms\":0.000001}",
         ]
@@ -540,4 +555,19 @@ fn longest_lines_fit() {
             assert!(new.len() + SLACK <= LINE_CAP, "{}", new.len());
         }
     }
+}
+
+#[test]
+fn listener_owner_is_marked() {
+    let mut ev = sample();
+    ev.owner_from = tcpstate_common::OWNER_LISTENER;
+    let mut w = writer(false, false);
+    w.transition(&ev).unwrap();
+    let text = String::from_utf8(w.out.clone()).unwrap();
+    assert!(text.contains(" 4242*   nginx  "), "{text}");
+    let mut w = writer(true, false);
+    w.transition(&ev).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&w.out).unwrap();
+    assert_eq!(v["owner_from"], "listener");
+    assert_eq!(v["pid"], 4242);
 }
