@@ -342,6 +342,26 @@ fn test() -> Result<ExitCode> {
         bail!("the kernel tests load BPF programs: run `sudo cargo xtask test` (or as root)");
     }
     let obj = build_ebpf()?;
+    // tests/serve.rs scrapes `tcpstate serve` with a real Prometheus and promtool.
+    if !Path::new("/usr/bin/promtool").exists() {
+        eprintln!("xtask: installing Debian's prometheus (with promtool) for the serve tests (first run only)");
+        status(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+        )?;
+        status(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install prometheus",
+        )?;
+    }
     eprintln!("xtask: checking formatting and lints");
     status(
         host_cargo().args(["fmt", "--all", "--check"]),

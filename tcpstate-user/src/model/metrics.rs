@@ -159,7 +159,7 @@ pub fn fold_destinations(g: &Gauge, top: usize) -> Vec<DestSeries> {
 }
 
 /// Bounds of the Prometheus buckets in microseconds: 2^m and 1.5 * 2^m for m in
-/// 3..=36 (8 us .. 19 h). Each is the lower bound of a kernel bucket (16 per power
+/// 3..=36 (8 us .. 28.6 h). Each is the lower bound of a kernel bucket (16 per power
 /// of two), so the conversion is exact: 68 `le` series per state instead of 560.
 pub fn bucket_bounds_us() -> Vec<u64> {
     (3..=36u32)
