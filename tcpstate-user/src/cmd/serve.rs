@@ -54,27 +54,35 @@ const TW_UNSEEN_AFTER: Duration = Duration::from_secs(66);
 /// Most CLOSE_WAIT sockets one walk tracks.
 const TABLE_CAPACITY: usize = 1 << 20;
 
-struct Collector {
-    session: Session,
+/// The fd walk's inputs, moved to a blocking thread for each walk and back: at
+/// 100k sockets a walk takes most of a second, which would stall every scrape on
+/// the runtime's one thread.
+struct Walker {
     filter: Filter,
     top: usize,
     pid_labels: bool,
-    /// Every histogram since start, TIME_WAIT's with how each ended.
-    total: Interval,
     /// When a walk first saw each CLOSE_WAIT socket (monotonic ns).
     first_seen: HashMap<u64, u64>,
-    /// Sockets a walk could not track (table full).
-    untracked: u64,
-    lingering: Vec<LingerSeries>,
-    gauge: Gauge,
-    tws_open: u64,
-    netns: u64,
-    kernel: String,
 }
 
-impl Collector {
-    /// The fd walk and the TIME_WAIT listing.
-    fn walk(&mut self) -> std::io::Result<()> {
+/// What the last walk found.
+#[derive(Default)]
+struct Walked {
+    lingering: Vec<LingerSeries>,
+    gauge: Gauge,
+    /// Sockets the walk could not track (table full).
+    untracked: u64,
+    /// TIME_WAIT candidates still open, and those that ended unseen (until the next
+    /// scrape counts them).
+    tws_open: u64,
+    unseen: Vec<(tcpstate_common::TwKey, tcpstate_common::TwLive)>,
+}
+
+impl Walker {
+    /// The CLOSE_WAIT sockets by holder, and the TIME_WAIT listing. The probe is
+    /// locked only for its fd scan.
+    fn walk(&mut self, session: &tokio::sync::Mutex<Session>) -> std::io::Result<Walked> {
+        let t0 = Instant::now();
         let now = monotonic_ns();
         let cw = 1u32 << state::CLOSE_WAIT;
         let mut table = SocketTable::new(cw, TABLE_CAPACITY);
@@ -86,13 +94,21 @@ impl Collector {
             table.seed(s.cookie, Lingering::seeded(s, since));
         })?;
         self.first_seen = seen;
-        self.untracked = table.untracked;
+        let untracked = table.untracked;
         let mut holders = Holders::with_capacity(table.len());
-        self.session.probe.scan_fds(|f| {
-            if table.contains(f.cookie) {
-                holders.add(f);
-            }
-        })?;
+        // The TIME_WAIT candidates' sweep lists their whole map: here, not at each
+        // scrape (unseen ones are only decided 66 s after their hand-over anyway).
+        let (tws_open, unseen) = {
+            let mut session = session.blocking_lock();
+            session.probe.scan_fds(|f| {
+                if table.contains(f.cookie) {
+                    holders.add(f);
+                }
+            })?;
+            session
+                .probe
+                .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?
+        };
         let reports = build(
             &table,
             &holders,
@@ -103,73 +119,101 @@ impl Collector {
         );
         drop((table, holders));
         let mut usage: HashMap<u32, Option<f64>> = HashMap::new();
-        self.lingering = fold_lingering(&reports, self.top, self.pid_labels, |pid| {
+        let lingering = fold_lingering(&reports, self.top, self.pid_labels, |pid| {
             *usage.entry(pid).or_insert_with(|| procinfo::fd_usage(pid))
         });
+        drop(reports);
 
-        self.gauge.clear();
-        self.gauge.port_range = procfs::local_port_range();
-        let (gauge, filter) = (&mut self.gauge, &self.filter);
+        let mut gauge = Gauge::new(procfs::local_port_range());
+        let filter = &self.filter;
         sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| {
             let daddr = unmap(s.daddr);
             if filter.matches_endpoints(family_of(unmap(s.saddr), daddr), s.sport, s.dport) {
                 gauge.add(daddr, s.dport);
             }
+        })?;
+        log::debug!("fd walk took {:?}", t0.elapsed());
+        Ok(Walked {
+            lingering,
+            gauge,
+            untracked,
+            tws_open,
+            unseen,
         })
     }
+}
 
+/// One walk on a blocking thread; the walker comes back with its result.
+async fn walk_off_thread(
+    mut w: Walker,
+    session: Arc<tokio::sync::Mutex<Session>>,
+) -> (Walker, std::io::Result<Walked>) {
+    tokio::task::spawn_blocking(move || {
+        let r = w.walk(&session);
+        (w, r)
+    })
+    .await
+    .expect("the walk does not panic")
+}
+
+/// Everything a scrape reads.
+struct Shared {
+    session: Arc<tokio::sync::Mutex<Session>>,
+    /// Every histogram since start, TIME_WAIT's with how each ended. Its lock also
+    /// makes scrapes take turns: the probe's generation switch is not shared.
+    total: tokio::sync::Mutex<Interval>,
+    walked: RefCell<Walked>,
+    top: usize,
+    pid_labels: bool,
+    netns: u64,
+    kernel: String,
+}
+
+impl Shared {
     /// Reads the kernel's aggregates, adds them to the totals, renders everything.
-    async fn scrape(&mut self, fmt: Format) -> std::io::Result<String> {
+    async fn scrape_io(&self, fmt: Format) -> std::io::Result<String> {
         let started = Instant::now();
-        let probe = &mut self.session.probe;
-        let next = probe.next_hist_gen()?;
+        let mut total = self.total.lock().await;
+        let next = self.session.lock().await.probe.next_hist_gen()?;
         tokio::time::sleep(HIST_SETTLE).await;
-        let hists = probe.take_hists(next)?;
-        self.total.add_kernel(BY_NONE, &hists, |_| [0; 16]);
-        let (open, unseen) =
-            probe.sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
-        self.tws_open = open;
-        self.total.add_unseen(BY_NONE, &unseen, |_| [0; 16]);
+        let mut session = self.session.lock().await;
+        let hists = session.probe.take_hists(next)?;
+        total.add_kernel(BY_NONE, &hists, |_| [0; 16]);
+        let unseen = std::mem::take(&mut self.walked.borrow_mut().unseen);
+        total.add_unseen(BY_NONE, &unseen, |_| [0; 16]);
 
-        let mut durations: Vec<(TcpState, _)> = self
-            .total
+        let mut durations: Vec<(TcpState, _)> = total
             .kernel
             .iter()
             .filter_map(|((st, _), h)| Some((TcpState::try_from(i32::from(*st)).ok()?, h.clone())))
             .collect();
-        let tw = self.total.tw.get(&Key::None).cloned().unwrap_or_default();
+        let tw = total.tw.get(&Key::None).cloned().unwrap_or_default();
         if tw.0.count > 0 {
             durations.push((TcpState::TimeWait, tw.0));
         }
         durations.sort_by_key(|(s, _)| *s);
+        let walked = self.walked.borrow();
         let snap = Snapshot {
             durations,
             tw_ended: tw.1,
-            lingering: self.lingering.clone(),
+            lingering: walked.lingering.clone(),
             netns: self.netns,
-            tw_dests: fold_destinations(&self.gauge, self.top),
-            port_range: self.gauge.port_range,
-            summary: self.session.summary(None, self.untracked),
-            maps: vec![(tcpstate_common::names::TWS, self.tws_open)],
+            tw_dests: fold_destinations(&walked.gauge, self.top),
+            port_range: walked.gauge.port_range,
+            summary: session.summary(None, walked.untracked),
+            maps: vec![(tcpstate_common::names::TWS, walked.tws_open)],
             scrape_seconds: started.elapsed().as_secs_f64(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: self.kernel.clone(),
         };
+        drop(walked);
         Ok(render(&snap, fmt, self.pid_labels))
     }
 }
 
-/// Scrapes one at a time: the probe's generation switch is not shared.
-struct Shared(tokio::sync::Mutex<Collector>);
-
 impl http::Metrics for Shared {
     async fn scrape(&self, fmt: Format) -> Result<String, String> {
-        self.0
-            .lock()
-            .await
-            .scrape(fmt)
-            .await
-            .map_err(|e| e.to_string())
+        self.scrape_io(fmt).await.map_err(|e| e.to_string())
     }
 }
 
@@ -214,30 +258,47 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if tls.is_some() { "on" } else { "off" },
         if auth.enabled() { "on" } else { "off" },
     );
-    let mut collector = Collector {
-        session,
+    let session = Arc::new(tokio::sync::Mutex::new(session));
+    let walker = Walker {
         filter,
         top: args.top as usize,
         pid_labels: args.pid_labels,
-        total: Interval::default(),
         first_seen: HashMap::new(),
-        untracked: 0,
-        lingering: Vec::new(),
-        gauge: Gauge::new(procfs::local_port_range()),
-        tws_open: 0,
+    };
+    let (mut walker, first) = walk_off_thread(walker, session.clone()).await;
+    let shared = Rc::new(Shared {
+        session,
+        total: tokio::sync::Mutex::new(Interval::default()),
+        walked: RefCell::new(first.context("the first fd walk")?),
+        top: args.top as usize,
+        pid_labels: args.pid_labels,
         netns: procinfo::netns_inode(),
         kernel: procinfo::kernel_release(),
-    };
-    collector.walk().context("the first fd walk")?;
-    let shared = Rc::new(Shared(tokio::sync::Mutex::new(collector)));
-    let failed: Rc<RefCell<Option<std::io::Error>>> = Rc::default();
+    });
 
     let local = tokio::task::LocalSet::new();
-    local
+    let failed = local
         .run_until(async {
-            let mut walk = tokio::time::interval(args.interval);
-            walk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            walk.tick().await;
+            // Walks every --interval, one at a time, off the runtime's thread.
+            let walks = {
+                let shared = shared.clone();
+                tokio::task::spawn_local(async move {
+                    let mut tick = tokio::time::interval(args.interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let (w, r) = walk_off_thread(walker, shared.session.clone()).await;
+                        walker = w;
+                        let mut new = r?;
+                        // Unseen ends a scrape has not counted yet stay counted.
+                        let mut walked = shared.walked.borrow_mut();
+                        new.unseen.append(&mut walked.unseen);
+                        *walked = new;
+                    }
+                })
+            };
+            tokio::pin!(walks);
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
@@ -258,22 +319,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                             }
                         }
                     }
-                    _ = walk.tick() => {
-                        if let Err(e) = shared.0.lock().await.walk() {
-                            *failed.borrow_mut() = Some(e);
-                            break;
-                        }
+                    r = &mut walks => {
+                        let e: std::io::Error = match r {
+                            Ok(Err(e)) => e,
+                            Ok(Ok(())) | Err(_) => std::io::Error::other("the walk task ended"),
+                        };
+                        return Some(e);
                     }
-                    _ = int.recv() => break,
-                    _ = term.recv() => break,
+                    _ = int.recv() => return None,
+                    _ = term.recv() => return None,
                 }
             }
         })
         .await;
-    if let Some(e) = failed.take() {
+    if let Some(e) = failed {
         return Err(anyhow::Error::new(e).context("fd walk"));
     }
-    let c = shared.0.lock().await;
-    eprintln!("{}", summary_text(&c.session.summary(None, c.untracked)));
+    let session = shared.session.lock().await;
+    eprintln!(
+        "{}",
+        summary_text(&session.summary(None, shared.walked.borrow().untracked))
+    );
     Ok(())
 }
