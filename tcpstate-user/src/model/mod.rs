@@ -5,6 +5,7 @@
 //! [`hist`]), the exit [`summary`], and what a `serve` scrape shows ([`metrics`]).
 //! Built from the probe's plain data.
 
+pub mod container;
 pub mod events;
 pub mod filter;
 pub mod hist;
