@@ -42,6 +42,10 @@ pub enum Command {
     /// made) is counted `unseen` 66 s after the hand-over, without a duration.
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
+    /// A Prometheus exporter: time-in-state histograms, TIME_WAIT ends and
+    /// destinations, CLOSE_WAIT sockets by holding process, and tcpstate's own losses,
+    /// on GET /metrics (text format 0.0.4, or OpenMetrics when asked).
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -128,6 +132,41 @@ pub struct LingerArgs {
     /// checks).
     #[arg(long)]
     pub fail_if_any: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Address and port to serve on (loopback unless told otherwise).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9977", value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// Prometheus exporter-toolkit web config (YAML): `tls_server_config` (cert_file,
+    /// key_file) for HTTPS, `basic_auth_users` (user: bcrypt hash) for basic auth.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<std::path::PathBuf>,
+    /// Groups (and TIME_WAIT destinations) with their own labels per state; the rest
+    /// are summed under comm="other" (raddr="other"), so totals stay exact.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub top: u32,
+    /// Add a `pid` label to the lingering series (one series per process: more
+    /// series, for hosts with few processes).
+    #[arg(long)]
+    pub pid_labels: bool,
+    /// Walk the fd tables and list TIME_WAIT sockets at most every D.
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub interval: Duration,
+}
+
+/// `ADDR:PORT` (IPv6 as `[::1]:9977`), port 1..=65535.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s.parse().map_err(|_| {
+        format!("invalid address '{s}': expected ADDR:PORT, e.g. 127.0.0.1:9977 or [::1]:9977 (ports 1-65535)")
+    })?;
+    if a.port() == 0 {
+        return Err(format!("invalid address '{s}': port 0 (use 1-65535)"));
+    }
+    Ok(a)
 }
 
 /// Filters shared by every command. All filters combine with AND; repeated ones with OR.
@@ -282,6 +321,22 @@ impl HistArgs {
     }
 }
 
+impl ServeArgs {
+    /// What clap cannot check: the histograms' filters run in the kernel, as `hist`'s.
+    pub fn check(&self) -> Result<(), String> {
+        HistArgs {
+            filter: self.filter.clone(),
+            states: Vec::new(),
+            interval: None,
+            duration: None,
+            by: None,
+            unit: Unit::Us,
+            json: false,
+        }
+        .check()
+    }
+}
+
 impl Cli {
     /// Checks that need more than one value at a time, before anything starts: a
     /// usage error is one line, and exit status 2, as clap's own.
@@ -297,6 +352,7 @@ impl Cli {
         }
         match &self.command {
             Some(Command::Hist(h)) => h.check(),
+            Some(Command::Serve(s)) => s.check(),
             _ => Ok(()),
         }
     }
@@ -431,6 +487,31 @@ mod tests {
             .log_level
             .is_none());
         assert!(Cli::try_parse_from(["tcpstate", "--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn serve_defaults_and_bad_values() {
+        let cli = Cli::try_parse_from(["tcpstate", "serve"]).unwrap();
+        let Some(Command::Serve(s)) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9977");
+        assert_eq!((s.top, s.interval), (20, Duration::from_secs(5)));
+        assert!(!s.pid_labels && s.web_config.is_none());
+        let cli = Cli::try_parse_from(["tcpstate", "serve", "--listen", "[::1]:80"]).unwrap();
+        assert!(cli.check().is_ok());
+        for args in [
+            &["tcpstate", "serve", "--listen", "nonsense"][..],
+            &["tcpstate", "serve", "--listen", "127.0.0.1:70000"],
+            &["tcpstate", "serve", "--listen", "127.0.0.1:0"],
+            &["tcpstate", "serve", "--listen", "127.0.0.1"],
+            &["tcpstate", "serve", "--top", "0"],
+            &["tcpstate", "serve", "--top", "-1"],
+            &["tcpstate", "serve", "--interval", "0"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
     }
 
     #[test]

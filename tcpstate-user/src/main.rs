@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             None => cmd::trace::run(cli.trace).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Trace(t)) => cmd::trace::run(t).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Hist(h)) => cmd::hist::run(h).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Serve(s)) => cmd::serve::run(s).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Linger(l)) => {
                 let fail_if_any = l.fail_if_any;
                 let nonempty = cmd::linger::run(l).await?;

@@ -153,6 +153,21 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `apt-get update`, then installs `packages` (as root).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    status(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
 /// Installs the Debian BPF toolchain and bpf-linker when they are missing.
 fn setup() -> Result<PathBuf> {
     if !(Path::new(DEBIAN_RUSTC).exists()
@@ -170,17 +185,7 @@ fn setup() -> Result<PathBuf> {
             "xtask: installing the BPF toolchain from Debian (first run only): {}",
             APT_PACKAGES.join(" ")
         );
-        status(
-            Command::new("apt-get").args(["update", "-qq"]),
-            "apt-get update",
-        )?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(APT_PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install",
-        )?;
+        apt_install(APT_PACKAGES)?;
     }
     let linker = cargo_home().join("bin/bpf-linker");
     let ok = Command::new(&linker)
@@ -342,6 +347,11 @@ fn test() -> Result<ExitCode> {
         bail!("the kernel tests load BPF programs: run `sudo cargo xtask test` (or as root)");
     }
     let obj = build_ebpf()?;
+    // tests/serve.rs scrapes `tcpstate serve` with a real Prometheus and promtool.
+    if !Path::new("/usr/bin/promtool").exists() {
+        eprintln!("xtask: installing Debian's prometheus (with promtool) for the serve tests (first run only)");
+        apt_install(&["prometheus"])?;
+    }
     eprintln!("xtask: checking formatting and lints");
     status(
         host_cargo().args(["fmt", "--all", "--check"]),

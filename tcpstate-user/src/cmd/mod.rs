@@ -4,6 +4,7 @@
 
 pub mod hist;
 pub mod linger;
+pub mod serve;
 pub mod session;
 pub mod stdout;
 pub mod trace;

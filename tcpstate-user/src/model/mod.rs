@@ -2,7 +2,8 @@
 //! synthetic data. Events and states ([`events`]), the user's [`filter`], the
 //! per-socket table ([`sockets`]) and who holds each socket ([`holders`]), the linger
 //! report and its rates ([`linger`]), histograms and intervals ([`histogram`],
-//! [`hist`]), and the exit [`summary`]. Built from the probe's plain data.
+//! [`hist`]), the exit [`summary`], and what a `serve` scrape shows ([`metrics`]).
+//! Built from the probe's plain data.
 
 pub mod container;
 pub mod events;
@@ -11,5 +12,6 @@ pub mod hist;
 pub mod histogram;
 pub mod holders;
 pub mod linger;
+pub mod metrics;
 pub mod sockets;
 pub mod summary;

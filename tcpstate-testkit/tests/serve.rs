@@ -1,0 +1,497 @@
+//! `tcpstate serve` scraped by a real Prometheus (Debian's `prometheus` 2.42, run by
+//! the test with a temporary config and storage): PromQL must see the CLOSE_WAIT
+//! sockets a leaking process holds, by its name, and nothing once it closed them;
+//! the connections' SYN_SENT times; no loss. Over HTTPS with basic auth too. Needs
+//! root; run by `cargo xtask test`.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{free_port, tcpstate_bin, Kit, Tracer};
+use serde_json::Value;
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "tcpstate-serve-{tag}-{}-{}",
+            std::process::id(),
+            free_port("127.0.0.1")
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Prometheus scraping one target every second; killed and its storage removed
+/// on drop, also when a test fails.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// `scrape` is the YAML of one scrape config's target part (scheme, auth...).
+    fn start(target: &str, extra: &str) -> Prometheus {
+        let dir = TempDir::new("prom");
+        let cfg = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tcpstate\n    static_configs:\n      - targets: ['{target}']\n{extra}"
+            ),
+        )
+        .unwrap();
+        let port = free_port("127.0.0.1");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (Debian package `prometheus`)");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query's result vector (empty on any error yet).
+    fn query(&self, q: &str) -> Vec<Value> {
+        let out = Command::new("curl")
+            .args(["-s", "-G", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .arg("--data-urlencode")
+            .arg(format!("query={q}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The single value of `q`, once `want(value)` holds (None: no series), within
+    /// 30 s; panics with the last result otherwise.
+    fn wait_for(&self, q: &str, want: impl Fn(Option<f64>) -> bool) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.query(q);
+            let v = match r.as_slice() {
+                [] => None,
+                [one] => one["value"][1].as_str().and_then(|s| s.parse().ok()),
+                many => panic!("{q}: more than one series: {many:?}"),
+            };
+            if want(v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("{q}: still {v:?} after 30 s ({r:?})");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl` a URL: (HTTP status or 0 when there was no HTTP answer, headers, body).
+fn curl(url: &str, extra: &[&str]) -> (u32, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-D", "-", "-k"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// `tcpstate serve ARGS` on a free port; returns it and the address.
+fn serve(args: &[&str]) -> (Tracer, String) {
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let mut all = vec!["serve", "--listen", &listen, "--interval", "1s"];
+    all.extend_from_slice(args);
+    (Tracer::start(&all), listen)
+}
+
+/// A leaking server named `comm` holding `n` sockets in CLOSE_WAIT on `port`.
+fn leak(comm: &str, port: u16, n: u32) -> (Kit, Kit) {
+    let a = format!("127.0.0.1:{port}");
+    let n = n.to_string();
+    let mut server = Kit::spawn(&[
+        "--comm", comm, "server", "--addr", &a, "--conns", &n, "--mode", "hold",
+    ]);
+    assert!(server.line().starts_with("ready"));
+    let mut client = Kit::client(&a, &n, "client-close", &[]);
+    assert!(client.line().starts_with("done"));
+    assert!(server.line().starts_with("held"));
+    (server, client)
+}
+
+fn sigterm_exits_cleanly(mut t: Tracer) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGTERM) };
+    let st = t
+        .exit_within(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(st.success(), "{st}");
+}
+
+/// The promtool linter over one scrape.
+fn promtool_check(metrics: &str) {
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prometheus_sees_leaks_by_process_and_syn_sent_times() {
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let (t, listen) = serve(&["--port", &p]);
+    let prom = Prometheus::start(&listen, "");
+    let (mut server, mut client) = leak("leaky-cw", port, 5);
+
+    let q = "tcpstate_lingering_sockets{state=\"close_wait\",comm=\"leaky-cw\"}";
+    assert_eq!(prom.wait_for(q, |v| v == Some(5.0)), Some(5.0));
+    // The 5 connections' SYN_SENT times (the port filter runs in the kernel).
+    let q = "tcpstate_state_duration_seconds_count{state=\"syn_sent\"}";
+    assert_eq!(prom.wait_for(q, |v| v == Some(5.0)), Some(5.0));
+    let q = "tcpstate_state_duration_seconds_bucket{state=\"syn_sent\",le=\"+Inf\"}";
+    assert_eq!(prom.wait_for(q, |v| v == Some(5.0)), Some(5.0));
+    assert_eq!(
+        prom.wait_for("sum(tcpstate_events_lost_total)", |v| v.is_some()),
+        Some(0.0)
+    );
+    assert_eq!(
+        prom.wait_for("up{job=\"tcpstate\"}", |v| v.is_some()),
+        Some(1.0)
+    );
+    let q = "tcpstate_process_fd_usage_ratio{comm=\"leaky-cw\"}";
+    let ratio = prom.wait_for(q, |v| v.is_some()).unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+
+    // Both formats, the page, the 404, and promtool's lint.
+    let url = format!("http://{listen}");
+    let (st, head, body) = curl(&format!("{url}/metrics"), &[]);
+    assert_eq!(st, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    promtool_check(&body);
+    let (st, head, body) = curl(
+        &format!("{url}/metrics"),
+        &["-H", "Accept: application/openmetrics-text;version=1.0.0"],
+    );
+    assert_eq!(st, 200);
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.ends_with("# EOF\n"));
+    let (st, _, body) = curl(&format!("{url}/"), &[]);
+    assert_eq!(st, 200);
+    assert!(body.contains("href=\"/metrics\""));
+    assert_eq!(curl(&format!("{url}/nope"), &[]).0, 404);
+
+    // Closed: the series goes away.
+    server.finish();
+    client.finish();
+    let q = "tcpstate_lingering_sockets{comm=\"leaky-cw\"}";
+    assert_eq!(prom.wait_for(q, |v| v.is_none()), None);
+    sigterm_exits_cleanly(t);
+}
+
+fn openssl_cert(dir: &Path) {
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req -x509");
+}
+
+#[test]
+fn https_with_basic_auth() {
+    let dir = TempDir::new("tls");
+    openssl_cert(&dir.0);
+    let hash = bcrypt::hash("s3cret", 6).unwrap();
+    let web = dir.0.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  prom: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let (t, listen) = serve(&["--port", &p, "--web-config", web.to_str().unwrap()]);
+    let url = format!("https://{listen}/metrics");
+
+    let (st, head, _) = curl(&url, &[]);
+    assert_eq!(st, 401, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{head}"
+    );
+    assert_eq!(curl(&url, &["-u", "prom:wrong"]).0, 401);
+    assert_eq!(curl(&url, &["-u", "eve:s3cret"]).0, 401);
+    assert_eq!(curl(&url, &["-u", "prom:s3cret"]).0, 200);
+    // Plain HTTP gets no HTTP answer at all.
+    assert_eq!(curl(&format!("http://{listen}/metrics"), &[]).0, 0);
+
+    let prom = Prometheus::start(
+        &listen,
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n    basic_auth:\n      username: prom\n      password: s3cret\n",
+            dir.0.join("cert.pem").display()
+        ),
+    );
+    let (mut server, mut client) = leak("tls-leak", port, 3);
+    assert_eq!(
+        prom.wait_for("up{job=\"tcpstate\"}", |v| v == Some(1.0)),
+        Some(1.0)
+    );
+    let q = "tcpstate_lingering_sockets{comm=\"tls-leak\"}";
+    assert_eq!(prom.wait_for(q, |v| v == Some(3.0)), Some(3.0));
+    server.finish();
+    client.finish();
+    assert_eq!(prom.wait_for(q, |v| v.is_none()), None);
+    sigterm_exits_cleanly(t);
+}
+
+/// A network namespace of the test's own, deleted on drop: there sock_diag lists
+/// only the test's sockets, so totals can be checked exactly while other tests run.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("tcpstate-serve-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// A tcpkit process in the namespace; killed on drop.
+struct NsKit {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl NsKit {
+    fn spawn(ns: &Netns, args: &[&str]) -> NsKit {
+        let mut child = ns
+            .cmd(common::TCPKIT)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        NsKit { child, out }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        l
+    }
+}
+
+impl Drop for NsKit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn thirty_leakers_fold_into_top_twenty_and_other() {
+    let ns = Netns::new();
+    let listen = "127.0.0.1:9977";
+    let mut cmd = ns.cmd(&tcpstate_bin());
+    cmd.args(["serve", "--listen", listen, "--interval", "1s"]);
+    let t = Tracer::spawn(cmd);
+    let mut kits = Vec::new();
+    let mut held = 0u64;
+    for i in 0..30u32 {
+        let a = format!("127.0.0.1:{}", 20000 + i);
+        let n = (1 + i % 3).to_string();
+        let name = format!("leak-{i:02}");
+        let mut s = NsKit::spawn(
+            &ns,
+            &[
+                "--comm", &name, "server", "--addr", &a, "--conns", &n, "--mode", "hold",
+            ],
+        );
+        assert!(s.line().starts_with("ready"));
+        let mut c = NsKit::spawn(
+            &ns,
+            &[
+                "client",
+                "--addr",
+                &a,
+                "--conns",
+                &n,
+                "--mode",
+                "client-close",
+            ],
+        );
+        assert!(c.line().starts_with("done"));
+        assert!(s.line().starts_with("held"));
+        held += u64::from(1 + i % 3);
+        kits.push((s, c));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ns
+            .cmd("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://{listen}/metrics"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let series: Vec<(String, u64)> = body
+            .lines()
+            .filter(|l| l.starts_with("tcpstate_lingering_sockets{"))
+            .filter_map(|l| {
+                let comm = l.split("comm=\"").nth(1)?.split('"').next()?;
+                Some((comm.to_string(), l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        let total: u64 = series.iter().map(|(_, n)| n).sum();
+        if total == held {
+            let named = series.iter().filter(|(c, _)| c != "other").count();
+            assert_eq!(named, 20, "{series:?}");
+            assert!(series
+                .iter()
+                .all(|(c, _)| c.starts_with("leak-") || c == "other"));
+            let other = series.iter().find(|(c, _)| c == "other").expect("other");
+            // The 10 smallest groups hold one socket each.
+            assert_eq!(other.1, 10, "{series:?}");
+            promtool_check(&body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} of {held}: {series:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(kits);
+    sigterm_exits_cleanly(t);
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    for (args, names) in [
+        (&["serve", "--listen", "nonsense"][..], "nonsense"),
+        (&["serve", "--listen", "127.0.0.1:70000"], "70000"),
+        (&["serve", "--top", "0"], "--top"),
+    ] {
+        let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(names),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = TempDir::new("bad");
+    let bad = dir.0.join("bad.yml");
+    std::fs::write(&bad, "basic_auth_users:\n  bob: plaintext\n").unwrap();
+    let missing = dir.0.join("missing.yml");
+    let bad_s = bad.to_str().unwrap();
+    let missing_s = missing.to_str().unwrap();
+    for (args, names) in [
+        (vec!["serve", "--listen", &addr], addr.as_str()),
+        (vec!["serve", "--web-config", bad_s], bad_s),
+        (vec!["serve", "--web-config", missing_s], missing_s),
+    ] {
+        let out = Command::new(tcpstate_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?} should name {names}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,359 @@
+//! `serve`'s model: what one scrape shows, as plain data. The linger reports folded
+//! into bounded series (at most `top` groups per state, the rest summed under
+//! `comm="other"`, so totals stay exact), the kernel's histograms converted to a
+//! small set of Prometheus buckets aligned with the kernel's, and the container
+//! identity of a process (one function, for the containers work to fill in).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use tcpstate_common::{hist_bucket_low, HIST_BUCKETS};
+
+use crate::model::{
+    events::TcpState,
+    hist::{EndedCounts, Gauge},
+    histogram::Histogram,
+    holders::Comm,
+    linger::Report,
+    summary::Summary,
+};
+
+/// The comm label of the series that sums every group past the top N.
+pub const OTHER: &str = "other";
+
+/// Which container and pod a process belongs to. Empty for host processes (an empty
+/// label is no label to Prometheus).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    pub container_id: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+}
+
+/// The container identity of `pid` (`None`: no holder). The one place the containers
+/// work (cgroup -> container id, pod) plugs in; until then every process is a host
+/// process.
+pub fn identity(_pid: Option<u32>) -> Identity {
+    Identity::default()
+}
+
+/// The labels of one lingering series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupLabels {
+    pub state: TcpState,
+    /// The holder's name, raw (views escape it); `None`: the `other` fold.
+    pub comm: Option<Comm>,
+    pub identity: Identity,
+    /// Only with `--pid-labels`; `None` for orphans and the fold.
+    pub pid: Option<u32>,
+}
+
+/// One lingering series: sockets held by a group, its oldest, and the fullest fd
+/// table among its processes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LingerSeries {
+    pub labels: GroupLabels,
+    pub sockets: u64,
+    pub oldest_ns: u64,
+    /// Open fds over the soft RLIMIT_NOFILE, the maximum over the group's processes
+    /// (`None`: no process, or unreadable).
+    pub fd_usage: Option<f64>,
+}
+
+impl LingerSeries {
+    fn absorb(&mut self, o: &LingerSeries) {
+        self.sockets += o.sockets;
+        self.oldest_ns = self.oldest_ns.max(o.oldest_ns);
+        self.fd_usage = max_opt(self.fd_usage, o.fd_usage);
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Folds linger reports into series: one per (state, comm, identity[, pid]), at most
+/// `top` per state by socket count (ties by labels), the rest summed into one
+/// `comm="other"` series per state. `fd_usage(pid)` gives a process's fd ratio.
+pub fn fold_lingering(
+    reports: &[Report],
+    top: usize,
+    pid_labels: bool,
+    mut fd_usage: impl FnMut(u32) -> Option<f64>,
+) -> Vec<LingerSeries> {
+    let mut out = Vec::new();
+    for r in reports {
+        let mut by: HashMap<GroupLabels, LingerSeries> = HashMap::new();
+        for g in &r.groups {
+            if g.sockets.is_empty() {
+                continue;
+            }
+            let labels = GroupLabels {
+                state: r.state,
+                comm: Some(g.comm),
+                identity: identity(g.pid),
+                pid: if pid_labels { g.pid } else { None },
+            };
+            let s = LingerSeries {
+                labels: labels.clone(),
+                sockets: g.sockets.len() as u64,
+                oldest_ns: g.sockets.iter().map(|s| s.age_ns).max().unwrap_or(0),
+                fd_usage: g.pid.and_then(&mut fd_usage),
+            };
+            by.entry(labels).and_modify(|e| e.absorb(&s)).or_insert(s);
+        }
+        let mut series: Vec<LingerSeries> = by.into_values().collect();
+        series.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.labels.cmp(&b.labels)));
+        if series.len() > top {
+            let rest = series.split_off(top);
+            let mut other = LingerSeries {
+                labels: GroupLabels {
+                    state: r.state,
+                    comm: None,
+                    identity: Identity::default(),
+                    pid: None,
+                },
+                sockets: 0,
+                oldest_ns: 0,
+                fd_usage: None,
+            };
+            for s in &rest {
+                other.absorb(s);
+            }
+            series.push(other);
+        }
+        out.extend(series);
+    }
+    out
+}
+
+/// TIME_WAIT sockets to one destination (`None`: the fold of all past the top N).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestSeries {
+    pub dest: Option<(IpAddr, u16)>,
+    pub sockets: u64,
+}
+
+/// The `top` destinations with most TIME_WAIT sockets, then the rest summed (only
+/// when there is a rest), so the series add up to the total.
+pub fn fold_destinations(g: &Gauge, top: usize) -> Vec<DestSeries> {
+    let tops = g.top(top);
+    let shown: u64 = tops.iter().map(|(_, n)| n).sum();
+    let mut out: Vec<DestSeries> = tops
+        .into_iter()
+        .map(|(d, n)| DestSeries {
+            dest: Some(d),
+            sockets: n,
+        })
+        .collect();
+    if g.total > shown {
+        out.push(DestSeries {
+            dest: None,
+            sockets: g.total - shown,
+        });
+    }
+    out
+}
+
+/// Bounds of the Prometheus buckets in microseconds: 2^m and 1.5 * 2^m for m in
+/// 3..=36 (8 us .. 28.6 h). Each is the lower bound of a kernel bucket (16 per power
+/// of two), so the conversion is exact: 68 `le` series per state instead of 560.
+pub fn bucket_bounds_us() -> Vec<u64> {
+    (3..=36u32)
+        .flat_map(|m| [1u64 << m, 3u64 << (m - 1)])
+        .collect()
+}
+
+/// Cumulative (le seconds, count) pairs of a histogram on [`bucket_bounds_us`],
+/// without +Inf (that is `count`). A kernel bucket [low(i), low(i+1)) counts for
+/// every bound >= low(i+1): its samples are all below that.
+pub fn to_prometheus_buckets(h: &Histogram) -> Vec<(f64, u64)> {
+    let bounds = bucket_bounds_us();
+    let mut out = Vec::with_capacity(bounds.len());
+    let mut i = 0;
+    let mut cum = 0u64;
+    for b in bounds {
+        // The last kernel bucket also holds everything beyond its range: +Inf only.
+        while i + 1 < HIST_BUCKETS && hist_bucket_low(i + 1) <= b {
+            cum += h.buckets[i];
+            i += 1;
+        }
+        out.push((b as f64 / 1e6, cum));
+    }
+    out
+}
+
+/// Everything one scrape shows.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Time-in-state histograms since start, by state (TIME_WAIT's included).
+    pub durations: Vec<(TcpState, Histogram)>,
+    pub tw_ended: EndedCounts,
+    pub lingering: Vec<LingerSeries>,
+    /// The namespace the TIME_WAIT listing and port range come from (its inode).
+    pub netns: u64,
+    pub tw_dests: Vec<DestSeries>,
+    pub port_range: u64,
+    pub summary: Summary,
+    /// (map name, entries).
+    pub maps: Vec<(&'static str, u64)>,
+    pub scrape_seconds: f64,
+    pub version: String,
+    pub kernel: String,
+}
+
+/// The loss terms of the summary, by name: `lost` is their sum.
+pub fn loss_terms(s: &Summary) -> [(&'static str, u64); 4] {
+    [
+        ("ringbuf", s.lost_ringbuf),
+        ("skipped", s.lost_skipped),
+        ("read", s.lost_read),
+        ("transit", s.lost_transit),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::linger::{Group, SockLine};
+
+    fn comm(s: &str) -> Comm {
+        let mut c = [0; 16];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn group(pid: u32, name: &str, n: usize, age: u64) -> Group {
+        Group {
+            pid: Some(pid),
+            comm: comm(name),
+            sockets: (0..n)
+                .map(|i| SockLine {
+                    cookie: i as u64,
+                    fd: Some(i as u32),
+                    age_ns: age + i as u64,
+                    lower_bound: false,
+                })
+                .collect(),
+            rate_per_s: None,
+        }
+    }
+
+    fn report(groups: Vec<Group>) -> Report {
+        Report {
+            state: TcpState::CloseWait,
+            min_age_ns: 0,
+            groups,
+        }
+    }
+
+    #[test]
+    fn top_n_then_other_and_totals_stay_exact() {
+        let groups: Vec<Group> = (0..30)
+            .map(|i| group(100 + i, &format!("leak{i:02}"), 1 + i as usize, 10))
+            .collect();
+        let total: usize = groups.iter().map(|g| g.sockets.len()).sum();
+        let s = fold_lingering(&[report(groups)], 20, false, |p| Some(p as f64 / 1000.0));
+        assert_eq!(s.len(), 21);
+        assert_eq!(s.iter().map(|s| s.sockets).sum::<u64>(), total as u64);
+        // Largest first; the 10 smallest (1..=10 sockets) are folded.
+        assert_eq!(s[0].labels.comm, Some(comm("leak29")));
+        let other = s.last().unwrap();
+        assert_eq!(other.labels.comm, None);
+        assert_eq!(other.sockets, (1..=10).sum::<u64>());
+        assert_eq!(other.oldest_ns, 10 + 9);
+        assert_eq!(other.fd_usage, Some(0.109));
+        // At most N: no fold.
+        let s = fold_lingering(&[report(vec![group(1, "a", 2, 0)])], 20, false, |_| None);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].fd_usage, None);
+    }
+
+    #[test]
+    fn same_name_processes_share_a_series_unless_pid_labels() {
+        let r = report(vec![group(1, "worker", 3, 50), group(2, "worker", 2, 90)]);
+        let usage = |p| Some(if p == 1 { 0.5 } else { 0.25 });
+        let s = fold_lingering(std::slice::from_ref(&r), 20, false, usage);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].sockets, s[0].oldest_ns), (5, 91));
+        assert_eq!(s[0].fd_usage, Some(0.5));
+        let s = fold_lingering(&[r], 20, true, usage);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].labels.pid, Some(1));
+    }
+
+    #[test]
+    fn orphans_have_no_comm_nor_fd_usage() {
+        let mut g = group(0, "", 4, 0);
+        g.pid = None;
+        let s = fold_lingering(&[report(vec![g])], 20, true, |_| panic!("no process"));
+        assert_eq!(s[0].labels.comm, Some([0; 16]));
+        assert_eq!((s[0].labels.pid, s[0].fd_usage), (None, None));
+    }
+
+    #[test]
+    fn bounds_are_kernel_bucket_edges() {
+        let bounds = bucket_bounds_us();
+        assert_eq!(bounds.len(), 68);
+        assert_eq!(&bounds[..4], &[8, 12, 16, 24]);
+        for b in bounds {
+            assert!(
+                (0..HIST_BUCKETS).any(|i| hist_bucket_low(i) == b),
+                "{b} us is not a kernel bucket edge"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_conversion_is_exact_and_cumulative() {
+        let mut h = Histogram::default();
+        // 10 us; 16 us, whose kernel bucket [16, 17) us may hold values above 16 us,
+        // so it counts from le=24us on; 60 s; and one beyond the bounds.
+        for us in [10u64, 16, 60_000_000, 1 << 40] {
+            h.record_ns(us * 1000);
+        }
+        let b = to_prometheus_buckets(&h);
+        let at = |le: f64| b.iter().find(|(l, _)| *l == le).unwrap().1;
+        assert_eq!(at(8e-6), 0);
+        assert_eq!(at(12e-6), 1);
+        assert_eq!(at(16e-6), 1);
+        assert_eq!(at(24e-6), 2);
+        // 60 s lies in [50.3 s, 67.1 s).
+        assert_eq!(at(50.331648), 2);
+        assert_eq!(at(67.108864), 3);
+        // Beyond 2^36 us only +Inf (count) holds it.
+        assert_eq!(b.last().unwrap().1, 3);
+        assert_eq!(h.count, 4);
+        assert!(b.windows(2).all(|w| w[0].1 <= w[1].1 && w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn destinations_fold_past_the_top() {
+        let mut g = Gauge::new(28232);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..5 {
+            g.add(a, 80);
+        }
+        g.add(b, 80);
+        g.add(b, 81);
+        let d = fold_destinations(&g, 1);
+        assert_eq!(
+            d,
+            vec![
+                DestSeries {
+                    dest: Some((a, 80)),
+                    sockets: 5
+                },
+                DestSeries {
+                    dest: None,
+                    sockets: 2
+                }
+            ]
+        );
+        assert_eq!(fold_destinations(&g, 5).len(), 3);
+    }
+}
