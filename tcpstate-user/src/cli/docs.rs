@@ -24,14 +24,15 @@ use super::Cli;
 fn write_all(out: &Path, date: &str) -> std::io::Result<Vec<String>> {
     let extra = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/man");
     let common = fs::read_to_string(extra.join("common.roff"))?;
-    let mut root = Cli::command();
+    // `help` is clap's, and has no page of its own.
+    let mut root = Cli::command().disable_help_subcommand(true);
     // Propagates global flags (--log-level) and sets each subcommand's bin name.
     root.build();
     let man_dir = out.join("man");
     fs::create_dir_all(&man_dir)?;
     let subs: Vec<String> = root
         .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        .filter(|s| !s.is_hide_set())
         .map(|s| s.get_name().to_string())
         .collect();
     let mut pages = Vec::new();
