@@ -21,7 +21,14 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     // Before the runtime: a usage error is one line and status 2, as clap's.
     if let Err(e) = cli.check() {
         eprintln!("error: {e}");
@@ -81,9 +88,54 @@ fn init_logging(level: Option<cli::LogLevel>) {
     let _ = b.try_init();
 }
 
+/// A usage error on one line (clap spreads it over a usage block, value lists and a
+/// hint): scripts and logs read one line per error.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Usage:")
+                && !l.starts_with("For more information")
+                && !l.starts_with("tip:")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{one_line, Cli};
+
+    #[test]
+    fn usage_errors_fit_one_line() {
+        for args in [
+            &["tcpstate", "hist", "--unit", "parsecs"][..],
+            &["tcpstate", "--port", "0"],
+            &["tcpstate", "linger", "--bogus"],
+            &["tcpstate", "--duration", "abc"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err("bad input must fail");
+            let line = one_line(&e.render().to_string());
+            assert!(line.starts_with("error: "), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+            assert!(!line.contains("Usage:"), "{line}");
+        }
+        let e = Cli::try_parse_from(["tcpstate", "hist", "--unit", "parsecs"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(
+            line.contains("parsecs") && line.contains("us, ms, s"),
+            "{line}"
+        );
+    }
 }

@@ -377,6 +377,8 @@ fn test() -> Result<ExitCode> {
             "--workspace",
             "--exclude",
             "tcpstate-ebpf",
+            // Every test binary runs, so one failure does not hide the others.
+            "--no-fail-fast",
         ])
         .env("TCPSTATE_BPF_OBJECT", &obj)
         .env("TCPSTATE_BIN", &bin)

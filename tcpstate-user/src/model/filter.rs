@@ -1,12 +1,12 @@
 //! Which transitions the user asked for, with no command-line types in it (the cli
 //! builds it). Filters combine with AND, repeated values of one filter with OR.
 
-use tcpstate_common::Event;
-
-use crate::model::{
-    events::{display_family, TcpState},
-    sockets::Lingering,
+use tcpstate_common::{
+    filter::{family_passes, pid_passes, ports_pass, states_pass, user_family},
+    state, Event,
 };
+
+use crate::model::{events::TcpState, sockets::Lingering};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -41,11 +41,15 @@ impl Filter {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        self.matches_endpoints(display_family(ev), ev.sport, ev.dport)
-            && (self.pids.is_empty() || self.pids.contains(&ev.pid))
-            && (self.states.is_empty()
-                || self.states.contains(&ev.oldstate)
-                || self.states.contains(&ev.newstate))
+        let fam = user_family(ev.family, &ev.saddr, &ev.daddr);
+        self.matches_endpoints(fam, ev.sport, ev.dport)
+            && pid_passes(&self.pids, self.pids.len(), ev.pid)
+            && states_pass(self.state_mask(), ev.oldstate.into(), ev.newstate.into())
+    }
+
+    /// The `--state` list as the probe's bit mask (0 = any).
+    fn state_mask(&self) -> u32 {
+        self.states.iter().fold(0, |m, &s| m | state::bit(s.into()))
     }
 }
 
@@ -57,7 +61,7 @@ impl Filter {
         use tcpstate_common::FILTER_MAX;
         let mut k = tcpstate_common::Filter {
             family: self.family.map_or(0, u32::from),
-            states: self.states.iter().fold(0, |m, &s| m | (1u32 << (s & 31))),
+            states: self.state_mask(),
             ..Default::default()
         };
         let fit16 = |src: &[u16], dst: &mut [u16; FILTER_MAX], n: &mut u32| {
@@ -78,17 +82,20 @@ impl Filter {
 
     /// Family and port filters only (for sockets with no owner, e.g. TIME_WAIT).
     pub fn matches_endpoints(&self, family: u8, sport: u16, dport: u16) -> bool {
-        let any = |set: &[u16], port: u16| set.is_empty() || set.contains(&port);
-        self.family.is_none_or(|f| family == f)
-            && (any(&self.ports, sport) || any(&self.ports, dport))
-            && any(&self.lports, sport)
-            && any(&self.rports, dport)
+        family_passes(self.family.map_or(0, u32::from), family)
+            && ports_pass(
+                (&self.ports, self.ports.len()),
+                (&self.lports, self.lports.len()),
+                (&self.rports, self.rports.len()),
+                sport,
+                dport,
+            )
     }
 
     /// The same filters for a tracked socket, whose owner is the fd holder's pid.
     pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
         self.matches_endpoints(l.family, l.sport, l.dport)
-            && (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
+            && pid_passes(&self.pids, self.pids.len(), pid.unwrap_or(0))
     }
 }
 

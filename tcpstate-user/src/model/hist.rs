@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 use tcpstate_common::{
-    state, Hist, HistKey, TwKey, TwLive, BY_PROCESS, BY_RADDR, BY_RPORT, HIST_TW_REUSED,
+    hist_addr, state, Hist, HistKey, TwKey, TwLive, BY_PROCESS, BY_RADDR, BY_RPORT, HIST_TW_REUSED,
 };
 
 use crate::model::{
@@ -84,15 +84,7 @@ impl Interval {
         mut lookup: impl FnMut(u32) -> Comm,
     ) {
         for (k, h) in hists {
-            // The probe keeps the family in `port` for --by raddr.
-            let key = Key::of(
-                by,
-                k.pid,
-                k.port as u16,
-                k.port as u16,
-                &k.addr,
-                &mut lookup,
-            );
+            let key = Key::of(by, k.pid, k.rport(), k.raddr_family(), &k.addr, &mut lookup);
             let h = Histogram::from(h);
             if k.state == state::TIME_WAIT as u32 || k.state == HIST_TW_REUSED {
                 let (th, e) = self.tw.entry(key).or_default();
@@ -119,7 +111,7 @@ impl Interval {
         mut lookup: impl FnMut(u32) -> Comm,
     ) {
         for (k, v) in unseen {
-            let addr = if by == BY_PROCESS { &v.comm } else { &k.daddr };
+            let addr = hist_addr(by, &v.comm, &k.daddr);
             let key = Key::of(by, v.pid, k.dport, k.family, addr, &mut lookup);
             self.tw.entry(key).or_default().1.unseen += 1;
         }

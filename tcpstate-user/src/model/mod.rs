@@ -4,6 +4,7 @@
 //! report and its rates ([`linger`]), histograms and intervals ([`histogram`],
 //! [`hist`]), and the exit [`summary`]. Built from the probe's plain data.
 
+pub mod container;
 pub mod events;
 pub mod filter;
 pub mod hist;

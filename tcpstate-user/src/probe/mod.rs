@@ -9,7 +9,9 @@
 //! load -> attach. Links live as long as [`Probe`]: they close with the process, so an
 //! early exit leaves nothing attached.
 
+pub mod cgroups;
 pub mod maps;
+pub mod netns;
 pub mod offsets;
 pub mod procfs;
 pub mod ring;
