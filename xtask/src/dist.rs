@@ -448,7 +448,7 @@ fn check_rules(root: &Path) -> Result<()> {
 /// queries over them); until then a static exposition of serve's metric set
 /// (deploy/prometheus/testdata/serve-sample.prom) stands in.
 fn check_promql(root: &Path, bin: &Path, subs: &[String], tmp: &Path) -> Result<()> {
-    let (target, _serve) = if subs.iter().any(|s| s == "serve") && is_root() {
+    let (target, serve_child) = if subs.iter().any(|s| s == "serve") && is_root() {
         let port = free_port()?;
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -460,7 +460,7 @@ fn check_promql(root: &Path, bin: &Path, subs: &[String], tmp: &Path) -> Result<
         let body = fs::read("deploy/prometheus/testdata/serve-sample.prom")?;
         (serve_fixture(body)?, None)
     };
-    let fixture = _serve.is_none();
+    let fixture = serve_child.is_none();
     let prom_port = free_port()?;
     let cfg = tmp.join("prometheus.yml");
     fs::write(
