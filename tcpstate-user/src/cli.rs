@@ -358,6 +358,10 @@ impl Cli {
     }
 }
 
+/// Man pages and completions from these definitions (`cargo xtask dist`).
+#[cfg(test)]
+mod docs;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 //! tests tcpstate.
 //!
 //! `cargo xtask run [-- ARGS]`, `cargo xtask test`, `cargo xtask build [--debug]`,
-//! `cargo xtask build-ebpf`, `cargo xtask setup`, `cargo xtask bench`.
+//! `cargo xtask build-ebpf`, `cargo xtask setup`, `cargo xtask bench`,
+//! `cargo xtask dist`, `cargo xtask test-dist`.
 
 use std::{
     env,
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod dist;
 
 /// Debian packages that provide a rustc whose LLVM matches bpf-linker's, with a
 /// prebuilt `core` for bpfel-unknown-none (rustup's nightly has no rust-src here).
@@ -51,6 +53,8 @@ fn usage() -> ! {
          \n  build [--debug]          build the probe and the tcpstate binary\
          \n  build-ebpf               build only the kernel probe\
          \n  setup                    install the BPF toolchain and bpf-linker if missing\
+         \n  dist                     target/dist/tcpstate_<version>_<arch>.deb and its .tar.gz\
+         \n  test-dist                build them; check their files, man pages, deploy/ (root)\
          \n  bench [--rounds N] [--secs S] [--tax-secs S] [--scale [N]] [--tcpstate PATH]\
          \n        [--compare PATH] [--calib-object PATH] [--json] [--soak D]\
          \n                           overhead on a loopback churn, side by side (root needed)"
@@ -87,6 +91,8 @@ fn run() -> Result<ExitCode> {
             exec_tool(&bin, tool_args)
         }
         Some("test") => test(),
+        Some("dist") => dist::dist().map(|_| ExitCode::SUCCESS),
+        Some("test-dist") => dist::test_dist().map(|_| ExitCode::SUCCESS),
         Some("bench") => {
             if !is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
