@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod calib;
 mod closewait;
+mod leak;
 mod loops;
 
 #[derive(Parser)]
@@ -119,6 +120,31 @@ enum Cmd {
         /// Internal: run as one worker holding COUNT sockets.
         #[arg(long, hide = true)]
         worker: bool,
+    },
+    /// A buggy server for `linger`'s diagnosis: listen on ADDR, print `ready PORT`,
+    /// serve CONNS connections as BEHAVE says, print `held N fds F,...` (or
+    /// `listening fd F`), keep everything open until stdin closes.
+    LeakServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, value_enum)]
+        behave: leak::Behave,
+    },
+    /// CONNS connections to ADDR, one by one: write SEND bytes, read the reply with
+    /// --reply, close (--reset: with a reset); prints `done N`.
+    LeakClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, default_value_t = 0)]
+        send: usize,
+        #[arg(long)]
+        reply: bool,
+        #[arg(long)]
+        reset: bool,
     },
 }
 
@@ -381,6 +407,18 @@ fn main() -> Result<()> {
             let (n, secs) = loops::timers(duration, threads)?;
             writeln!(out, "timers {n} secs {secs:.3} rate {:.1}", n as f64 / secs)?;
         }
+        Cmd::LeakServer {
+            addr,
+            conns,
+            behave,
+        } => leak::server(addr, conns, behave)?,
+        Cmd::LeakClient {
+            addr,
+            conns,
+            send,
+            reply,
+            reset,
+        } => leak::client(addr, conns, send, reply, reset)?,
         Cmd::CloseWait { count, worker } => {
             raise_nofile();
             if worker {
