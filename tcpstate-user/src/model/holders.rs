@@ -23,13 +23,13 @@ pub struct Holder {
     pub rec: FdRecord,
 }
 
-/// An fd scan indexed by cookie (a sorted vector: 500k sockets held by a few
-/// processes is the case to be small for, and a hash map's buckets would double the
-/// memory); process names kept once per process, not per socket.
+/// An fd scan indexed by cookie: the records themselves, sorted by cookie and one
+/// per socket (the holder count kept in the record's spare `_pad`), so 500k sockets
+/// cost their 120-byte records and nothing more (a hash map's buckets, or a second
+/// vector, would double that); process names kept once per process.
 #[derive(Debug, Default)]
 pub struct Holders {
     recs: Vec<FdRecord>,
-    by_cookie: Vec<Holder>,
     comms: HashMap<u32, Comm>,
 }
 
@@ -55,44 +55,52 @@ impl Holders {
             .or_insert_with(|| clean_comm(&f.comm));
     }
 
-    /// Indexes what [`Self::add`] collected: one holder per socket.
+    /// Indexes what [`Self::add`] collected: one holder per socket, the lowest pid
+    /// (then fd) among its holders.
     pub fn finish(&mut self) {
-        let mut recs = std::mem::take(&mut self.recs);
+        let recs = &mut self.recs;
         recs.sort_unstable_by_key(|r| (r.cookie, r.pid, r.fd));
-        let mut out: Vec<Holder> = Vec::with_capacity(recs.len());
-        for r in recs.drain(..) {
-            if let Some(last) = out.last_mut() {
-                if last.rec.cookie == r.cookie {
-                    last.holders += 1;
-                    continue;
-                }
-            }
-            out.push(Holder {
-                pid: r.pid,
-                fd: (r.fd != FD_NONE).then_some(r.fd),
-                holders: 1,
-                rec: r,
-            });
+        for r in recs.iter_mut() {
+            r._pad = 1;
         }
-        drop(recs);
-        self.by_cookie = out;
+        // In place: each run of one cookie keeps its first record, counting the rest.
+        let mut w = 0;
+        for i in 0..recs.len() {
+            if w > 0 && recs[w - 1].cookie == recs[i].cookie {
+                recs[w - 1]._pad += 1;
+            } else {
+                recs[w] = recs[i];
+                w += 1;
+            }
+        }
+        recs.truncate(w);
+        recs.shrink_to_fit();
     }
 
-    pub fn get(&self, cookie: u64) -> Option<&Holder> {
-        self.by_cookie
-            .binary_search_by_key(&cookie, |h| h.rec.cookie)
+    fn holder(r: &FdRecord) -> Holder {
+        Holder {
+            pid: r.pid,
+            fd: (r.fd != FD_NONE).then_some(r.fd),
+            holders: r._pad,
+            rec: *r,
+        }
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<Holder> {
+        self.recs
+            .binary_search_by_key(&cookie, |r| r.cookie)
             .ok()
-            .map(|i| &self.by_cookie[i])
+            .map(|i| Self::holder(&self.recs[i]))
     }
 
     /// Every socket the scan found, by cookie.
-    pub fn iter(&self) -> impl Iterator<Item = &Holder> {
-        self.by_cookie.iter()
+    pub fn iter(&self) -> impl Iterator<Item = Holder> + '_ {
+        self.recs.iter().map(Self::holder)
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.by_cookie.len()
+        self.recs.len()
     }
 
     pub fn comm(&self, pid: u32) -> Comm {

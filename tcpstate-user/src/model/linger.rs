@@ -344,7 +344,7 @@ pub fn build(
         let Some(si) = state_of(h.rec.state) else {
             continue;
         };
-        let line = held_line(h, table, clk);
+        let line = held_line(&h, table, clk);
         if !filter.matches_endpoints(line.family, line.sport, line.dport) || !pid_ok(Some(h.pid)) {
             continue;
         }
