@@ -125,6 +125,7 @@ pub struct SockState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdRecord {
+    /// The socket cookie; for a socket that has none yet, its kernel address.
     pub cookie: u64,
     /// Process (tgid) holding the fd.
     pub pid: u32,

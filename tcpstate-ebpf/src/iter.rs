@@ -179,6 +179,13 @@ fn child_step(c: &Config, w: &mut QueueWalk) -> Result<(), i32> {
 fn describe(c: &Config, sk: *const u8, rec: &mut FdRecord) -> Result<(), i32> {
     unsafe {
         rec.cookie = read(sk, c.sk_cookie)?;
+        // The cookie is made on first use (`sock_gen_cookie()`); a socket nobody asked
+        // yet (reset before any sock_diag dump, or in another namespace) has 0. Its
+        // address stands in: unique among live sockets, stable across walks, and
+        // never a real cookie (those count up from 1).
+        if rec.cookie == 0 {
+            rec.cookie = sk as u64;
+        }
         rec.family = read(sk, c.sk_family)?;
         // Word stores, not byte copies: no memset loop for the verifier to walk.
         let (s, d): ([u32; 4], [u32; 4]) = if rec.family == AF_INET6 {

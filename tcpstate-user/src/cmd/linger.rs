@@ -62,7 +62,7 @@ impl<W: Write> Linger<W> {
         };
         let mut reports = build(
             &self.table,
-            &holders,
+            &mut holders,
             &self.states,
             &clk,
             self.args.min_age.as_nanos() as u64,

@@ -93,9 +93,15 @@ impl Holders {
             .map(|i| Self::holder(&self.recs[i]))
     }
 
-    /// Every socket the scan found, by cookie.
-    pub fn iter(&self) -> impl Iterator<Item = Holder> + '_ {
-        self.recs.iter().map(Self::holder)
+    /// Hands out every socket's holder (and its name), freeing the records as it
+    /// goes: a 500k-socket scan need not coexist with the report built from it.
+    pub fn drain(&mut self, mut each: impl FnMut(Holder, Comm)) {
+        while let Some(r) = self.recs.pop() {
+            each(Self::holder(&r), self.comm(r.pid));
+            if self.recs.len() % (1 << 16) == 0 {
+                self.recs.shrink_to_fit();
+            }
+        }
     }
 
     #[cfg(test)]

@@ -321,10 +321,10 @@ fn held_line(h: &Holder, table: &SocketTable, clk: &Clocks) -> SockLine {
 }
 
 /// Builds one report per state from the table (transitions seen, and the startup
-/// seed), the holders (the fd walk) and the filters.
+/// seed), the holders (the fd walk, consumed) and the filters.
 pub fn build(
     table: &SocketTable,
-    holders: &Holders,
+    holders: &mut Holders,
     states: &[TcpState],
     clk: &Clocks,
     min_age_ns: u64,
@@ -340,26 +340,6 @@ pub fn build(
     let pid_ok =
         |pid: Option<u32>| filter.pids.is_empty() || pid.is_some_and(|p| filter.pids.contains(&p));
     let state_of = |st: u8| states.iter().position(|s| s.number() == i32::from(st));
-    for h in holders.iter() {
-        let Some(si) = state_of(h.rec.state) else {
-            continue;
-        };
-        let line = held_line(&h, table, clk);
-        if !filter.matches_endpoints(line.family, line.sport, line.dport) || !pid_ok(Some(h.pid)) {
-            continue;
-        }
-        if !line.lower_bound && line.age_ns <= window_ns {
-            *grown.entry((si, h.pid)).or_default() += 1;
-        }
-        if line.age_ns < min_age_ns {
-            continue;
-        }
-        per_state[si]
-            .entry(Some(h.pid))
-            .or_insert_with(|| new_group(Some(h.pid), holders.comm(h.pid)))
-            .sockets
-            .push(line);
-    }
     // What the table knows and no fd refers to: orphaned.
     for (cookie, l) in table.iter() {
         let Some(si) = state_of(l.state) else {
@@ -390,6 +370,27 @@ pub fn build(
                 facts: None,
             });
     }
+    // Then every held socket, the scan's records freed as they are used.
+    holders.drain(|h, comm| {
+        let Some(si) = state_of(h.rec.state) else {
+            return;
+        };
+        let line = held_line(&h, table, clk);
+        if !filter.matches_endpoints(line.family, line.sport, line.dport) || !pid_ok(Some(h.pid)) {
+            return;
+        }
+        if !line.lower_bound && line.age_ns <= window_ns {
+            *grown.entry((si, h.pid)).or_default() += 1;
+        }
+        if line.age_ns < min_age_ns {
+            return;
+        }
+        per_state[si]
+            .entry(Some(h.pid))
+            .or_insert_with(|| new_group(Some(h.pid), comm))
+            .sockets
+            .push(line);
+    });
     states
         .iter()
         .zip(per_state)
@@ -631,7 +632,7 @@ pub(crate) mod tests {
     #[test]
     fn groups_by_holder_oldest_first_and_min_age() {
         let t = table();
-        let h = held(&[
+        let mut h = held(&[
             (1, holder(4242, 37, b"leaky")),
             (2, holder(4242, 38, b"leaky")),
             (3, holder(4242, 39, b"leaky")),
@@ -639,7 +640,7 @@ pub(crate) mod tests {
         ]);
         // Socket 4 has no holder: orphaned.
         let f = Filter::default();
-        let r = build(&t, &h, &[TcpState::CloseWait], &clk(10), 2 * S, &f);
+        let r = build(&t, &mut h, &[TcpState::CloseWait], &clk(10), 2 * S, &f);
         assert_eq!(r.len(), 1);
         let r = &r[0];
         // Socket 3 is 1 s old: under min-age.
@@ -662,18 +663,20 @@ pub(crate) mod tests {
     #[test]
     fn pid_filter_uses_the_holder() {
         let t = table();
-        let h = held(&[(1, holder(4242, 37, b"leaky"))]);
+        let mut h = held(&[(1, holder(4242, 37, b"leaky"))]);
         let f = Filter {
             pids: vec![4242],
             ..Default::default()
         };
-        let r = build(&t, &h, &[TcpState::CloseWait], &clk(10), 0, &f);
+        let r = build(&t, &mut h, &[TcpState::CloseWait], &clk(10), 0, &f);
         assert_eq!(r[0].count(), 1);
+        // build() consumes the scan.
+        let mut h = held(&[(1, holder(4242, 37, b"leaky"))]);
         let f = Filter {
             rports: vec![50002],
             ..Default::default()
         };
-        let r = build(&t, &h, &[TcpState::CloseWait], &clk(10), 0, &f);
+        let r = build(&t, &mut h, &[TcpState::CloseWait], &clk(10), 0, &f);
         assert_eq!(r[0].count(), 1);
         assert_eq!(r[0].groups[0].pid, None);
     }
@@ -719,10 +722,10 @@ pub(crate) mod tests {
         let t = SocketTable::new(1 << state::CLOSE_WAIT, 10);
         let mut r = holder(7, 4, b"old");
         r.rcv_tstamp = r.now_jiffies - 100 * HZ;
-        let h = held(&[(5, r)]);
+        let mut h = held(&[(5, r)]);
         let rep = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait],
             &clk(3),
             0,
@@ -749,7 +752,7 @@ pub(crate) mod tests {
         let mut dead = holder(7, 8, b"srv");
         dead.state = state::CLOSE as u8;
         dead.sk_err = 104;
-        let h = held(&[
+        let mut h = held(&[
             (1, read_all),
             (2, unread),
             (3, fin_only),
@@ -759,7 +762,7 @@ pub(crate) mod tests {
         let f = Filter::default();
         let r = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait, TcpState::Close],
             &clk(10),
             0,
@@ -817,13 +820,13 @@ pub(crate) mod tests {
             "already full"
         );
         let t = table();
-        let h = held(&[
+        let mut h = held(&[
             (1, holder(4242, 37, b"leaky")),
             (2, holder(4242, 38, b"leaky")),
         ]);
         let mut r = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait],
             &clk(10),
             0,
@@ -848,10 +851,10 @@ pub(crate) mod tests {
         r.family = AF_INET6;
         r.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
         r.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
-        let h = held(&[(5, r)]);
+        let mut h = held(&[(5, r)]);
         let rep = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait],
             &clk(1),
             0,

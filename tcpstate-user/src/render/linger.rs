@@ -410,9 +410,9 @@ mod tests {
             .map(|c| (c, holder(4242, 36 + c as u32, b"leaky-api")))
             .collect();
         list.push((9, holder(917, 5, b"python3")));
-        let h = held(&list);
+        let mut h = held(&list);
         let f = Filter::default();
-        let mut r = build(&t, &h, &[TcpState::CloseWait], &clk(10), 0, &f);
+        let mut r = build(&t, &mut h, &[TcpState::CloseWait], &clk(10), 0, &f);
         set_fd_headroom(&mut r, |pid| {
             (Some(4096), Some(if pid == 4242 { 1230 } else { 9 }))
         });
@@ -475,11 +475,11 @@ mod tests {
         let mut dead = holder(30, 7, b"srv");
         dead.state = state::CLOSE as u8;
         dead.sk_err = libc::ECONNRESET;
-        let h = held(&[(20, q), (21, q), (22, dead)]);
+        let mut h = held(&[(20, q), (21, q), (22, dead)]);
         let f = Filter::default();
         let r = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait, TcpState::Close],
             &clk(10),
             0,
@@ -520,10 +520,10 @@ mod tests {
     #[test]
     fn json_keys_in_their_order() {
         let t = table();
-        let h = held(&[(1, holder(4242, 37, b"leaky"))]);
+        let mut h = held(&[(1, holder(4242, 37, b"leaky"))]);
         let r = build(
             &t,
-            &h,
+            &mut h,
             &[TcpState::CloseWait],
             &clk(10),
             0,
