@@ -98,7 +98,7 @@ impl Holders {
     pub fn drain(&mut self, mut each: impl FnMut(Holder, Comm)) {
         while let Some(r) = self.recs.pop() {
             each(Self::holder(&r), self.comm(r.pid));
-            if self.recs.len() % (1 << 16) == 0 {
+            if self.recs.len().is_multiple_of(1 << 16) {
                 self.recs.shrink_to_fit();
             }
         }
