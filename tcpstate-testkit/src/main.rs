@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod calib;
 mod closewait;
+mod leak;
 mod loops;
 mod owners;
 
@@ -143,6 +144,31 @@ enum Cmd {
         /// Internal: run as one worker holding COUNT sockets.
         #[arg(long, hide = true)]
         worker: bool,
+    },
+    /// A buggy server for `linger`'s diagnosis: listen on ADDR, print `ready PORT`,
+    /// serve CONNS connections as BEHAVE says, print `held N fds F,...` (or
+    /// `listening fd F`), keep everything open until stdin closes.
+    LeakServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, value_enum)]
+        behave: leak::Behave,
+    },
+    /// CONNS connections to ADDR, one by one: write SEND bytes, read the reply with
+    /// --reply, close (--reset: with a reset); prints `done N`.
+    LeakClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+        #[arg(long, default_value_t = 0)]
+        send: usize,
+        #[arg(long)]
+        reply: bool,
+        #[arg(long)]
+        reset: bool,
     },
 }
 
@@ -408,6 +434,18 @@ fn main() -> Result<()> {
         Cmd::LateServer { addr, conns } => owners::late_server(addr, conns)?,
         Cmd::ConnectClose { addr, conns } => owners::connect_close(addr, conns)?,
         Cmd::PreforkServer { addr, conns } => owners::prefork_server(addr, conns)?,
+        Cmd::LeakServer {
+            addr,
+            conns,
+            behave,
+        } => leak::server(addr, conns, behave)?,
+        Cmd::LeakClient {
+            addr,
+            conns,
+            send,
+            reply,
+            reset,
+        } => leak::client(addr, conns, send, reply, reset)?,
         Cmd::CloseWait { count, worker } => {
             raise_nofile();
             if worker {

@@ -2,14 +2,16 @@
 //! `--min-age`, grouped by the process that holds them, with fd, age and growth.
 //!
 //! Ages come from observed transitions (the model's `SocketTable`); sockets already
-//! in the state at startup are seeded from sock_diag with their age as a lower bound.
-//! Holders come from a fresh scan of every fd table (the `task_file` iterator) at
+//! in the state at startup have a lower bound, from the kernel's last-ACK time
+//! (`rcv_tstamp`) or the time since start, whichever is larger. Holders, and what
+//! each program did wrong, come from a fresh scan of every fd table (the
+//! `task_file` iterator, which also lists listeners' unaccepted connections) at
 //! each report, so fork-inherited and passed fds count, and a reused PID inherits
-//! nothing.
+//! nothing. Orphaned sockets (no fd, no accept queue) are seeded from sock_diag.
 
 use std::io::{self, BufWriter, Write};
 
-use tcpstate_common::{Event, FLAG_STREAM};
+use tcpstate_common::{state, Event, FLAG_STREAM, ITER_ACCEPT_QUEUE};
 
 use crate::{
     cli::LingerArgs,
@@ -18,10 +20,10 @@ use crate::{
         events::TcpState,
         filter::Filter,
         holders::Holders,
-        linger::{build, state_mask, watched_states, Rates},
+        linger::{build, set_fd_headroom, state_mask, watched_states, Clocks, Rates},
         sockets::{Lingering, SocketTable},
     },
-    probe::{ring::monotonic_ns, sockdiag, LoadOptions, Probe},
+    probe::{procfs, ring::monotonic_ns, sockdiag, LoadOptions, Probe},
     render::{
         clock::Clock,
         format::fmt_min_age,
@@ -42,41 +44,47 @@ struct Linger<W: Write> {
     clock: Clock,
     out: W,
     last_nonempty: bool,
+    attached_ns: u64,
+    hz: u32,
 }
 
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
-        // Only the sockets the table tracks: the host may hold many more.
-        let mut holders = Holders::with_capacity(self.table.len());
-        let table = &self.table;
-        probe.scan_fds(|f| {
-            if table.contains(f.cookie) {
-                holders.add(f);
-            }
-        })?;
+        // The probe keeps only sockets in the watched states (and listeners' queues).
+        let mut holders = Holders::default();
+        probe.scan_fds(|f| holders.add(f))?;
+        holders.finish();
         let now = monotonic_ns();
+        let clk = Clocks {
+            now_ns: now,
+            attached_ns: self.attached_ns,
+            hz: self.hz,
+        };
         let mut reports = build(
             &self.table,
-            &holders,
+            &mut holders,
             &self.states,
-            now,
+            &clk,
             self.args.min_age.as_nanos() as u64,
             &self.filter,
         );
+        drop(holders);
         self.rates.update(&mut reports, now);
+        set_fd_headroom(&mut reports, |pid| {
+            (procfs::fd_limit(pid), procfs::fd_count(pid))
+        });
         self.last_nonempty = reports.iter().any(|r| r.count() > 0);
         let mut time = String::new();
-        drop(holders);
         if self.args.json {
             self.clock.utc_rfc3339(now, &mut time);
             for r in &reports {
-                render_json(r, &self.table, &time, &mut self.out)?;
+                render_json(r, &time, &mut self.out)?;
             }
         } else {
             self.clock.local_hms(now, &mut time);
             let mut text = String::new();
             for r in &reports {
-                render_table(r, &self.table, self.args.all, &time, &mut text);
+                render_table(r, self.args.all, &time, &mut text);
                 text.push('\n');
             }
             self.out.write_all(text.as_bytes())?;
@@ -98,18 +106,24 @@ impl<W: Write> Consumer for Linger<W> {
 pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
     let states = watched_states(&args.states);
     let watched = state_mask(&states);
+    // CLOSE sockets are no transitions' target to track (a socket is forgotten at
+    // CLOSE): only the fd walk finds the dead ones still held.
+    let tracked = watched & !(1 << state::CLOSE);
     let filter = args.filter.filter();
     // Ports, family and states filter in the probe; --pid stays here, where the holder
     // (not the probe's owner) decides.
     let mut kfilter = filter.kernel();
     kfilter.n_pids = 0;
     // Only transitions into or out of a watched state matter to the table.
-    kfilter.states = watched;
+    kfilter.states = tracked;
     // No per-socket records nor owners in the probe: holders come from the fd scan
     // at each report, so the probe only forwards the watched transitions.
     let opts = LoadOptions {
         filter: kfilter,
-        flags: FLAG_STREAM,
+        // Watching CLOSE alone: no transitions at all (a mask of 0 would pass all).
+        flags: if tracked == 0 { 0 } else { FLAG_STREAM },
+        iter_states: watched,
+        iter_flags: ITER_ACCEPT_QUEUE,
         // 2 of a connection's 10 transitions: 1 MiB holds ~11k events.
         ring_bytes: 1 << 20,
         ..LoadOptions::default()
@@ -130,19 +144,39 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
     let mut linger = Linger {
         states,
         filter,
-        table: SocketTable::new(watched, TABLE_CAPACITY),
+        table: SocketTable::new(tracked, TABLE_CAPACITY),
         rates: Rates::default(),
         clock: Clock::new(),
         out: BufWriter::with_capacity(256 << 10, io::stdout().lock()),
         last_nonempty: false,
+        attached_ns: session.attached_ns,
+        hz: procfs::hz().unwrap_or_else(|| {
+            log::warn!("cannot tell the kernel's HZ; assuming 250");
+            250
+        }),
         args,
     };
-    // Sockets already in a watched state: their age counts from now, as a lower bound.
-    sockdiag::for_each_tcp(watched, |s| {
-        linger
-            .table
-            .seed(s.cookie, Lingering::seeded(s, session.attached_ns));
-    })?;
+    // Sockets already in a watched state that no fd (nor accept queue) holds: their
+    // age counts from now, as a lower bound. Held ones need no entry: each report's
+    // fd walk brings their lower bound (`rcv_tstamp`) itself, and 500k entries for
+    // them would be most of tcpstate's memory.
+    if tracked != 0 {
+        let mut held = Vec::new();
+        session.probe.scan_fds(|f| held.push(f.cookie))?;
+        held.sort_unstable();
+        sockdiag::for_each_tcp(tracked, |s| {
+            if held.binary_search(&s.cookie).is_err() && !linger.table.contains(s.cookie) {
+                linger
+                    .table
+                    .seed(s.cookie, Lingering::seeded(s, session.attached_ns));
+            }
+        })?;
+        log::debug!(
+            "{} sockets held at start, {} seeded unheld",
+            held.len(),
+            linger.table.len()
+        );
+    }
     let (duration, interval) = (linger.args.duration, linger.args.interval);
     // With --duration: one final report; otherwise one every --interval.
     let periodic = if duration.is_some() {

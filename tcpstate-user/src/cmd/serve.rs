@@ -25,7 +25,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tcpstate_common::{state, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK};
+use tcpstate_common::{
+    state, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK, ITER_ACCEPT_QUEUE,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -36,7 +38,7 @@ use crate::{
         filter::Filter,
         hist::{Gauge, Interval, Key},
         holders::Holders,
-        linger::build,
+        linger::{build, Clocks},
         metrics::{fold_destinations, fold_lingering, LingerSeries, Snapshot},
         sockets::{Lingering, SocketTable},
     },
@@ -61,8 +63,10 @@ struct Walker {
     filter: Filter,
     top: usize,
     pid_labels: bool,
-    /// When a walk first saw each CLOSE_WAIT socket (monotonic ns).
+    /// When a walk first saw each unheld CLOSE_WAIT socket (monotonic ns).
     first_seen: HashMap<u64, u64>,
+    attached_ns: u64,
+    hz: u32,
 }
 
 /// What the last walk found.
@@ -85,35 +89,44 @@ impl Walker {
         let t0 = Instant::now();
         let now = monotonic_ns();
         let cw = 1u32 << state::CLOSE_WAIT;
-        let mut table = SocketTable::new(cw, TABLE_CAPACITY);
-        let mut seen = HashMap::with_capacity(self.first_seen.len());
-        let old = &self.first_seen;
-        sockdiag::for_each_tcp(cw, |s| {
-            let since = old.get(&s.cookie).copied().unwrap_or(now);
-            seen.insert(s.cookie, since);
-            table.seed(s.cookie, Lingering::seeded(s, since));
-        })?;
-        self.first_seen = seen;
-        let untracked = table.untracked;
-        let mut holders = Holders::with_capacity(table.len());
-        // The TIME_WAIT candidates' sweep lists their whole map: here, not at each
-        // scrape (unseen ones are only decided 66 s after their hand-over anyway).
+        // The fd walk keeps only CLOSE_WAIT sockets and listeners' queued connections
+        // (`iter_states`), with each socket's kernel facts: ages from `rcv_tstamp`,
+        // the eof/accept diagnosis. The TIME_WAIT candidates' sweep lists their whole
+        // map: here, not at each scrape (unseen ones are only decided 66 s after their
+        // hand-over anyway).
+        let mut holders = Holders::default();
         let (tws_open, unseen) = {
             let mut session = session.blocking_lock();
-            session.probe.scan_fds(|f| {
-                if table.contains(f.cookie) {
-                    holders.add(f);
-                }
-            })?;
+            session.probe.scan_fds(|f| holders.add(f))?;
             session
                 .probe
                 .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?
         };
+        holders.finish();
+        // CLOSE_WAIT sockets no fd or queue holds (orphans) come from sock_diag, aged
+        // from the walk that first saw them.
+        let mut table = SocketTable::new(cw, TABLE_CAPACITY);
+        let mut seen = HashMap::new();
+        let old = &self.first_seen;
+        sockdiag::for_each_tcp(cw, |s| {
+            if holders.get(s.cookie).is_none() {
+                let since = old.get(&s.cookie).copied().unwrap_or(now);
+                seen.insert(s.cookie, since);
+                table.seed(s.cookie, Lingering::seeded(s, since));
+            }
+        })?;
+        self.first_seen = seen;
+        let untracked = table.untracked;
+        let clk = Clocks {
+            now_ns: now,
+            attached_ns: self.attached_ns,
+            hz: self.hz,
+        };
         let reports = build(
             &table,
-            &holders,
+            &mut holders,
             &[TcpState::CloseWait],
-            now,
+            &clk,
             0,
             &self.filter,
         );
@@ -233,8 +246,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
 
     let filter = args.filter.filter();
-    // Owners only for --pid (the accept probe, and tracefs); the lingering groups
-    // come from the fd walk's holders.
+    // Owners only for --pid; the lingering groups come from the fd walk's holders.
     let owners = !filter.pids.is_empty();
     let opts = LoadOptions {
         flags: FLAG_HIST | FLAG_TRACK | FLAG_TIMEWAIT | if owners { FLAG_OWNERS } else { 0 },
@@ -243,6 +255,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Nothing is streamed.
         ring_bytes: 16 << 10,
         hist_keys: 1,
+        iter_states: 1 << state::CLOSE_WAIT,
+        iter_flags: ITER_ACCEPT_QUEUE,
         ..LoadOptions::default()
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -258,12 +272,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if tls.is_some() { "on" } else { "off" },
         if auth.enabled() { "on" } else { "off" },
     );
+    let attached_ns = session.attached_ns;
     let session = Arc::new(tokio::sync::Mutex::new(session));
     let walker = Walker {
         filter,
         top: args.top as usize,
         pid_labels: args.pid_labels,
         first_seen: HashMap::new(),
+        attached_ns,
+        hz: procfs::hz().unwrap_or_else(|| {
+            log::warn!("cannot tell the kernel's HZ; assuming 250");
+            250
+        }),
     };
     let (mut walker, first) = walk_off_thread(walker, session.clone()).await;
     let shared = Rc::new(Shared {

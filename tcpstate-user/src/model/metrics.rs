@@ -54,6 +54,10 @@ pub struct LingerSeries {
     pub labels: GroupLabels,
     pub sockets: u64,
     pub oldest_ns: u64,
+    /// Of `sockets`: everything the peer sent, FIN included, was read (close() is
+    /// missing), and those waiting in a listener's accept queue.
+    pub eof_read: u64,
+    pub not_accepted: u64,
     /// Open fds over the soft RLIMIT_NOFILE, the maximum over the group's processes
     /// (`None`: no process, or unreadable).
     pub fd_usage: Option<f64>,
@@ -63,6 +67,8 @@ impl LingerSeries {
     fn absorb(&mut self, o: &LingerSeries) {
         self.sockets += o.sockets;
         self.oldest_ns = self.oldest_ns.max(o.oldest_ns);
+        self.eof_read += o.eof_read;
+        self.not_accepted += o.not_accepted;
         self.fd_usage = max_opt(self.fd_usage, o.fd_usage);
     }
 }
@@ -101,6 +107,12 @@ pub fn fold_lingering(
                 labels: labels.clone(),
                 sockets: g.sockets.len() as u64,
                 oldest_ns: g.sockets.iter().map(|s| s.age_ns).max().unwrap_or(0),
+                eof_read: g
+                    .sockets
+                    .iter()
+                    .filter(|s| s.facts.is_some_and(|f| f.eof_read))
+                    .count() as u64,
+                not_accepted: g.diagnosis.never_accepted as u64,
                 fd_usage: g.pid.and_then(&mut fd_usage),
             };
             by.entry(labels).and_modify(|e| e.absorb(&s)).or_insert(s);
@@ -118,6 +130,8 @@ pub fn fold_lingering(
                 },
                 sockets: 0,
                 oldest_ns: 0,
+                eof_read: 0,
+                not_accepted: 0,
                 fd_usage: None,
             };
             for s in &rest {
@@ -218,7 +232,7 @@ pub fn loss_terms(s: &Summary) -> [(&'static str, u64); 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::linger::{Group, SockLine};
+    use crate::model::linger::{Diagnosis, Facts, Group, SockLine};
 
     fn comm(s: &str) -> Comm {
         let mut c = [0; 16];
@@ -226,7 +240,10 @@ mod tests {
         c
     }
 
-    fn group(pid: u32, name: &str, n: usize, age: u64) -> Group {
+    /// `n` sockets; the first `eof` of them read to EOF, and (as the diagnosis says)
+    /// `queued` waiting in an accept queue.
+    fn group_with(pid: u32, name: &str, n: usize, age: u64, eof: usize, queued: usize) -> Group {
+        let local = IpAddr::from([127, 0, 0, 1]);
         Group {
             pid: Some(pid),
             comm: comm(name),
@@ -236,10 +253,51 @@ mod tests {
                     fd: Some(i as u32),
                     age_ns: age + i as u64,
                     lower_bound: false,
+                    state: tcpstate_common::state::CLOSE_WAIT as u8,
+                    family: 4,
+                    saddr: local,
+                    sport: 8080,
+                    daddr: local,
+                    dport: 40000 + i as u16,
+                    facts: Some(Facts {
+                        accepted: true,
+                        listener_fd: None,
+                        eof_read: i < eof,
+                        unread_bytes: 0,
+                        last_send_ms: 0,
+                        last_recv_ms: 0,
+                        last_ack_ms: 0,
+                        sk_err: 0,
+                        netns: 4026531840,
+                        accept_queue: None,
+                    }),
                 })
                 .collect(),
             rate_per_s: None,
+            growth_per_s: None,
+            fd_limit: None,
+            fds: None,
+            fd_exhaustion_s: None,
+            diagnosis: Diagnosis {
+                never_accepted: queued,
+                ..Diagnosis::default()
+            },
         }
+    }
+
+    fn group(pid: u32, name: &str, n: usize, age: u64) -> Group {
+        group_with(pid, name, n, age, 0, 0)
+    }
+
+    #[test]
+    fn diagnosis_counts_fold_with_their_groups() {
+        let mut groups = vec![group_with(1, "leaky", 5, 10, 4, 0)];
+        groups.extend((2..5).map(|p| group_with(p, &format!("q{p}"), 2, 1, 1, 2)));
+        let s = fold_lingering(&[report(groups)], 1, false, |_| None);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].eof_read, s[0].not_accepted), (4, 0));
+        // The folded `other` adds up its groups' counts.
+        assert_eq!((s[1].sockets, s[1].eof_read, s[1].not_accepted), (6, 3, 6));
     }
 
     fn report(groups: Vec<Group>) -> Report {

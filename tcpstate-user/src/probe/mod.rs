@@ -74,6 +74,9 @@ pub struct LoadOptions {
     pub filter: tcpstate_common::Filter,
     /// Histogram keys the probe can hold (`hist`; preallocated per CPU).
     pub hist_keys: u32,
+    /// `Config::iter_states` / `iter_flags`: what the fd walk keeps (0: everything).
+    pub iter_states: u32,
+    pub iter_flags: u32,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +90,8 @@ impl Default for LoadOptions {
             hist_by: tcpstate_common::BY_NONE,
             filter: Default::default(),
             hist_keys: 1,
+            iter_states: 0,
+            iter_flags: 0,
         }
     }
 }
@@ -162,6 +167,8 @@ impl Probe {
         config.flags = opts.flags;
         config.hist_by = opts.hist_by;
         config.filter = opts.filter;
+        config.iter_states = opts.iter_states;
+        config.iter_flags = opts.iter_flags;
         use offsets::AttachType::{Func, Typedef};
         let btf = offsets::attach_btf(
             &vmlinux,

@@ -47,6 +47,20 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         tw_substate: o("inet_timewait_sock", "tw_substate")?,
         tw_sport: o("inet_timewait_sock", "tw_sport")?,
         sk_num: o("sock", "__sk_common.skc_num")?,
+        // tcp_sock and inet_connection_sock start with struct sock: offsets from sk.
+        tcp_rcv_tstamp: o("tcp_sock", "rcv_tstamp")?,
+        tcp_lsndtime: o("tcp_sock", "lsndtime")?,
+        icsk_lrcvtime: o("inet_connection_sock", "icsk_ack.lrcvtime")?,
+        tcp_rcv_nxt: o("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: o("tcp_sock", "copied_seq")?,
+        icsk_accept_head: o("inet_connection_sock", "icsk_accept_queue.rskq_accept_head")?,
+        sk_err: o("sock", "sk_err")?,
+        sk_ack_backlog: o("sock", "sk_ack_backlog")?,
+        sk_max_ack_backlog: o("sock", "sk_max_ack_backlog")?,
+        sk_net: o("sock", "__sk_common.skc_net")?,
+        net_ns_inum: o("net", "ns.inum")?,
+        req_dl_next: o("request_sock", "dl_next")?,
+        req_sk: o("request_sock", "sk")?,
         ..Config::default()
     })
 }

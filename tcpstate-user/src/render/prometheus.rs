@@ -285,13 +285,33 @@ fn lingering(w: &mut Writer, s: &Snapshot, pid_labels: bool) {
     w.family(
         "tcpstate_lingering_oldest_seconds",
         Kind::Gauge,
-        "Age of the group's oldest lingering socket (a lower bound: since tcpstate first saw it in the state).",
+        "Age of the group's oldest lingering socket (a lower bound where the socket predates tcpstate: its last ACK's age, or since tcpstate started).",
     );
     for (l, lb) in s.lingering.iter().zip(&borrowed) {
         w.sample(
             "tcpstate_lingering_oldest_seconds",
             lb,
             l.oldest_ns as f64 / 1e9,
+        );
+    }
+    w.family(
+        "tcpstate_lingering_eof_read_sockets",
+        Kind::Gauge,
+        "Of the lingering sockets, those whose holder read everything the peer sent, FIN included, and never closed them.",
+    );
+    for (l, lb) in s.lingering.iter().zip(&borrowed) {
+        w.sample("tcpstate_lingering_eof_read_sockets", lb, l.eof_read);
+    }
+    w.family(
+        "tcpstate_lingering_not_accepted_sockets",
+        Kind::Gauge,
+        "Of the lingering sockets, those waiting in a listener's accept queue: nobody accept()ed them (the group is the listener's holder).",
+    );
+    for (l, lb) in s.lingering.iter().zip(&borrowed) {
+        w.sample(
+            "tcpstate_lingering_not_accepted_sockets",
+            lb,
+            l.not_accepted,
         );
     }
     w.family(
@@ -344,6 +364,8 @@ mod tests {
                     },
                     sockets: 7,
                     oldest_ns: 1_500_000_000,
+                    eof_read: 6,
+                    not_accepted: 1,
                     fd_usage: Some(0.25),
                 },
                 LingerSeries {
@@ -355,6 +377,8 @@ mod tests {
                     },
                     sockets: 2,
                     oldest_ns: 0,
+                    eof_read: 0,
+                    not_accepted: 2,
                     fd_usage: None,
                 },
             ],
@@ -395,10 +419,18 @@ tcpstate_time_wait_ended_total{reason=\"unseen\"} 0
 # TYPE tcpstate_lingering_sockets gauge
 tcpstate_lingering_sockets{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 7
 tcpstate_lingering_sockets{state=\"close_wait\",comm=\"other\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 2
-# HELP tcpstate_lingering_oldest_seconds Age of the group's oldest lingering socket (a lower bound: since tcpstate first saw it in the state).
+# HELP tcpstate_lingering_oldest_seconds Age of the group's oldest lingering socket (a lower bound where the socket predates tcpstate: its last ACK's age, or since tcpstate started).
 # TYPE tcpstate_lingering_oldest_seconds gauge
 tcpstate_lingering_oldest_seconds{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 1.5
 tcpstate_lingering_oldest_seconds{state=\"close_wait\",comm=\"other\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 0
+# HELP tcpstate_lingering_eof_read_sockets Of the lingering sockets, those whose holder read everything the peer sent, FIN included, and never closed them.
+# TYPE tcpstate_lingering_eof_read_sockets gauge
+tcpstate_lingering_eof_read_sockets{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 6
+tcpstate_lingering_eof_read_sockets{state=\"close_wait\",comm=\"other\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 0
+# HELP tcpstate_lingering_not_accepted_sockets Of the lingering sockets, those waiting in a listener's accept queue: nobody accept()ed them (the group is the listener's holder).
+# TYPE tcpstate_lingering_not_accepted_sockets gauge
+tcpstate_lingering_not_accepted_sockets{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 1
+tcpstate_lingering_not_accepted_sockets{state=\"close_wait\",comm=\"other\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 2
 # HELP tcpstate_process_fd_usage_ratio Open fds over the soft RLIMIT_NOFILE of the group's fullest process.
 # TYPE tcpstate_process_fd_usage_ratio gauge
 tcpstate_process_fd_usage_ratio{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 0.25
