@@ -15,6 +15,7 @@ pub mod names {
     pub const SOCKS: &str = "SOCKS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const RECENT: &str = "RECENT";
+    pub const PAIRS: &str = "PAIRS";
     pub const HIST: &str = "HIST";
     pub const HIST_SPILL: &str = "HIST_SPILL";
     pub const HIST_ZERO: &str = "HIST_ZERO";
@@ -31,7 +32,7 @@ pub mod names {
 
     /// Every map of the `tcpstate` probe object.
     pub const MAPS: &[&str] = &[
-        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS,
+        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS, PAIRS,
     ];
     /// Every global of the `tcpstate` probe object that userspace sets.
     pub const GLOBALS: &[&str] = &[CONFIG];
@@ -334,6 +335,18 @@ pub const FLAG_TRACK: u32 = 8;
 /// Learn owners (the current task on owner-context transitions; accepted sockets
 /// inherit their listener's).
 pub const FLAG_OWNERS: u32 = 16;
+/// Count transitions by (old, new) state in `PAIRS`, after the filters (`serve`).
+pub const FLAG_PAIRS: u32 = 32;
+
+/// `PAIRS` slots: states are < 16 (`include/net/tcp_states.h`), so (old, new) is
+/// one of 16 x 16.
+pub const PAIR_SLOTS: u32 = 256;
+
+/// The `PAIRS` slot of a transition.
+#[inline(always)]
+pub const fn pair_slot(old: i32, new: i32) -> u32 {
+    ((old as u32 & 15) << 4) | (new as u32 & 15)
+}
 
 pub const BY_NONE: u32 = 0;
 pub const BY_PROCESS: u32 = 1;

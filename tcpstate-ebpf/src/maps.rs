@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tcpstate_common::{counter, Hist, HistKey, SockState, TwKey, TwLive, HIST_SPILL_STATES};
+use tcpstate_common::{
+    counter, Hist, HistKey, SockState, TwKey, TwLive, HIST_SPILL_STATES, PAIR_SLOTS,
+};
 
 use crate::marks::Recent;
 
@@ -98,6 +100,10 @@ pub static GEN: Array<u32> = Array::with_max_entries(1, 0);
 pub static TWS: LruHashMap<TwKey, TwLive> = LruHashMap::with_max_entries(1 << 18, 0);
 
 /// Per-CPU counters, indexed by `tcpstate_common::counter`.
+/// Transitions by (old, new) state (`FLAG_PAIRS`), slot `pair_slot(old, new)`.
+#[map(name = "PAIRS")]
+pub static PAIRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PAIR_SLOTS, 0);
+
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

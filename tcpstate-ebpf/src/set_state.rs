@@ -10,16 +10,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcpstate_common::{
-    counter, hist_addr, owner_is_current, state, Event, AF_INET, AF_INET6, BY_RADDR, BY_RPORT,
-    FLAG_HIST, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER,
-    OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
+    counter, hist_addr, owner_is_current, pair_slot, state, Event, AF_INET, AF_INET6, BY_RADDR,
+    BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK,
+    IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
 };
 
 use crate::{
-    config::{cfg, count, load, load_in6, read},
+    config::{add, cfg, count, load, load_in6, read},
     diag,
     hist::{add_sample, dest},
-    maps::sock_rec,
+    maps::{sock_rec, PAIRS},
     marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
     ring::emit,
     task::current_owner,
@@ -164,7 +164,11 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         || (timewait && (tw_candidate || tw_reuse))
         || f.needs_endpoints()
         || (hist_sample && (c.hist_by == BY_RPORT || c.hist_by == BY_RADDR));
+    let pairs = c.flags & FLAG_PAIRS != 0;
     if !need_addrs && !hist_sample {
+        if pairs {
+            count_pair(old, new);
+        }
         return Ok(());
     }
 
@@ -212,6 +216,9 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             return Ok(());
         }
     }
+    if pairs {
+        count_pair(old, new);
+    }
     if hist_sample {
         add_sample(
             old as u32,
@@ -228,4 +235,12 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         emit(&ev);
     }
     Ok(())
+}
+
+/// One more transition from `old` to `new` that passed the filters.
+#[inline(always)]
+fn count_pair(old: i32, new: i32) {
+    if let Some(p) = PAIRS.get_ptr_mut(pair_slot(old, new)) {
+        add(p, 1);
+    }
 }

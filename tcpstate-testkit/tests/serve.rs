@@ -215,6 +215,21 @@ fn prometheus_sees_leaks_by_process_and_syn_sent_times() {
         prom.wait_for("up{job=\"tcpstate\"}", |v| v.is_some()),
         Some(1.0)
     );
+    // `hold` reads nothing: the FIN is unread (not eof_read), and every one was accepted.
+    let q = "tcpstate_lingering_eof_read_sockets{state=\"close_wait\",comm=\"leaky-cw\"}";
+    assert_eq!(prom.wait_for(q, |v| v.is_some()), Some(0.0));
+    let q = "tcpstate_lingering_not_accepted_sockets{state=\"close_wait\",comm=\"leaky-cw\"}";
+    assert_eq!(prom.wait_for(q, |v| v.is_some()), Some(0.0));
+    // Transitions by state pair, counted in the kernel after the port filter.
+    for (old, new, n) in [
+        ("close", "listen", 1.0),
+        ("close", "syn_sent", 5.0),
+        ("listen", "syn_recv", 5.0),
+        ("established", "close_wait", 5.0),
+    ] {
+        let q = format!("tcpstate_transitions_total{{old_state=\"{old}\",new_state=\"{new}\"}}");
+        assert_eq!(prom.wait_for(&q, |v| v == Some(n)), Some(n), "{q}");
+    }
     let q = "tcpstate_process_fd_usage_ratio{comm=\"leaky-cw\"}";
     let ratio = prom.wait_for(q, |v| v.is_some()).unwrap();
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");

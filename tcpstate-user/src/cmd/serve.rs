@@ -26,7 +26,8 @@ use std::{
 
 use anyhow::Context as _;
 use tcpstate_common::{
-    state, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK, ITER_ACCEPT_QUEUE,
+    state, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_TIMEWAIT, FLAG_TRACK,
+    ITER_ACCEPT_QUEUE,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -206,15 +207,21 @@ impl Shared {
         }
         durations.sort_by_key(|(s, _)| *s);
         let walked = self.walked.borrow();
+        let transitions = session.probe.transition_pairs()?;
         let snap = Snapshot {
             durations,
+            transitions,
             tw_ended: tw.1,
             lingering: walked.lingering.clone(),
             netns: self.netns,
             tw_dests: fold_destinations(&walked.gauge, self.top),
             port_range: walked.gauge.port_range,
             summary: session.summary(None, walked.untracked),
-            maps: vec![(tcpstate_common::names::TWS, walked.tws_open)],
+            maps: vec![(
+                tcpstate_common::names::TWS,
+                walked.tws_open,
+                session.probe.map_capacity(tcpstate_common::names::TWS),
+            )],
             scrape_seconds: started.elapsed().as_secs_f64(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: self.kernel.clone(),
@@ -249,7 +256,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Owners only for --pid; the lingering groups come from the fd walk's holders.
     let owners = !filter.pids.is_empty();
     let opts = LoadOptions {
-        flags: FLAG_HIST | FLAG_TRACK | FLAG_TIMEWAIT | if owners { FLAG_OWNERS } else { 0 },
+        flags: FLAG_HIST
+            | FLAG_TRACK
+            | FLAG_TIMEWAIT
+            | FLAG_PAIRS
+            | if owners { FLAG_OWNERS } else { 0 },
         hist_by: BY_NONE,
         filter: filter.kernel(),
         // Nothing is streamed.

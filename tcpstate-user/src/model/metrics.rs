@@ -205,6 +205,8 @@ pub fn to_prometheus_buckets(h: &Histogram) -> Vec<(f64, u64)> {
 pub struct Snapshot {
     /// Time-in-state histograms since start, by state (TIME_WAIT's included).
     pub durations: Vec<(TcpState, Histogram)>,
+    /// Transitions since start by (old, new) kernel state number.
+    pub transitions: Vec<(u8, u8, u64)>,
     pub tw_ended: EndedCounts,
     pub lingering: Vec<LingerSeries>,
     /// The namespace the TIME_WAIT listing and port range come from (its inode).
@@ -212,8 +214,8 @@ pub struct Snapshot {
     pub tw_dests: Vec<DestSeries>,
     pub port_range: u64,
     pub summary: Summary,
-    /// (map name, entries).
-    pub maps: Vec<(&'static str, u64)>,
+    /// (map name, entries, capacity).
+    pub maps: Vec<(&'static str, u64, Option<u64>)>,
     pub scrape_seconds: f64,
     pub version: String,
     pub kernel: String,

@@ -14,6 +14,7 @@ use aya::{
 };
 use tcpstate_common::{
     counter, names, FdRecord, Hist, HistKey, TwKey, TwLive, HIST_BUCKETS, HIST_SPILL_STATES,
+    PAIR_SLOTS,
 };
 
 use super::Probe;
@@ -244,6 +245,37 @@ impl Probe {
         // Removed here, counted once: the probe may have ended one meanwhile.
         stale.retain(|(k, _)| tws.remove(k).is_ok());
         Ok((open, stale))
+    }
+
+    /// How many entries map `name` can hold (`max_entries`), for the hash maps whose
+    /// fill matters (`TWS`, `HIST`); `None` for other maps.
+    pub fn map_capacity(&self, name: &str) -> Option<u64> {
+        let data = match self.ebpf.map(name)? {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::PerCpuHashMap(d)
+            | aya::maps::Map::PerCpuLruHashMap(d) => d,
+            _ => return None,
+        };
+        data.info().ok().map(|i| u64::from(i.max_entries()))
+    }
+
+    /// Transitions by (old, new) state since load (`FLAG_PAIRS`), the pairs seen.
+    pub fn transition_pairs(&self) -> io::Result<Vec<(u8, u8, u64)>> {
+        let map = self
+            .ebpf
+            .map(names::PAIRS)
+            .ok_or_else(|| io::Error::other("the probe has no PAIRS map"))?;
+        let pairs: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(io::Error::other)?;
+        let mut out = Vec::new();
+        for slot in 0..PAIR_SLOTS {
+            let n = u64::sum(&pairs.get(&slot, 0).map_err(io::Error::other)?);
+            if n != 0 {
+                out.push(((slot >> 4) as u8, (slot & 15) as u8, n));
+            }
+        }
+        Ok(out)
     }
 
     pub fn counters(&self) -> Counters {

@@ -7,7 +7,10 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::metrics::{loss_terms, to_prometheus_buckets, Snapshot, OTHER},
+    model::{
+        events::StateNum,
+        metrics::{loss_terms, to_prometheus_buckets, Snapshot, OTHER},
+    },
     render::format::sanitize_comm,
 };
 
@@ -152,6 +155,23 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
     }
 
     w.family(
+        "tcpstate_transitions_total",
+        Kind::Counter,
+        "TCP state transitions since tcpstate started, by old and new state (after the filters).",
+    );
+    for (old, new, n) in &s.transitions {
+        let (old, new) = (
+            state_label(&StateNum(*old).to_string()),
+            state_label(&StateNum(*new).to_string()),
+        );
+        w.sample(
+            "tcpstate_transitions_total",
+            &[("old_state", &old), ("new_state", &new)],
+            n,
+        );
+    }
+
+    w.family(
         "tcpstate_time_wait_ended_total",
         Kind::Counter,
         "TIME_WAIT sockets ended, by how: timer expired, 4-tuple reused, or unseen (reset, killed, never made).",
@@ -213,8 +233,18 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
         Kind::Gauge,
         "Entries in the probe's maps.",
     );
-    for (map, n) in &s.maps {
+    for (map, n, _) in &s.maps {
         w.sample("tcpstate_map_entries", &[("map", map)], n);
+    }
+    w.family(
+        "tcpstate_map_capacity",
+        Kind::Gauge,
+        "Entries the probe's maps can hold: past it, new entries are counted as untracked.",
+    );
+    for (map, _, cap) in &s.maps {
+        if let Some(cap) = cap {
+            w.sample("tcpstate_map_capacity", &[("map", map)], cap);
+        }
     }
     w.family(
         "tcpstate_scrape_duration_seconds",
@@ -349,6 +379,8 @@ mod tests {
         h.record_ns(2_000_000); // 2 ms
         Snapshot {
             durations: vec![(TcpState::SynSent, h)],
+            // CLOSE -> SYN_SENT 5 times, and a state this build does not know.
+            transitions: vec![(7, 2, 5), (7, 99, 1)],
             tw_ended: crate::model::hist::EndedCounts {
                 expired: 3,
                 reused: 1,
@@ -392,7 +424,7 @@ mod tests {
                 probe_calls: 99,
                 ..Default::default()
             },
-            maps: vec![("TWS", 4)],
+            maps: vec![("TWS", 4, Some(262144))],
             scrape_seconds: 0.002,
             version: "0.1.0".into(),
             kernel: "6.18.0".into(),
@@ -404,6 +436,19 @@ mod tests {
             .filter(|l| l.starts_with(prefix))
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn transitions_by_state_pair() {
+        let t = render(&snapshot(), Format::Text, false);
+        assert_eq!(
+            sample_lines(&t, "tcpstate_transitions_total"),
+            [
+                "tcpstate_transitions_total{old_state=\"close\",new_state=\"syn_sent\"} 5",
+                "tcpstate_transitions_total{old_state=\"close\",new_state=\"unknown(99)\"} 1",
+            ]
+        );
+        assert!(t.contains("# TYPE tcpstate_transitions_total counter"));
     }
 
     #[test]
@@ -452,6 +497,9 @@ tcpstate_probe_calls_total 99
 # HELP tcpstate_map_entries Entries in the probe's maps.
 # TYPE tcpstate_map_entries gauge
 tcpstate_map_entries{map=\"TWS\"} 4
+# HELP tcpstate_map_capacity Entries the probe's maps can hold: past it, new entries are counted as untracked.
+# TYPE tcpstate_map_capacity gauge
+tcpstate_map_capacity{map=\"TWS\"} 262144
 # HELP tcpstate_scrape_duration_seconds Time this scrape took to read the kernel and build the metrics.
 # TYPE tcpstate_scrape_duration_seconds gauge
 tcpstate_scrape_duration_seconds 0.002
