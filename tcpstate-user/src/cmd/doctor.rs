@@ -1,6 +1,6 @@
-//! `tcpstate doctor`: watches for `--duration` (CLOSE_WAIT transitions, for exact ages
-//! and growth), then one fd walk (linger's holders and diagnosis, CLOSE_WAIT and dead
-//! sockets) and, inside every network namespace, its TIME_WAIT and FIN_WAIT2 sockets
+//! `tcpstate doctor`: an fd walk, `--duration` of waiting, then a second fd walk
+//! (linger's holders and diagnosis, CLOSE_WAIT and dead sockets; the CLOSE_WAIT
+//! sockets the second walk holds and the first did not are the growth) and, inside every network namespace, its TIME_WAIT and FIN_WAIT2 sockets
 //! (sock_diag), sysctls and `/proc/net/netstat`; the model's rules turn that into
 //! findings, the view prints them. Exit status: see `cli::Command::Doctor`.
 
@@ -9,7 +9,7 @@ use std::{
     io::{self, Write},
 };
 
-use tcpstate_common::{state, Event, FLAG_STREAM, ITER_ACCEPT_QUEUE};
+use tcpstate_common::{state, Event, ITER_ACCEPT_QUEUE};
 
 use crate::{
     cli::DoctorArgs,
@@ -32,9 +32,6 @@ use crate::{
         format::comm_text,
     },
 };
-
-/// Most CLOSE_WAIT sockets followed from their transition.
-const TABLE_CAPACITY: usize = 1 << 20;
 
 struct Watch {
     table: SocketTable,
@@ -85,13 +82,11 @@ fn container_of(pid: u32) -> Option<String> {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let th = args.thresholds();
     let cw = 1u32 << state::CLOSE_WAIT;
-    let mut kfilter = Filter::default().kernel();
-    // Only CLOSE_WAIT transitions are followed (ages, growth); the walk keeps dead
-    // (CLOSE) and FIN_WAIT2 sockets too, and listeners' queued connections.
-    kfilter.states = cw;
+    // Nothing is streamed: on a busy host a stream of transitions can overflow, and
+    // two walks tell the growth without one. The walk keeps CLOSE_WAIT, dead (CLOSE)
+    // and FIN_WAIT2 sockets, and listeners' queued connections.
     let opts = LoadOptions {
-        filter: kfilter,
-        flags: FLAG_STREAM,
+        flags: 0,
         iter_states: cw | 1 << state::CLOSE | 1 << state::FIN_WAIT2,
         iter_flags: ITER_ACCEPT_QUEUE,
         ring_bytes: 1 << 20,
@@ -108,20 +103,35 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             return Ok(3);
         }
     };
+    let want = |n: u32| args.netns.is_empty() || args.netns.contains(&n);
+    let cw8 = state::CLOSE_WAIT as u8;
+    let mut before = Vec::new();
+    session.probe.scan_fds(|f| {
+        if f.state == cw8 && want(f.netns) {
+            before.push(f.cookie);
+        }
+    })?;
+    before.sort_unstable();
+    // No transitions come (flags 0): the table stays empty, ages are lower bounds.
     let mut watch = Watch {
-        table: SocketTable::new(cw, TABLE_CAPACITY),
+        table: SocketTable::new(cw, 1),
     };
     session.run(&mut watch, Some(args.duration), None).await?;
+    let waited_s = (monotonic_ns() - session.attached_ns) as f64 / 1e9;
 
-    let want = |n: u32| args.netns.is_empty() || args.netns.contains(&n);
     let mut holders = Holders::default();
     let mut fw2_held = Vec::new();
     let fw2 = state::FIN_WAIT2 as u8;
+    // CLOSE_WAIT sockets new since the first walk, per holder.
+    let mut grown: HashMap<u32, u64> = HashMap::new();
     session.probe.scan_fds(|f| {
         if !want(f.netns) {
         } else if f.state == fw2 {
             fw2_held.push(f.cookie);
         } else {
+            if f.state == cw8 && before.binary_search(&f.cookie).is_err() {
+                *grown.entry(f.pid).or_default() += 1;
+            }
             holders.add(f);
         }
     })?;
@@ -141,6 +151,13 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         &Filter::default(),
     );
     drop(holders);
+    // A socket held by several processes counts for each: an overestimate only there.
+    for g in &mut reports[0].groups {
+        if let Some(pid) = g.pid {
+            let n = grown.get(&pid).copied().unwrap_or(0) as f64;
+            g.growth_per_s = (waited_s > 0.0).then(|| n / waited_s);
+        }
+    }
     set_fd_headroom(&mut reports, |pid| {
         (procfs::fd_limit(pid), procfs::fd_count(pid))
     });
