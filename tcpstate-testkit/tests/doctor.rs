@@ -292,41 +292,33 @@ fn stopped_reading_and_never_accepted_in_a_namespace() {
     drop(stuck);
 }
 
+/// A namespace with 101 local ports (40000-40100) where `tcpkit server` and `client`
+/// make 80 connections to 127.0.0.1:`port` in `mode`.
+fn tw_namespace(tag: &str, port: u16, mode: &str) -> Ns {
+    let ns = Ns::new(tag);
+    ns.exec(&["sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40100"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut s = Ns::kit(
+        Some(&ns),
+        &["server", "--addr", &addr, "--conns", "80", "--mode", mode],
+    );
+    assert!(s.line().starts_with("ready"));
+    let mut c = Ns::kit(
+        Some(&ns),
+        &["client", "--addr", &addr, "--conns", "80", "--mode", mode],
+    );
+    assert!(c.line().starts_with("done"));
+    c.done();
+    s.done();
+    ns
+}
+
 /// A client churning to one destination inside a namespace with 101 local ports: a
 /// time_wait finding with the port-range figures; server-side TIME_WAIT (a server
 /// closing first on port 8081, outside the range) in another namespace gives none.
 #[test]
 fn time_wait_pressure_client_side_only() {
-    let ns = Ns::new("tw");
-    ns.exec(&["sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40100"]);
-    let mut s = Ns::kit(
-        Some(&ns),
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1:8080",
-            "--conns",
-            "80",
-            "--mode",
-            "client-close",
-        ],
-    );
-    assert!(s.line().starts_with("ready"));
-    let mut c = Ns::kit(
-        Some(&ns),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1:8080",
-            "--conns",
-            "80",
-            "--mode",
-            "client-close",
-        ],
-    );
-    assert!(c.line().starts_with("done"));
-    c.done();
-    s.done();
+    let ns = tw_namespace("tw", 8080, "client-close");
     let (fs, _, code) = doctor(&["--netns", &ns.inode()]);
     let tw: Vec<&Value> = fs.iter().filter(|f| f["topic"] == "time_wait").collect();
     assert_eq!(tw.len(), 1, "{fs:?}");
@@ -341,36 +333,7 @@ fn time_wait_pressure_client_side_only() {
     assert_eq!(tw[0]["sockets"], 80);
     assert_eq!(code, 1);
 
-    let srv = Ns::new("tws");
-    srv.exec(&["sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40100"]);
-    let mut s = Ns::kit(
-        Some(&srv),
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1:8081",
-            "--conns",
-            "80",
-            "--mode",
-            "server-close",
-        ],
-    );
-    assert!(s.line().starts_with("ready"));
-    let mut c = Ns::kit(
-        Some(&srv),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1:8081",
-            "--conns",
-            "80",
-            "--mode",
-            "server-close",
-        ],
-    );
-    assert!(c.line().starts_with("done"));
-    c.done();
-    s.done();
+    let srv = tw_namespace("tws", 8081, "server-close");
     let (fs, sum, code) = doctor(&["--netns", &srv.inode()]);
     assert!(
         fs.iter().all(|f| f["topic"] != "time_wait"),
