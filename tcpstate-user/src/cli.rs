@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{builder::PossibleValue, Args, Parser, Subcommand};
 use tcpstate_common::{BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX};
 
-use crate::model::{events::TcpState, filter::Filter, histogram::Unit};
+use crate::model::{doctor::Thresholds, events::TcpState, filter::Filter, histogram::Unit};
 
 /// TCP state transitions with their true owning process, from an eBPF probe on
 /// `sock:inet_sock_set_state`.
@@ -46,6 +46,12 @@ pub enum Command {
     /// destinations, CLOSE_WAIT sockets by holding process, and tcpstate's own losses,
     /// on GET /metrics (text format 0.0.4, or OpenMetrics when asked).
     Serve(ServeArgs),
+    /// Look at every network namespace for a few seconds and print findings, most
+    /// severe first, each with its evidence and what to do. Topics: close_wait,
+    /// not_accepted, time_wait, fin_wait2, dead_held, losses. Exit status: 0
+    /// nothing above info, 1 a warning or critical finding, 2 bad input, 3 could not
+    /// check (missing privilege or kernel feature, said on stderr).
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +162,82 @@ pub struct ServeArgs {
     /// Walk the fd tables and list TIME_WAIT sockets at most every D.
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Watch for D before judging (long enough to see CLOSE_WAIT growth).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub duration: Duration,
+    /// One `finding` JSON object per line, then a `doctor_summary` line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only these network namespaces (inode, as `readlink /proc/PID/ns/net` prints;
+    /// repeatable; default every one).
+    #[arg(long = "netns", value_name = "INODE", value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
+    pub netns: Vec<u32>,
+    /// close_wait: a process holding more than N CLOSE_WAIT sockets is a warning.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64), allow_hyphen_values = true)]
+    pub close_wait_sockets: u64,
+    /// close_wait: any CLOSE_WAIT socket older than D is a warning.
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub close_wait_age: Duration,
+    /// close_wait: a warning whose holder runs out of fds sooner than D at the growth
+    /// seen (or already uses 90% of its fd limit) is critical.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub fd_eta_critical: Duration,
+    /// time_wait: TIME_WAIT sockets using more than PCT% of a destination's local
+    /// ports (ip_local_port_range) are a warning.
+    #[arg(long, value_name = "PCT", default_value = "50", value_parser = parse_percent, allow_hyphen_values = true)]
+    pub time_wait_warn: f64,
+    /// time_wait: more than PCT% is critical.
+    #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent, allow_hyphen_values = true)]
+    pub time_wait_critical: f64,
+    /// fin_wait2: more than N orphaned FIN_WAIT2 sockets in a namespace is a warning
+    /// (critical from 90% of tcp_max_orphans).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64), allow_hyphen_values = true)]
+    pub fin_wait2_sockets: u64,
+    /// dead_held: a process holding more than N dead connections is a warning.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64), allow_hyphen_values = true)]
+    pub dead_held_sockets: u64,
+}
+
+/// A percentage, 0 to 100.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("invalid percentage '{s}': expected a number from 0 to 100"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("invalid percentage '{s}': must be from 0 to 100"));
+    }
+    Ok(v)
+}
+
+impl DoctorArgs {
+    /// The model's thresholds.
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_sockets: self.close_wait_sockets,
+            close_wait_age_ns: self.close_wait_age.as_nanos() as u64,
+            fd_eta_critical_s: self.fd_eta_critical.as_secs_f64(),
+            time_wait_warn_pct: self.time_wait_warn,
+            time_wait_critical_pct: self.time_wait_critical,
+            fin_wait2_sockets: self.fin_wait2_sockets,
+            dead_held_sockets: self.dead_held_sockets,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.time_wait_critical < self.time_wait_warn {
+            return Err(format!(
+                "--time-wait-critical {} is below --time-wait-warn {}",
+                self.time_wait_critical, self.time_wait_warn
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `ADDR:PORT` (IPv6 as `[::1]:9977`), port 1..=65535.
@@ -353,6 +435,7 @@ impl Cli {
         match &self.command {
             Some(Command::Hist(h)) => h.check(),
             Some(Command::Serve(s)) => s.check(),
+            Some(Command::Doctor(d)) => d.check(),
             _ => Ok(()),
         }
     }
@@ -516,6 +599,41 @@ mod tests {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn doctor_defaults_and_bad_thresholds() {
+        let cli = Cli::try_parse_from(["tcpstate", "doctor"]).unwrap();
+        let Some(Command::Doctor(d)) = cli.command else {
+            panic!("not doctor")
+        };
+        assert_eq!(d.thresholds(), Thresholds::default());
+        assert_eq!(d.duration, Duration::from_secs(5));
+        for args in [
+            &["tcpstate", "doctor", "--close-wait-sockets", "-1"][..],
+            &["tcpstate", "doctor", "--close-wait-sockets", "many"],
+            &["tcpstate", "doctor", "--close-wait-age", "-5m"],
+            &["tcpstate", "doctor", "--time-wait-warn", "-1"],
+            &["tcpstate", "doctor", "--time-wait-warn", "101"],
+            &["tcpstate", "doctor", "--time-wait-critical", "x"],
+            &["tcpstate", "doctor", "--duration", "0"],
+            &["tcpstate", "doctor", "--netns", "-3"],
+            &["tcpstate", "doctor", "--bogus"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "tcpstate",
+            "doctor",
+            "--time-wait-warn",
+            "80",
+            "--time-wait-critical",
+            "70",
+        ])
+        .unwrap();
+        assert!(cli.check().unwrap_err().contains("--time-wait-critical"));
+        assert_eq!(parse_percent("50%"), Ok(50.0));
     }
 
     #[test]

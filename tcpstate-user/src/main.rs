@@ -51,6 +51,8 @@ fn main() -> ExitCode {
             Some(Command::Trace(t)) => cmd::trace::run(t).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Hist(h)) => cmd::hist::run(h).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Serve(s)) => cmd::serve::run(s).await.map(|()| ExitCode::SUCCESS),
+            // 0 nothing above info, 1 a warning or worse, 3 could not check.
+            Some(Command::Doctor(d)) => cmd::doctor::run(d).await.map(ExitCode::from),
             Some(Command::Linger(l)) => {
                 let fail_if_any = l.fail_if_any;
                 let nonempty = cmd::linger::run(l).await?;

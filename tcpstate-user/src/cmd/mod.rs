@@ -2,6 +2,7 @@
 //! own. [`session`] is the event loop they share; [`stdout`] notices a reader that
 //! has gone.
 
+pub mod doctor;
 pub mod hist;
 pub mod linger;
 pub mod serve;

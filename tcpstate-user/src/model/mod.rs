@@ -6,6 +6,7 @@
 //! Built from the probe's plain data.
 
 pub mod container;
+pub mod doctor;
 pub mod events;
 pub mod filter;
 pub mod hist;

@@ -11,6 +11,7 @@
 pub mod cgroups;
 pub mod maps;
 pub mod netns;
+pub mod netstat;
 pub mod offsets;
 pub mod procfs;
 pub mod ring;

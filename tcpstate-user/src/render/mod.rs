@@ -4,6 +4,7 @@
 //! wall-clock time). [`prometheus`] is `serve`'s view.
 
 pub mod clock;
+pub mod doctor;
 pub mod format;
 pub mod hist;
 pub mod linger;

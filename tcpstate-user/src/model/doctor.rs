@@ -1,0 +1,980 @@
+//! `tcpstate doctor`'s rules: from linger's reports (CLOSE_WAIT and dead sockets by
+//! holder, with the diagnosis), each network namespace's TIME_WAIT and FIN_WAIT2
+//! sockets, sysctls and `/proc/net/netstat` counters, and tcpstate's own losses, to
+//! findings with a severity, evidence and advice. Pure: every input is plain data, so
+//! each rule and each threshold's boundary is unit-tested.
+//!
+//! Topics: `close_wait`, `not_accepted`, `time_wait`, `fin_wait2`, `dead_held`,
+//! `losses`. Not yet: `keepalive` (the fd walk does not read SO_KEEPALIVE nor the
+//! idle time of ESTABLISHED sockets, and a reset sent by SO_LINGER(0) cannot be told
+//! from any other reset by the state transitions alone).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde_json::{json, Value};
+
+use crate::model::{
+    linger::{Backlog, Group},
+    summary::Summary,
+};
+
+/// How bad a finding is; ordered, most severe last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What a finding is about (the documented list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Topic {
+    CloseWait,
+    NotAccepted,
+    TimeWait,
+    FinWait2,
+    DeadHeld,
+    Losses,
+}
+
+impl Topic {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::CloseWait => "close_wait",
+            Topic::NotAccepted => "not_accepted",
+            Topic::TimeWait => "time_wait",
+            Topic::FinWait2 => "fin_wait2",
+            Topic::DeadHeld => "dead_held",
+            Topic::Losses => "losses",
+        }
+    }
+}
+
+/// The rules' thresholds (each settable by a `doctor` flag). Counts and ages are
+/// "more than": exactly at the threshold is still fine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// A process holding more than this many CLOSE_WAIT sockets: warning.
+    pub close_wait_sockets: u64,
+    /// Any CLOSE_WAIT socket older than this: warning.
+    pub close_wait_age_ns: u64,
+    /// A close_wait finding whose holder runs out of fds sooner than this (at the
+    /// growth seen), or already uses 90% of its fd limit: critical.
+    pub fd_eta_critical_s: f64,
+    /// TIME_WAIT using more than this percentage of a destination's local ports:
+    /// warning; more than `time_wait_critical_pct`: critical.
+    pub time_wait_warn_pct: f64,
+    pub time_wait_critical_pct: f64,
+    /// A namespace with more than this many orphaned FIN_WAIT2 sockets: warning.
+    pub fin_wait2_sockets: u64,
+    /// A process holding more than this many dead connections: warning.
+    pub dead_held_sockets: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            close_wait_sockets: 100,
+            close_wait_age_ns: 300 * 1_000_000_000,
+            fd_eta_critical_s: 3600.0,
+            time_wait_warn_pct: 50.0,
+            time_wait_critical_pct: 90.0,
+            fin_wait2_sockets: 100,
+            dead_held_sockets: 0,
+        }
+    }
+}
+
+/// Fd usage from which a holder is about to fail ("Too many open files").
+const FD_USAGE_CRITICAL: f64 = 0.9;
+
+/// Who holds what a finding is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    pub pid: Option<u32>,
+    /// Escaped for display (the view's `comm_text`).
+    pub comm: Option<String>,
+    /// `None`: a host process (or unknown).
+    pub container_id: Option<String>,
+}
+
+/// One finding: plain data, rendered as a text block or a JSON line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub topic: Topic,
+    pub who: Who,
+    pub netns: Option<u32>,
+    pub sockets: u64,
+    /// Of `sockets`, those read to the end (close_wait only).
+    pub eof_read_sockets: Option<u64>,
+    pub summary: String,
+    /// Ordered (name, value) pairs; every one checkable with ss, sysctl or
+    /// /proc/net/netstat.
+    pub evidence: Vec<(&'static str, Value)>,
+    pub advice: String,
+    /// What the evidence cannot tell.
+    pub caveat: Option<String>,
+}
+
+/// A namespace's sysctls that the rules quote (`None`: unreadable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    pub ip_local_port_range: Option<(u16, u16)>,
+    pub tcp_tw_reuse: Option<i64>,
+    pub tcp_max_tw_buckets: Option<i64>,
+    pub tcp_fin_timeout: Option<i64>,
+    pub tcp_max_orphans: Option<i64>,
+}
+
+/// `TcpExt` counters of a namespace's `/proc/net/netstat` (since it was created).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Netstat {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+}
+
+/// (local address, remote address, remote port): a TIME_WAIT destination.
+pub type Dest = (IpAddr, IpAddr, u16);
+
+/// What one network namespace holds, as its own dumps and files say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Namespace {
+    pub inode: u32,
+    pub sysctls: Sysctls,
+    pub netstat: Option<Netstat>,
+    /// Every TIME_WAIT socket.
+    pub time_wait: u64,
+    /// TIME_WAIT sockets whose local port is in `ip_local_port_range` (connect()'s
+    /// ephemeral ports), per destination.
+    pub tw_dests: HashMap<Dest, u64>,
+    /// FIN_WAIT2 sockets no fd holds (closed by the application, waiting for the
+    /// peer's FIN), minisockets included.
+    pub fin_wait2_orphans: u64,
+}
+
+impl Namespace {
+    pub fn new(inode: u32, sysctls: Sysctls, netstat: Option<Netstat>) -> Self {
+        Namespace {
+            inode,
+            sysctls,
+            netstat,
+            ..Default::default()
+        }
+    }
+
+    /// Counts a TIME_WAIT socket; only an ephemeral local port costs a destination
+    /// one of its ports (a server's TIME_WAIT sits on its listening port).
+    pub fn add_time_wait(&mut self, saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) {
+        self.time_wait += 1;
+        if let Some((lo, hi)) = self.sysctls.ip_local_port_range {
+            if (lo..=hi).contains(&sport) {
+                *self.tw_dests.entry((saddr, daddr, dport)).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `leaky-api (pid 4242, host, netns 4026531840)`.
+fn naming(who: &Who, netns: Option<u32>) -> String {
+    let mut s = match (&who.comm, who.pid) {
+        (Some(c), Some(p)) => format!("{c} (pid {p}"),
+        (None, Some(p)) => format!("pid {p} ("),
+        _ => "no process (".to_string(),
+    };
+    if who.pid.is_some() {
+        s.push_str(", ");
+    }
+    match &who.container_id {
+        Some(c) => s.push_str(&format!("container {}", &c[..c.len().min(12)])),
+        None => s.push_str("host"),
+    }
+    if let Some(n) = netns {
+        s.push_str(&format!(", netns {n}"));
+    }
+    s.push(')');
+    s
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s < 90.0 {
+        format!("{s:.0}s")
+    } else if s < 5400.0 {
+        format!("{:.0}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
+
+pub const ADVICE_READ_ALL: &str = "read() returned 0 (the peer closed) and the socket was never closed: close it when read() returns 0 and on every error path (a try/finally, defer or RAII guard around each connection).";
+pub const ADVICE_STOPPED_READING: &str = "the peer's FIN (and maybe data) is unread: find the code path that stopped reading this connection (a handler that returned after one request, a blocked or leaked worker), read until EOF and close.";
+pub const ADVICE_NEVER_ACCEPTED: &str = "connections wait in the listener's accept queue and nobody calls accept(): accept faster (more workers, a non-blocking accept loop) or shed load; a stuck accept loop is the usual cause.";
+pub const ADVICE_FD_STOPGAP: &str =
+    "Raising the fd limit (LimitNOFILE, ulimit -n) only buys time; it fixes nothing.";
+pub const ADVICE_TIME_WAIT: &str = "this host closes first and opens a new connection per request: reuse connections (HTTP keep-alive, a connection pool in the client) on the side that closes actively; net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port safely (timestamps); widen ip_local_port_range or add local/destination addresses for more 4-tuples. tcp_tw_recycle is gone since Linux 4.12: it broke clients behind NAT (per-host timestamps) and must not be looked for.";
+pub const ADVICE_FIN_WAIT2: &str = "the application closed these connections and the peers never sent their FIN: the peers leak (their side is in CLOSE_WAIT) or vanished; net.ipv4.tcp_fin_timeout bounds how long each waits, and beyond tcp_max_orphans the kernel resets orphans (\"too many orphaned sockets\").";
+pub const ADVICE_DEAD_HELD: &str = "the connection is gone (reset or timed out, sk_err says which) but the process keeps its fd: close the socket on every error (ECONNRESET, ETIMEDOUT, EPIPE) instead of dropping the error.";
+pub const ADVICE_LOSSES: &str = "tcpstate itself missed transitions or could not track sockets: findings built on them may undercount. Rerun; if it persists, report it with `tcpstate trace --duration 10 --json | tail -1`.";
+
+/// A CLOSE_WAIT group (linger's report, one holder) -> its finding.
+pub fn close_wait(g: &Group, who: &Who, th: &Thresholds) -> Option<Finding> {
+    let n = g.sockets.len() as u64;
+    if n == 0 || g.pid.is_none() {
+        return None;
+    }
+    let d = &g.diagnosis;
+    let oldest = &g.sockets[0];
+    let netns = oldest.facts.map(|f| f.netns);
+    let mut sev = Severity::Info;
+    let mut why = Vec::new();
+    if n > th.close_wait_sockets {
+        sev = Severity::Warning;
+        why.push(format!("more than {} sockets", th.close_wait_sockets));
+    }
+    if oldest.age_ns > th.close_wait_age_ns {
+        sev = Severity::Warning;
+        why.push(format!(
+            "older than {}",
+            fmt_secs(th.close_wait_age_ns as f64 / 1e9)
+        ));
+    }
+    if d.never_accepted > 0 {
+        sev = Severity::Warning;
+        why.push("never accepted".to_string());
+    }
+    let usage = match (g.fds, g.fd_limit) {
+        (Some(f), Some(l)) if l > 0 => Some(f as f64 / l as f64),
+        _ => None,
+    };
+    if sev >= Severity::Warning
+        && (g.fd_exhaustion_s.is_some_and(|s| s < th.fd_eta_critical_s)
+            || usage.is_some_and(|u| u >= FD_USAGE_CRITICAL))
+    {
+        sev = Severity::Critical;
+        why.push("fds about to run out".to_string());
+    }
+    let mut causes = Vec::new();
+    let mut advice = Vec::new();
+    for (count, text, adv) in [
+        (
+            d.read_all_never_closed,
+            "read it all, never closed",
+            ADVICE_READ_ALL,
+        ),
+        (d.stopped_reading, "stopped reading", ADVICE_STOPPED_READING),
+        (d.never_accepted, "never accepted", ADVICE_NEVER_ACCEPTED),
+    ] {
+        if count > 0 {
+            causes.push(format!("{text} ({count})"));
+            advice.push(adv);
+        }
+    }
+    let age = format!(
+        "{}{}",
+        if oldest.lower_bound { ">=" } else { "" },
+        fmt_secs(oldest.age_ns as f64 / 1e9)
+    );
+    let mut summary = format!(
+        "{} holds {} in CLOSE_WAIT, oldest {age}",
+        naming(who, netns),
+        plural(n, "socket", "sockets"),
+    );
+    if !causes.is_empty() {
+        summary.push_str(&format!(": {}", causes.join(", ")));
+    }
+    if let Some(eta) = g.fd_exhaustion_s {
+        summary.push_str(&format!("; fds run out in ~{}", fmt_secs(eta)));
+    }
+    let mut evidence = vec![
+        ("read_all_never_closed", json!(d.read_all_never_closed)),
+        ("stopped_reading", json!(d.stopped_reading)),
+        ("never_accepted", json!(d.never_accepted)),
+        ("oldest_s", json!(oldest.age_ns as f64 / 1e9)),
+        ("oldest_is_lower_bound", json!(oldest.lower_bound)),
+        ("growth_per_s", json!(g.growth_per_s)),
+        ("fds", json!(g.fds)),
+        ("fd_limit", json!(g.fd_limit)),
+        ("fd_exhaustion_s", json!(g.fd_exhaustion_s)),
+        (
+            "local",
+            json!(endpoints(g.sockets.iter().map(|s| (s.saddr, s.sport)))),
+        ),
+    ];
+    if !why.is_empty() {
+        evidence.push(("because", json!(why.join(", "))));
+    }
+    let mut advice = advice.join(" ");
+    if g.fd_limit.is_some() {
+        advice.push(' ');
+        advice.push_str(ADVICE_FD_STOPGAP);
+    }
+    Some(Finding {
+        severity: sev,
+        topic: Topic::CloseWait,
+        who: who.clone(),
+        netns,
+        sockets: n,
+        eof_read_sockets: Some(d.read_all_never_closed as u64),
+        summary,
+        evidence,
+        advice: advice.trim().to_string(),
+        caveat: oldest.lower_bound.then(|| {
+            "ages of sockets older than this run are lower bounds (the last ACK received)"
+                .to_string()
+        }),
+    })
+}
+
+/// Up to 4 distinct `addr:port` strings, most common first (evidence for `ss`).
+pub fn endpoints(it: impl Iterator<Item = (IpAddr, u16)>) -> Vec<String> {
+    let mut m: HashMap<(IpAddr, u16), u64> = HashMap::new();
+    for e in it {
+        *m.entry(e).or_default() += 1;
+    }
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.into_iter()
+        .take(4)
+        .map(|((a, p), _)| match a {
+            IpAddr::V6(_) => format!("[{a}]:{p}"),
+            IpAddr::V4(_) => format!("{a}:{p}"),
+        })
+        .collect()
+}
+
+/// A listener whose accept queue holds dead (CLOSE_WAIT) connections.
+pub fn not_accepted(b: &Backlog, who: &Who, ns: Option<&Namespace>) -> Finding {
+    let full = b.max > 0 && b.len >= b.max;
+    let sev = if full {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    let listener = match b.saddr {
+        IpAddr::V6(_) => format!("[{}]:{}", b.saddr, b.sport),
+        IpAddr::V4(_) => format!("{}:{}", b.saddr, b.sport),
+    };
+    let mut summary = format!(
+        "{} never accepts on {listener} (fd {}): {} dead in its accept queue, {}/{} queued",
+        naming(who, Some(b.netns)),
+        b.listener_fd,
+        plural(b.count as u64, "connection", "connections"),
+        b.len,
+        b.max
+    );
+    if full {
+        summary.push_str(" (full: new connections are dropped)");
+    }
+    let mut evidence = vec![
+        ("listener", json!(listener)),
+        ("listener_fd", json!(b.listener_fd)),
+        ("dead_queued", json!(b.count)),
+        ("backlog", json!(b.len)),
+        ("backlog_limit", json!(b.max)),
+    ];
+    let st = ns.and_then(|n| n.netstat);
+    evidence.push(("ListenOverflows", json!(st.map(|s| s.listen_overflows))));
+    evidence.push(("ListenDrops", json!(st.map(|s| s.listen_drops))));
+    Finding {
+        severity: sev,
+        topic: Topic::NotAccepted,
+        who: who.clone(),
+        netns: Some(b.netns),
+        sockets: b.count as u64,
+        eof_read_sockets: None,
+        summary,
+        evidence,
+        advice: ADVICE_NEVER_ACCEPTED.to_string(),
+        caveat: Some(
+            "ListenOverflows/ListenDrops count since the namespace was created, for every listener in it"
+                .to_string(),
+        ),
+    }
+}
+
+/// The local ports connect() can pick from.
+pub fn range_size(r: (u16, u16)) -> u64 {
+    u64::from(r.0.abs_diff(r.1)) + 1
+}
+
+/// TIME_WAIT pressure per destination of one namespace.
+pub fn time_wait(ns: &Namespace, th: &Thresholds) -> Vec<Finding> {
+    let Some(range) = ns.sysctls.ip_local_port_range else {
+        return Vec::new();
+    };
+    let size = range_size(range);
+    let mut out = Vec::new();
+    let mut dests: Vec<_> = ns.tw_dests.iter().collect();
+    dests.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (&(laddr, raddr, rport), &n) in dests {
+        let pct = n as f64 * 100.0 / size as f64;
+        let sev = if pct > th.time_wait_critical_pct {
+            Severity::Critical
+        } else if pct > th.time_wait_warn_pct {
+            Severity::Warning
+        } else {
+            continue;
+        };
+        let dest = match raddr {
+            IpAddr::V6(_) => format!("[{raddr}]:{rport}"),
+            IpAddr::V4(_) => format!("{raddr}:{rport}"),
+        };
+        let sc = ns.sysctls;
+        out.push(Finding {
+            severity: sev,
+            topic: Topic::TimeWait,
+            who: Who::default(),
+            netns: Some(ns.inode),
+            sockets: n,
+            eof_read_sockets: None,
+            summary: format!(
+                "{n} TIME_WAIT sockets from {laddr} to {dest} (netns {}) use {pct:.0}% of the {size} local ports ({}-{}): new connections to it will fail with EADDRNOTAVAIL",
+                ns.inode, range.0, range.1
+            ),
+            evidence: vec![
+                ("local_address", json!(laddr.to_string())),
+                ("destination", json!(dest)),
+                ("time_wait_sockets", json!(n)),
+                ("ip_local_port_range", json!([range.0, range.1])),
+                ("local_ports", json!(size)),
+                ("port_use_pct", json!(pct)),
+                ("time_wait_in_namespace", json!(ns.time_wait)),
+                ("tcp_tw_reuse", json!(sc.tcp_tw_reuse)),
+                ("tcp_max_tw_buckets", json!(sc.tcp_max_tw_buckets)),
+            ],
+            advice: ADVICE_TIME_WAIT.to_string(),
+            caveat: Some(
+                "TIME_WAIT sockets have no owner: the process that closed them is not named (tcpstate hist --by process --state TIME_WAIT names it for new ones)"
+                    .to_string(),
+            ),
+        });
+    }
+    out
+}
+
+/// Orphaned FIN_WAIT2 sockets of one namespace.
+pub fn fin_wait2(ns: &Namespace, th: &Thresholds) -> Option<Finding> {
+    let n = ns.fin_wait2_orphans;
+    if n <= th.fin_wait2_sockets {
+        return None;
+    }
+    let max = ns.sysctls.tcp_max_orphans;
+    let sev = if max.is_some_and(|m| m > 0 && n as f64 >= m as f64 * FD_USAGE_CRITICAL) {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    Some(Finding {
+        severity: sev,
+        topic: Topic::FinWait2,
+        who: Who::default(),
+        netns: Some(ns.inode),
+        sockets: n,
+        eof_read_sockets: None,
+        summary: format!(
+            "{n} orphaned FIN_WAIT2 sockets in netns {} wait for their peers' FIN (tcp_fin_timeout {}s, tcp_max_orphans {})",
+            ns.inode,
+            opt(ns.sysctls.tcp_fin_timeout),
+            opt(max)
+        ),
+        evidence: vec![
+            ("orphaned_fin_wait2", json!(n)),
+            ("tcp_fin_timeout", json!(ns.sysctls.tcp_fin_timeout)),
+            ("tcp_max_orphans", json!(max)),
+        ],
+        advice: ADVICE_FIN_WAIT2.to_string(),
+        caveat: None,
+    })
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+/// Dead connections (state CLOSE) a process still holds an fd for.
+pub fn dead_held(g: &Group, who: &Who, th: &Thresholds) -> Option<Finding> {
+    let n = g.diagnosis.dead as u64;
+    if n == 0 || g.pid.is_none() {
+        return None;
+    }
+    let sev = if n > th.dead_held_sockets {
+        Severity::Warning
+    } else {
+        Severity::Info
+    };
+    let netns = g.sockets.iter().find_map(|s| s.facts.map(|f| f.netns));
+    let errors: Vec<Value> = g
+        .diagnosis
+        .errors
+        .iter()
+        .map(|(e, c)| json!({"sk_err": e, "sockets": c}))
+        .collect();
+    Some(Finding {
+        severity: sev,
+        topic: Topic::DeadHeld,
+        who: who.clone(),
+        netns,
+        sockets: n,
+        eof_read_sockets: None,
+        summary: format!(
+            "{} holds {} whose connection is gone (reset or timed out)",
+            naming(who, netns),
+            plural(n, "dead socket", "dead sockets")
+        ),
+        evidence: vec![
+            ("errors", Value::Array(errors)),
+            ("fds", json!(g.fds)),
+            ("fd_limit", json!(g.fd_limit)),
+        ],
+        advice: ADVICE_DEAD_HELD.to_string(),
+        caveat: Some("a socket whose error the process is about to read looks the same".into()),
+    })
+}
+
+/// tcpstate's own losses during the run.
+pub fn losses(s: &Summary) -> Option<Finding> {
+    if s.lost == 0 && s.untracked == 0 {
+        return None;
+    }
+    Some(Finding {
+        severity: Severity::Warning,
+        topic: Topic::Losses,
+        who: Who::default(),
+        netns: None,
+        sockets: s.untracked,
+        eof_read_sockets: None,
+        summary: format!(
+            "tcpstate lost {} transitions and could not track {} sockets during this check",
+            s.lost, s.untracked
+        ),
+        evidence: vec![
+            ("lost", json!(s.lost)),
+            ("lost_ringbuf", json!(s.lost_ringbuf)),
+            ("lost_skipped", json!(s.lost_skipped)),
+            ("lost_read", json!(s.lost_read)),
+            ("lost_transit", json!(s.lost_transit)),
+            ("untracked", json!(s.untracked)),
+        ],
+        advice: ADVICE_LOSSES.to_string(),
+        caveat: None,
+    })
+}
+
+/// Most severe first, then most sockets, then topic.
+pub fn sort(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.sockets.cmp(&a.sockets))
+            .then(a.topic.cmp(&b.topic))
+            .then(a.who.pid.cmp(&b.who.pid))
+    });
+}
+
+/// The whole check's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub critical: usize,
+    pub warning: usize,
+    pub info: usize,
+    pub namespaces: usize,
+    /// Namespaces that could not be entered (inode, why).
+    pub namespaces_failed: Vec<(u32, String)>,
+}
+
+impl Outcome {
+    pub fn of(findings: &[Finding]) -> Outcome {
+        let mut o = Outcome::default();
+        for f in findings {
+            match f.severity {
+                Severity::Critical => o.critical += 1,
+                Severity::Warning => o.warning += 1,
+                Severity::Info => o.info += 1,
+            }
+        }
+        o
+    }
+
+    /// Health-check status: 0 nothing above info, 1 a warning or critical finding.
+    pub fn exit_status(&self) -> u8 {
+        u8::from(self.critical + self.warning > 0)
+    }
+
+    pub fn worst(&self) -> Option<Severity> {
+        if self.critical > 0 {
+            Some(Severity::Critical)
+        } else if self.warning > 0 {
+            Some(Severity::Warning)
+        } else if self.info > 0 {
+            Some(Severity::Info)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tcpstate_common::state;
+
+    use super::*;
+    use crate::model::linger::{Diagnosis, Facts, SockLine};
+
+    const S: u64 = 1_000_000_000;
+
+    fn sock(age_s: u64, eof: bool) -> SockLine {
+        SockLine {
+            cookie: 1,
+            fd: Some(4),
+            age_ns: age_s * S,
+            lower_bound: false,
+            state: state::CLOSE_WAIT as u8,
+            family: 4,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 8080,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 40000,
+            facts: Some(Facts {
+                accepted: true,
+                listener_fd: None,
+                eof_read: eof,
+                unread_bytes: 0,
+                last_send_ms: 0,
+                last_recv_ms: 0,
+                last_ack_ms: 0,
+                sk_err: 0,
+                netns: 4026531840,
+                accept_queue: None,
+            }),
+        }
+    }
+
+    fn group(n: usize, age_s: u64) -> Group {
+        Group {
+            pid: Some(4242),
+            comm: *b"leaky-api\0\0\0\0\0\0\0",
+            sockets: (0..n).map(|_| sock(age_s, true)).collect(),
+            rate_per_s: None,
+            growth_per_s: Some(0.0),
+            fd_limit: Some(1024),
+            fds: Some(n as u64 + 3),
+            fd_exhaustion_s: None,
+            diagnosis: Diagnosis {
+                read_all_never_closed: n,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn who() -> Who {
+        Who {
+            pid: Some(4242),
+            comm: Some("leaky-api".into()),
+            container_id: None,
+        }
+    }
+
+    #[test]
+    fn close_wait_count_threshold_is_more_than() {
+        let th = Thresholds::default();
+        let f = close_wait(&group(100, 1), &who(), &th).unwrap();
+        assert_eq!(f.severity, Severity::Info, "exactly 100: fine");
+        let f = close_wait(&group(101, 1), &who(), &th).unwrap();
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!((f.sockets, f.eof_read_sockets), (101, Some(101)));
+        assert!(f
+            .summary
+            .contains("leaky-api (pid 4242, host, netns 4026531840)"));
+        assert!(f.advice.contains("read() returns 0"), "{}", f.advice);
+        assert!(close_wait(&group(0, 1), &who(), &th).is_none());
+        let th = Thresholds {
+            close_wait_sockets: 0,
+            ..th
+        };
+        assert_eq!(
+            close_wait(&group(1, 1), &who(), &th).unwrap().severity,
+            Severity::Warning
+        );
+    }
+
+    #[test]
+    fn close_wait_age_threshold_is_older_than() {
+        let th = Thresholds::default();
+        assert_eq!(
+            close_wait(&group(1, 300), &who(), &th).unwrap().severity,
+            Severity::Info
+        );
+        let mut g = group(1, 300);
+        g.sockets[0].age_ns += 1;
+        assert_eq!(
+            close_wait(&g, &who(), &th).unwrap().severity,
+            Severity::Warning
+        );
+    }
+
+    #[test]
+    fn never_accepted_is_a_warning_and_fd_exhaustion_critical() {
+        let th = Thresholds::default();
+        let mut g = group(1, 1);
+        g.diagnosis.read_all_never_closed = 0;
+        g.diagnosis.never_accepted = 1;
+        let f = close_wait(&g, &who(), &th).unwrap();
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f.advice.contains("accept"), "{}", f.advice);
+        // Runs out within the hour (boundary: exactly 3600 s is not "sooner").
+        let mut g = group(101, 1);
+        g.fd_exhaustion_s = Some(3600.0);
+        assert_eq!(
+            close_wait(&g, &who(), &th).unwrap().severity,
+            Severity::Warning
+        );
+        g.fd_exhaustion_s = Some(3599.0);
+        let f = close_wait(&g, &who(), &th).unwrap();
+        assert_eq!(f.severity, Severity::Critical);
+        assert!(f.summary.contains("fds run out in ~60m"), "{}", f.summary);
+        // 90% of the fd limit used (of 1000: 900).
+        let mut g = group(101, 1);
+        g.fd_limit = Some(1000);
+        g.fds = Some(900);
+        assert_eq!(
+            close_wait(&g, &who(), &th).unwrap().severity,
+            Severity::Critical
+        );
+        g.fds = Some(899);
+        assert_eq!(
+            close_wait(&g, &who(), &th).unwrap().severity,
+            Severity::Warning
+        );
+        // Fd pressure alone, under every threshold, stays info.
+        let mut g = group(5, 1);
+        g.fds = Some(1024);
+        assert_eq!(
+            close_wait(&g, &who(), &th).unwrap().severity,
+            Severity::Info
+        );
+    }
+
+    #[test]
+    fn stopped_reading_advice_and_lower_bound_caveat() {
+        let mut g = group(2, 400);
+        g.diagnosis.read_all_never_closed = 0;
+        g.diagnosis.stopped_reading = 2;
+        g.sockets[0].lower_bound = true;
+        let f = close_wait(&g, &who(), &Thresholds::default()).unwrap();
+        assert_eq!(f.eof_read_sockets, Some(0));
+        assert!(f.advice.contains("stopped reading"), "{}", f.advice);
+        assert!(f.summary.contains("oldest >=7m"), "{}", f.summary);
+        assert!(f.caveat.is_some());
+        let w = Who {
+            container_id: Some("a".repeat(64)),
+            ..who()
+        };
+        let f = close_wait(&g, &w, &Thresholds::default()).unwrap();
+        assert!(
+            f.summary.contains("container aaaaaaaaaaaa,"),
+            "{}",
+            f.summary
+        );
+    }
+
+    fn ns(range: (u16, u16)) -> Namespace {
+        Namespace::new(
+            4026532000,
+            Sysctls {
+                ip_local_port_range: Some(range),
+                tcp_tw_reuse: Some(2),
+                tcp_max_tw_buckets: Some(262144),
+                tcp_fin_timeout: Some(60),
+                tcp_max_orphans: Some(1000),
+            },
+            Some(Netstat {
+                listen_overflows: 3,
+                listen_drops: 4,
+            }),
+        )
+    }
+
+    fn churn(n: &mut Namespace, count: u16, from: u16, dport: u16) {
+        let a: IpAddr = Ipv4Addr::LOCALHOST.into();
+        for p in from..from + count {
+            n.add_time_wait(a, p, a, dport);
+        }
+    }
+
+    #[test]
+    fn time_wait_counts_only_ephemeral_local_ports() {
+        // 40000-40099: 100 ports.
+        let mut n = ns((40000, 40099));
+        // Server side: its listening port 8080, many clients.
+        let a: IpAddr = Ipv4Addr::LOCALHOST.into();
+        for p in 40000..40100 {
+            n.add_time_wait(a, 8080, a, p);
+        }
+        assert_eq!((n.time_wait, n.tw_dests.len()), (100, 0));
+        assert!(time_wait(&n, &Thresholds::default()).is_empty());
+    }
+
+    #[test]
+    fn time_wait_thresholds_are_more_than_half_and_ninety_percent() {
+        let th = Thresholds::default();
+        let mut n = ns((40000, 40099));
+        churn(&mut n, 50, 40000, 9000);
+        assert!(time_wait(&n, &th).is_empty(), "exactly half: fine");
+        churn(&mut n, 1, 40050, 9000);
+        let f = time_wait(&n, &th);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].severity, f[0].sockets), (Severity::Warning, 51));
+        assert!(f[0].summary.contains("100 local ports (40000-40099)"));
+        assert!(f[0]
+            .evidence
+            .iter()
+            .any(|(k, v)| *k == "tcp_tw_reuse" && *v == json!(2)));
+        assert!(f[0].advice.contains("tcp_tw_recycle"));
+        let mut n = ns((40000, 40099));
+        churn(&mut n, 90, 40000, 9000);
+        assert_eq!(time_wait(&n, &th)[0].severity, Severity::Warning);
+        churn(&mut n, 1, 40090, 9000);
+        assert_eq!(time_wait(&n, &th)[0].severity, Severity::Critical);
+        // Other destinations count apart.
+        churn(&mut n, 10, 40000, 9001);
+        assert_eq!(time_wait(&n, &th).len(), 1);
+        // No port range read: no finding.
+        let mut n = Namespace::default();
+        churn(&mut n, 10, 40000, 9000);
+        assert!(time_wait(&n, &th).is_empty());
+        assert_eq!(range_size((32768, 60999)), 28232);
+    }
+
+    #[test]
+    fn fin_wait2_against_threshold_and_max_orphans() {
+        let th = Thresholds::default();
+        let mut n = ns((1, 2));
+        n.fin_wait2_orphans = 100;
+        assert!(fin_wait2(&n, &th).is_none());
+        n.fin_wait2_orphans = 101;
+        let f = fin_wait2(&n, &th).unwrap();
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f
+            .summary
+            .contains("tcp_fin_timeout 60s, tcp_max_orphans 1000"));
+        n.fin_wait2_orphans = 900;
+        assert_eq!(fin_wait2(&n, &th).unwrap().severity, Severity::Critical);
+        n.fin_wait2_orphans = 899;
+        assert_eq!(fin_wait2(&n, &th).unwrap().severity, Severity::Warning);
+    }
+
+    #[test]
+    fn not_accepted_names_the_listener_and_counters() {
+        let b = Backlog {
+            listener_fd: 3,
+            netns: 4026532000,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 18080,
+            count: 5,
+            len: 5,
+            max: 128,
+        };
+        let n = ns((1, 2));
+        let f = not_accepted(&b, &who(), Some(&n));
+        assert_eq!((f.severity, f.sockets), (Severity::Warning, 5));
+        assert!(f.summary.contains("leaky-api (pid 4242"), "{}", f.summary);
+        assert!(
+            f.summary.contains("127.0.0.1:18080 (fd 3)"),
+            "{}",
+            f.summary
+        );
+        assert!(f
+            .evidence
+            .iter()
+            .any(|(k, v)| *k == "ListenOverflows" && *v == json!(3)));
+        let full = Backlog { len: 128, ..b };
+        assert_eq!(
+            not_accepted(&full, &who(), None).severity,
+            Severity::Critical
+        );
+        let one_short = Backlog { len: 127, ..b };
+        assert_eq!(
+            not_accepted(&one_short, &who(), None).severity,
+            Severity::Warning
+        );
+    }
+
+    #[test]
+    fn dead_held_above_threshold() {
+        let mut g = group(1, 1);
+        g.diagnosis = Diagnosis {
+            dead: 1,
+            errors: vec![(libc::ECONNRESET, 1)],
+            ..Default::default()
+        };
+        let th = Thresholds::default();
+        let f = dead_held(&g, &who(), &th).unwrap();
+        assert_eq!((f.severity, f.sockets), (Severity::Warning, 1));
+        let th1 = Thresholds {
+            dead_held_sockets: 1,
+            ..th
+        };
+        assert_eq!(
+            dead_held(&g, &who(), &th1).unwrap().severity,
+            Severity::Info
+        );
+        g.diagnosis.dead = 0;
+        assert!(dead_held(&g, &who(), &th).is_none());
+    }
+
+    #[test]
+    fn losses_are_a_finding() {
+        assert!(losses(&Summary::default()).is_none());
+        let f = losses(&Summary {
+            lost: 2,
+            lost_ringbuf: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(losses(&Summary {
+            untracked: 1,
+            ..Default::default()
+        })
+        .is_some());
+    }
+
+    #[test]
+    fn most_severe_first_and_exit_status() {
+        let th = Thresholds::default();
+        let mut v = vec![
+            close_wait(&group(3, 1), &who(), &th).unwrap(),
+            close_wait(&group(200, 1), &who(), &th).unwrap(),
+        ];
+        let mut n = ns((40000, 40099));
+        churn(&mut n, 95, 40000, 9000);
+        v.extend(time_wait(&n, &th));
+        sort(&mut v);
+        let sev: Vec<Severity> = v.iter().map(|f| f.severity).collect();
+        assert_eq!(
+            sev,
+            vec![Severity::Critical, Severity::Warning, Severity::Info]
+        );
+        let o = Outcome::of(&v);
+        assert_eq!((o.exit_status(), o.worst()), (1, Some(Severity::Critical)));
+        let o = Outcome::of(&v[2..]);
+        assert_eq!((o.exit_status(), o.worst()), (0, Some(Severity::Info)));
+        assert_eq!(Outcome::of(&[]).worst(), None);
+    }
+}
