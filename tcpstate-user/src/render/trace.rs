@@ -16,7 +16,7 @@ use crate::{
     },
     render::{
         clock::{local_fraction, utc_fraction, Clock},
-        format::{put_digits, sanitize_comm},
+        format::{put_digits, sanitize_comm, PAIRS},
         summary::{summary_text, write_summary_json},
     },
 };
@@ -27,12 +27,17 @@ pub struct TraceWriter<W: Write> {
     json: bool,
     addr_width: usize,
     clock: Clock,
-    /// The line being built (see [`Line`]), then written whole.
-    line: Box<[u8; LINE_CAP]>,
+    /// Lines are built in place here (see [`Line`]) and written in batches of at
+    /// least [`WRITE_AT`] bytes, or at [`Self::flush`]: no copy into a `BufWriter`.
+    buf: Box<[u8]>,
+    len: usize,
     comm: String,
     /// Looked up per event instead of searched.
     states: StateNames,
 }
+
+/// Buffered bytes that make [`TraceWriter::transition`] write (a few hundred lines).
+const WRITE_AT: usize = 64 << 10;
 
 impl<W: Write> TraceWriter<W> {
     pub fn new(out: W, json: bool, wide: bool, clock: Clock) -> Self {
@@ -41,7 +46,8 @@ impl<W: Write> TraceWriter<W> {
             json,
             addr_width: if wide { 47 } else { 21 },
             clock,
-            line: Box::new([0; LINE_CAP]),
+            buf: vec![0; WRITE_AT + LINE_CAP].into_boxed_slice(),
+            len: 0,
             comm: String::with_capacity(64),
             states: std::array::from_fn(|n| StateNum(n as u8).state().map(TcpState::name)),
         }
@@ -63,7 +69,10 @@ impl<W: Write> TraceWriter<W> {
     /// One line per transition, formatted by hand: serde, `core::fmt` and small
     /// `memcpy` calls cost several times the rest of the per-event work.
     pub fn transition(&mut self, ev: &Event) -> io::Result<()> {
-        let mut line = Line::new(&mut self.line);
+        let at: &mut [u8; LINE_CAP] = (&mut self.buf[self.len..self.len + LINE_CAP])
+            .try_into()
+            .expect("LINE_CAP bytes");
+        let mut line = Line::new(at);
         if self.json {
             json_line(&mut line, ev, &mut self.clock, &self.states, &mut self.comm);
         } else {
@@ -77,22 +86,39 @@ impl<W: Write> TraceWriter<W> {
             );
         }
         line.byte(b'\n');
-        self.out.write_all(line.as_bytes())
+        self.len += line.pos;
+        if self.len >= WRITE_AT {
+            self.write_buffered()?;
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&mut self) -> io::Result<()> {
+        let n = std::mem::take(&mut self.len);
+        self.out.write_all(&self.buf[..n])
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_buffered()?;
         self.out.flush()
     }
 
     /// The summary: a JSON line on stdout in JSON mode, else a line on stderr.
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.flush()?;
         if self.json {
             write_summary_json(&mut self.out, s)
         } else {
-            self.out.flush()?;
             eprintln!("{}", summary_text(s));
             Ok(())
         }
+    }
+
+    /// Everything written so far (tests).
+    #[cfg(test)]
+    pub fn written(&mut self) -> &mut W {
+        self.write_buffered().expect("write");
+        &mut self.out
     }
 }
 
@@ -213,6 +239,7 @@ impl<'a> Line<'a> {
         Self { buf, pos: 0 }
     }
 
+    #[cfg(test)]
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.pos]
     }
@@ -252,9 +279,25 @@ impl<'a> Line<'a> {
         self.pos += n;
     }
 
+    /// `v` in decimal, written in place (two digits per division).
     #[inline]
-    fn int<I: itoa::Integer>(&mut self, v: I) {
-        self.put(itoa::Buffer::new().format(v).as_bytes());
+    fn int(&mut self, v: impl Into<u64>) {
+        let mut v: u64 = v.into();
+        let n = v.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut end = self.pos + n;
+        let d = &mut self.buf[self.pos..end];
+        self.pos = end;
+        end = n;
+        while v >= 100 {
+            d[end - 2..end].copy_from_slice(&PAIRS[(v % 100) as usize]);
+            v /= 100;
+            end -= 2;
+        }
+        if v >= 10 {
+            d[..2].copy_from_slice(&PAIRS[v as usize]);
+        } else {
+            d[0] = b'0' + v as u8;
+        }
     }
 
     /// `v` as exactly `width` digits, zero-padded.
@@ -301,14 +344,16 @@ impl Addr {
 
     fn put(&self, out: &mut Line) {
         match self {
-            Addr::V4([a, b, c, d]) => {
-                out.int(*a);
-                out.byte(b'.');
-                out.int(*b);
-                out.byte(b'.');
-                out.int(*c);
-                out.byte(b'.');
-                out.int(*d);
+            Addr::V4(a) => {
+                // Each octet as a fixed 4-byte store ("127." or "0.xx", with the
+                // dot), then the position moves by its real length; the last one's
+                // dot is overwritten by what follows (SLACK covers it).
+                for &o in a {
+                    let (text, n) = OCTETS[usize::from(o)];
+                    out.buf[out.pos..out.pos + 4].copy_from_slice(&text);
+                    out.pos += n;
+                }
+                out.pos -= 1;
             }
             // Rare, and its zero-run compression is not worth copying.
             Addr::V6(a) => {
@@ -317,6 +362,25 @@ impl Addr {
         }
     }
 }
+
+/// Each byte value as decimal text followed by `.`, padded to 4 bytes, and the
+/// length of the text with its dot.
+const OCTETS: [([u8; 4], usize); 256] = {
+    let mut t = [([0; 4], 0); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, te, o) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
+        t[i] = if i >= 100 {
+            ([b'0' + h, b'0' + te, b'0' + o, b'.'], 4)
+        } else if i >= 10 {
+            ([b'0' + te, b'0' + o, b'.', 0], 3)
+        } else {
+            ([b'0' + o, b'.', 0, 0], 2)
+        };
+        i += 1;
+    }
+    t
+};
 
 /// The comm up to its NUL, as [`sanitize_comm`] writes it and, for JSON, with `"` and
 /// `\` escaped; `scratch` is only used for names that need either.
