@@ -126,6 +126,7 @@ impl<W: Write> TraceWriter<W> {
 type StateNames = [Option<&'static str>; 32];
 
 /// The keys, order and types `serde` gave the former `TransitionJson` struct.
+#[inline(always)]
 fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, comm: &mut String) {
     l.put(b"{\"type\":\"transition\",\"time\":\"");
     let (text, nsec) = clock.utc_second(ev.ts_ns);
@@ -175,6 +176,7 @@ fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, c
 
 /// The columns of [`TraceWriter::header`]; all text is ASCII, so bytes are columns
 /// (except the endpoints' `…`, see [`put_endpoint`]).
+#[inline(always)]
 fn table_line(
     l: &mut Line,
     ev: &Event,
@@ -244,14 +246,14 @@ impl<'a> Line<'a> {
         &self.buf[..self.pos]
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, b: u8) {
         self.buf[self.pos] = b;
         self.pos += 1;
     }
 
     /// Appends `s`; up to 32 bytes as two overlapping fixed-size copies.
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, s: &[u8]) {
         let n = s.len();
         let d = &mut self.buf[self.pos..self.pos + n];
@@ -280,7 +282,7 @@ impl<'a> Line<'a> {
     }
 
     /// `v` in decimal, written in place (two digits per division).
-    #[inline]
+    #[inline(always)]
     fn int(&mut self, v: impl Into<u64>) {
         let mut v: u64 = v.into();
         let n = v.checked_ilog10().unwrap_or(0) as usize + 1;
@@ -301,6 +303,7 @@ impl<'a> Line<'a> {
     }
 
     /// `v` as exactly `width` digits, zero-padded.
+    #[inline(always)]
     fn padded(&mut self, v: u64, width: usize) {
         put_digits(&mut self.buf[self.pos..self.pos + width], v);
         self.pos += width;
@@ -308,7 +311,7 @@ impl<'a> Line<'a> {
 
     /// Spaces up to `width` (at most [`SLACK`]) columns after `start`; writes a fixed
     /// [`SLACK`] of them, which inlines better than an exact fill.
-    #[inline]
+    #[inline(always)]
     fn pad(&mut self, start: usize, width: usize) {
         let end = start + width;
         if self.pos < end {
@@ -332,6 +335,7 @@ enum Addr {
 }
 
 impl Addr {
+    #[inline(always)]
     fn of(family: u16, b: &[u8; 16]) -> Self {
         match family {
             AF_INET => Addr::V4([b[0], b[1], b[2], b[3]]),
@@ -342,6 +346,7 @@ impl Addr {
         }
     }
 
+    #[inline(always)]
     fn put(&self, out: &mut Line) {
         match self {
             Addr::V4(a) => {
@@ -355,12 +360,15 @@ impl Addr {
                 }
                 out.pos -= 1;
             }
-            // Rare, and its zero-run compression is not worth copying.
-            Addr::V6(a) => {
-                let _ = write!(out, "{}", Ipv6Addr::from(*a));
-            }
+            Addr::V6(a) => put_v6(out, a),
         }
     }
+}
+
+/// Rare, and its zero-run compression is not worth copying.
+#[inline(never)]
+fn put_v6(out: &mut Line, a: &[u8; 16]) {
+    let _ = write!(out, "{}", Ipv6Addr::from(*a));
 }
 
 /// Each byte value as decimal text followed by `.`, padded to 4 bytes, and the
@@ -384,6 +392,7 @@ const OCTETS: [([u8; 4], usize); 256] = {
 
 /// The comm up to its NUL, as [`sanitize_comm`] writes it and, for JSON, with `"` and
 /// `\` escaped; `scratch` is only used for names that need either.
+#[inline(always)]
 fn put_comm(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
     // Most names are printable ASCII with nothing to escape: copied as they are.
     let n = comm.iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
@@ -391,6 +400,11 @@ fn put_comm(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
         out.put(&comm[..n]);
         return;
     }
+    put_comm_escaped(out, comm, json, scratch);
+}
+
+#[inline(never)]
+fn put_comm_escaped(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
     scratch.clear();
     sanitize_comm(comm, scratch);
     if json {
@@ -427,18 +441,23 @@ fn put_json_str(out: &mut Line, s: &str) {
 }
 
 /// A state's kernel name, or `UNKNOWN(n)` as [`StateNum`] prints it.
+#[inline(always)]
 fn put_state(out: &mut Line, names: &StateNames, n: u8) {
     match names.get(usize::from(n)).copied().flatten() {
         Some(name) => out.put(name.as_bytes()),
-        None => {
-            out.put(b"UNKNOWN(");
-            out.int(n);
-            out.byte(b')');
-        }
+        None => put_unknown_state(out, n),
     }
 }
 
+#[inline(never)]
+fn put_unknown_state(out: &mut Line, n: u8) {
+    out.put(b"UNKNOWN(");
+    out.int(n);
+    out.byte(b')');
+}
+
 /// Nanoseconds as a JSON number of milliseconds, exact: `1532.104`, `2.0`, `0.000001`.
+#[inline(always)]
 fn put_ms_json(out: &mut Line, ns: u64) {
     out.int(ns / 1_000_000);
     out.byte(b'.');
@@ -479,6 +498,7 @@ fn put_ms_table(out: &mut Line, ev: &Event) {
 
 /// `addr:port` padded to `width` columns, IPv6 in brackets; longer keeps the tail
 /// (port visible) behind a `…`, which is 3 bytes but 1 column.
+#[inline(always)]
 fn put_endpoint(out: &mut Line, addr: Addr, port: u16, width: usize) {
     let start = out.pos;
     match addr {
