@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
 use tcpstate_common::Event;
 use tokio::{
     io::unix::AsyncFd,
@@ -22,7 +21,7 @@ use crate::{
     model::summary::{Received, Summary},
     probe::{
         kernel_order_warning, kernel_version,
-        ring::{decode, monotonic_ns},
+        ring::{event_of, monotonic_ns, Ring},
         LoadOptions, Probe,
     },
 };
@@ -51,7 +50,7 @@ pub trait Consumer {
 
 pub struct Session {
     pub probe: Probe,
-    ring: Option<RingBuf<MapData>>,
+    ring: Option<Ring>,
     int: Signal,
     term: Signal,
     received: Received,
@@ -72,6 +71,7 @@ impl Session {
             eprintln!("tcpstate: warning: {w}");
         }
         let (mut probe, ring) = Probe::load(opts)?;
+        let ring = Ring::new(ring, opts.ring_bytes)?;
         let attached_ns = monotonic_ns();
         // Seeded before saying "attached": from then on every owner is known.
         let seeded = if seed_owners {
@@ -184,16 +184,17 @@ impl Session {
     }
 }
 
-fn drain<C: Consumer>(ring: &mut RingBuf<MapData>, c: &mut C, r: &mut Received) -> io::Result<()> {
-    while let Some(item) = ring.next() {
-        let Some(ev) = decode(&item) else {
+fn drain<C: Consumer>(ring: &mut Ring, c: &mut C, r: &mut Received) -> io::Result<()> {
+    ring.drain(|rec| match event_of(rec) {
+        Some(ev) => {
+            r.events += 1;
+            c.event(ev)
+        }
+        None => {
             r.bad_records += 1;
-            continue;
-        };
-        drop(item);
-        r.events += 1;
-        c.event(&ev)?;
-    }
+            Ok(())
+        }
+    })?;
     c.flush()
 }
 

@@ -1,7 +1,7 @@
 //! `tcpstate trace`: every transition, one line each, until Ctrl-C, SIGTERM or
 //! `--duration`, then the summary.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 
 use tcpstate_common::Event;
 
@@ -51,7 +51,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         all: filter.is_empty(),
         filter,
         out: TraceWriter::new(
-            BufWriter::with_capacity(64 << 10, io::stdout().lock()),
+            // TraceWriter buffers itself.
+            io::stdout().lock(),
             args.json,
             args.wide,
             Clock::new(),

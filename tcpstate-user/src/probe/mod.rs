@@ -183,6 +183,11 @@ impl Probe {
         // aya-log's level in the probe: 0 (off) skips every log statement there, so
         // logging costs nothing unless asked for. Objects without aya-log lack it.
         let log_level = probe_log_level();
+        // Only FLAG_TIMEWAIT uses TWS: without it, skip preallocating its LRU
+        // entries (`bpf_lru_populate`, ~14% of `trace`'s startup CPU).
+        if opts.flags & FLAG_TIMEWAIT == 0 {
+            loader.map_max_entries(names::TWS, 1);
+        }
         let mut ebpf = loader
             .override_global(names::CONFIG, &config, true)
             .override_global(aya_log::LEVEL, &log_level, false)

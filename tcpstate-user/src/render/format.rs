@@ -25,11 +25,28 @@ pub fn comm_text(comm: &[u8]) -> String {
     s
 }
 
+/// `00` to `99`, for two digits per division.
+pub const PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
 /// Fills `buf` with the low decimal digits of `v`, zero-padded on the left.
+#[inline]
 pub fn put_digits(buf: &mut [u8], mut v: u64) {
-    for d in buf.iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
+    let mut end = buf.len();
+    while end >= 2 {
+        buf[end - 2..end].copy_from_slice(&PAIRS[(v % 100) as usize]);
+        v /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        buf[0] = b'0' + (v % 10) as u8;
     }
 }
 
@@ -105,6 +122,23 @@ mod tests {
         s.clear();
         sanitize_comm("né".as_bytes(), &mut s);
         assert_eq!(s, "n\\xc3\\xa9");
+    }
+
+    #[test]
+    fn digits() {
+        for (v, w, want) in [
+            (7, 1, "7"),
+            (42, 3, "042"),
+            (123456, 6, "123456"),
+            (99, 2, "99"),
+        ] {
+            let mut b = vec![0; w];
+            put_digits(&mut b, v);
+            assert_eq!(b, want.as_bytes());
+        }
+        let mut b = [0; 4];
+        put_digits(&mut b, 1_234_567);
+        assert_eq!(&b, b"4567");
     }
 
     #[test]

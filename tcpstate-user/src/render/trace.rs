@@ -16,7 +16,7 @@ use crate::{
     },
     render::{
         clock::{local_fraction, utc_fraction, Clock},
-        format::{put_digits, sanitize_comm},
+        format::{put_digits, sanitize_comm, PAIRS},
         summary::{summary_text, write_summary_json},
     },
 };
@@ -27,12 +27,17 @@ pub struct TraceWriter<W: Write> {
     json: bool,
     addr_width: usize,
     clock: Clock,
-    /// The line being built (see [`Line`]), then written whole.
-    line: Box<[u8; LINE_CAP]>,
+    /// Lines are built in place here (see [`Line`]) and written in batches of at
+    /// least [`WRITE_AT`] bytes, or at [`Self::flush`]: no copy into a `BufWriter`.
+    buf: Box<[u8]>,
+    len: usize,
     comm: String,
     /// Looked up per event instead of searched.
     states: StateNames,
 }
+
+/// Buffered bytes that make [`TraceWriter::transition`] write (a few hundred lines).
+const WRITE_AT: usize = 64 << 10;
 
 impl<W: Write> TraceWriter<W> {
     pub fn new(out: W, json: bool, wide: bool, clock: Clock) -> Self {
@@ -41,7 +46,8 @@ impl<W: Write> TraceWriter<W> {
             json,
             addr_width: if wide { 47 } else { 21 },
             clock,
-            line: Box::new([0; LINE_CAP]),
+            buf: vec![0; WRITE_AT + LINE_CAP].into_boxed_slice(),
+            len: 0,
             comm: String::with_capacity(64),
             states: std::array::from_fn(|n| StateNum(n as u8).state().map(TcpState::name)),
         }
@@ -63,7 +69,10 @@ impl<W: Write> TraceWriter<W> {
     /// One line per transition, formatted by hand: serde, `core::fmt` and small
     /// `memcpy` calls cost several times the rest of the per-event work.
     pub fn transition(&mut self, ev: &Event) -> io::Result<()> {
-        let mut line = Line::new(&mut self.line);
+        let at: &mut [u8; LINE_CAP] = (&mut self.buf[self.len..self.len + LINE_CAP])
+            .try_into()
+            .expect("LINE_CAP bytes");
+        let mut line = Line::new(at);
         if self.json {
             json_line(&mut line, ev, &mut self.clock, &self.states, &mut self.comm);
         } else {
@@ -77,22 +86,39 @@ impl<W: Write> TraceWriter<W> {
             );
         }
         line.byte(b'\n');
-        self.out.write_all(line.as_bytes())
+        self.len += line.pos;
+        if self.len >= WRITE_AT {
+            self.write_buffered()?;
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&mut self) -> io::Result<()> {
+        let n = std::mem::take(&mut self.len);
+        self.out.write_all(&self.buf[..n])
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_buffered()?;
         self.out.flush()
     }
 
     /// The summary: a JSON line on stdout in JSON mode, else a line on stderr.
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.flush()?;
         if self.json {
             write_summary_json(&mut self.out, s)
         } else {
-            self.out.flush()?;
             eprintln!("{}", summary_text(s));
             Ok(())
         }
+    }
+
+    /// Everything written so far (tests).
+    #[cfg(test)]
+    pub fn written(&mut self) -> &mut W {
+        self.write_buffered().expect("write");
+        &mut self.out
     }
 }
 
@@ -100,6 +126,7 @@ impl<W: Write> TraceWriter<W> {
 type StateNames = [Option<&'static str>; 32];
 
 /// The keys, order and types `serde` gave the former `TransitionJson` struct.
+#[inline(always)]
 fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, comm: &mut String) {
     l.put(b"{\"type\":\"transition\",\"time\":\"");
     let (text, nsec) = clock.utc_second(ev.ts_ns);
@@ -149,6 +176,7 @@ fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, c
 
 /// The columns of [`TraceWriter::header`]; all text is ASCII, so bytes are columns
 /// (except the endpoints' `…`, see [`put_endpoint`]).
+#[inline(always)]
 fn table_line(
     l: &mut Line,
     ev: &Event,
@@ -213,18 +241,19 @@ impl<'a> Line<'a> {
         Self { buf, pos: 0 }
     }
 
+    #[cfg(test)]
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.pos]
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, b: u8) {
         self.buf[self.pos] = b;
         self.pos += 1;
     }
 
     /// Appends `s`; up to 32 bytes as two overlapping fixed-size copies.
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, s: &[u8]) {
         let n = s.len();
         let d = &mut self.buf[self.pos..self.pos + n];
@@ -252,12 +281,29 @@ impl<'a> Line<'a> {
         self.pos += n;
     }
 
-    #[inline]
-    fn int<I: itoa::Integer>(&mut self, v: I) {
-        self.put(itoa::Buffer::new().format(v).as_bytes());
+    /// `v` in decimal, written in place (two digits per division).
+    #[inline(always)]
+    fn int(&mut self, v: impl Into<u64>) {
+        let mut v: u64 = v.into();
+        let n = v.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut end = self.pos + n;
+        let d = &mut self.buf[self.pos..end];
+        self.pos = end;
+        end = n;
+        while v >= 100 {
+            d[end - 2..end].copy_from_slice(&PAIRS[(v % 100) as usize]);
+            v /= 100;
+            end -= 2;
+        }
+        if v >= 10 {
+            d[..2].copy_from_slice(&PAIRS[v as usize]);
+        } else {
+            d[0] = b'0' + v as u8;
+        }
     }
 
     /// `v` as exactly `width` digits, zero-padded.
+    #[inline(always)]
     fn padded(&mut self, v: u64, width: usize) {
         put_digits(&mut self.buf[self.pos..self.pos + width], v);
         self.pos += width;
@@ -265,7 +311,7 @@ impl<'a> Line<'a> {
 
     /// Spaces up to `width` (at most [`SLACK`]) columns after `start`; writes a fixed
     /// [`SLACK`] of them, which inlines better than an exact fill.
-    #[inline]
+    #[inline(always)]
     fn pad(&mut self, start: usize, width: usize) {
         let end = start + width;
         if self.pos < end {
@@ -289,6 +335,7 @@ enum Addr {
 }
 
 impl Addr {
+    #[inline(always)]
     fn of(family: u16, b: &[u8; 16]) -> Self {
         match family {
             AF_INET => Addr::V4([b[0], b[1], b[2], b[3]]),
@@ -299,27 +346,53 @@ impl Addr {
         }
     }
 
+    #[inline(always)]
     fn put(&self, out: &mut Line) {
         match self {
-            Addr::V4([a, b, c, d]) => {
-                out.int(*a);
-                out.byte(b'.');
-                out.int(*b);
-                out.byte(b'.');
-                out.int(*c);
-                out.byte(b'.');
-                out.int(*d);
+            Addr::V4(a) => {
+                // Each octet as a fixed 4-byte store ("127." or "0.xx", with the
+                // dot), then the position moves by its real length; the last one's
+                // dot is overwritten by what follows (SLACK covers it).
+                for &o in a {
+                    let (text, n) = OCTETS[usize::from(o)];
+                    out.buf[out.pos..out.pos + 4].copy_from_slice(&text);
+                    out.pos += n;
+                }
+                out.pos -= 1;
             }
-            // Rare, and its zero-run compression is not worth copying.
-            Addr::V6(a) => {
-                let _ = write!(out, "{}", Ipv6Addr::from(*a));
-            }
+            Addr::V6(a) => put_v6(out, a),
         }
     }
 }
 
+/// Rare, and its zero-run compression is not worth copying.
+#[inline(never)]
+fn put_v6(out: &mut Line, a: &[u8; 16]) {
+    let _ = write!(out, "{}", Ipv6Addr::from(*a));
+}
+
+/// Each byte value as decimal text followed by `.`, padded to 4 bytes, and the
+/// length of the text with its dot.
+const OCTETS: [([u8; 4], usize); 256] = {
+    let mut t = [([0; 4], 0); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, te, o) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
+        t[i] = if i >= 100 {
+            ([b'0' + h, b'0' + te, b'0' + o, b'.'], 4)
+        } else if i >= 10 {
+            ([b'0' + te, b'0' + o, b'.', 0], 3)
+        } else {
+            ([b'0' + o, b'.', 0, 0], 2)
+        };
+        i += 1;
+    }
+    t
+};
+
 /// The comm up to its NUL, as [`sanitize_comm`] writes it and, for JSON, with `"` and
 /// `\` escaped; `scratch` is only used for names that need either.
+#[inline(always)]
 fn put_comm(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
     // Most names are printable ASCII with nothing to escape: copied as they are.
     let n = comm.iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
@@ -327,6 +400,11 @@ fn put_comm(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
         out.put(&comm[..n]);
         return;
     }
+    put_comm_escaped(out, comm, json, scratch);
+}
+
+#[inline(never)]
+fn put_comm_escaped(out: &mut Line, comm: &[u8; 16], json: bool, scratch: &mut String) {
     scratch.clear();
     sanitize_comm(comm, scratch);
     if json {
@@ -363,18 +441,23 @@ fn put_json_str(out: &mut Line, s: &str) {
 }
 
 /// A state's kernel name, or `UNKNOWN(n)` as [`StateNum`] prints it.
+#[inline(always)]
 fn put_state(out: &mut Line, names: &StateNames, n: u8) {
     match names.get(usize::from(n)).copied().flatten() {
         Some(name) => out.put(name.as_bytes()),
-        None => {
-            out.put(b"UNKNOWN(");
-            out.int(n);
-            out.byte(b')');
-        }
+        None => put_unknown_state(out, n),
     }
 }
 
+#[inline(never)]
+fn put_unknown_state(out: &mut Line, n: u8) {
+    out.put(b"UNKNOWN(");
+    out.int(n);
+    out.byte(b')');
+}
+
 /// Nanoseconds as a JSON number of milliseconds, exact: `1532.104`, `2.0`, `0.000001`.
+#[inline(always)]
 fn put_ms_json(out: &mut Line, ns: u64) {
     out.int(ns / 1_000_000);
     out.byte(b'.');
@@ -415,6 +498,7 @@ fn put_ms_table(out: &mut Line, ev: &Event) {
 
 /// `addr:port` padded to `width` columns, IPv6 in brackets; longer keeps the tail
 /// (port visible) behind a `…`, which is 3 bytes but 1 column.
+#[inline(always)]
 fn put_endpoint(out: &mut Line, addr: Addr, port: u16, width: usize) {
     let start = out.pos;
     match addr {

@@ -38,7 +38,7 @@ fn json_line() {
     ev.prev_ns = tcpstate_common::PREV_UNKNOWN;
     ev.newstate = 99;
     w.transition(&ev).unwrap();
-    let text = String::from_utf8(w.out.clone()).unwrap();
+    let text = String::from_utf8(w.written().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -63,7 +63,7 @@ fn json_escapes_hostile_comm() {
     let mut ev = sample();
     ev.comm = *b"a\"b\x1b]0;x\x07\n\xff\0\0\0\0\0";
     w.transition(&ev).unwrap();
-    let text = String::from_utf8(w.out.clone()).unwrap();
+    let text = String::from_utf8(w.written().clone()).unwrap();
     assert!(!text.bytes().any(|b| b < 0x20 && b != b'\n'));
     let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(v["comm"], "a\"b\\x1b]0;x\\x07\\x0a\\xff");
@@ -84,7 +84,7 @@ fn table_line() {
     ev.pid = 0;
     ev.prev_ns = tcpstate_common::PREV_UNKNOWN;
     w.transition(&ev).unwrap();
-    let text = String::from_utf8(w.out.clone()).unwrap();
+    let text = String::from_utf8(w.written().clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("TIME         PID     COMM"));
     assert_eq!(
@@ -107,7 +107,7 @@ fn wide_keeps_ipv6_whole() {
         .unwrap()
         .octets();
     w.transition(&ev).unwrap();
-    let text = String::from_utf8(w.out.clone()).unwrap();
+    let text = String::from_utf8(w.written().clone()).unwrap();
     assert!(text.contains("[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:51234"));
 }
 
@@ -371,7 +371,7 @@ fn both(json: bool, wide: bool, evs: &[Event]) -> (Vec<u8>, Vec<u8>) {
         new.transition(ev).unwrap();
         old.transition(ev);
     }
-    (new.out, old.out)
+    (std::mem::take(new.written()), old.out)
 }
 
 /// The new JSON equals serde's byte for byte, except `prev_ms` text where serde
@@ -458,9 +458,9 @@ fn any_comm_is_valid_json() {
     let mut check = |comm: [u8; 16]| {
         let mut ev = sample();
         ev.comm = comm;
-        w.out.clear();
+        w.written().clear();
         w.transition(&ev).unwrap();
-        let text = std::str::from_utf8(&w.out).unwrap();
+        let text = std::str::from_utf8(w.written()).unwrap();
         assert!(!text.bytes().any(|b| b < 0x20 && b != b'\n'));
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         let mut want = String::new();
@@ -563,11 +563,43 @@ fn listener_owner_is_marked() {
     ev.owner_from = tcpstate_common::OWNER_LISTENER;
     let mut w = writer(false, false);
     w.transition(&ev).unwrap();
-    let text = String::from_utf8(w.out.clone()).unwrap();
+    let text = String::from_utf8(w.written().clone()).unwrap();
     assert!(text.contains(" 4242*   nginx  "), "{text}");
     let mut w = writer(true, false);
     w.transition(&ev).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&w.out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(w.written()).unwrap();
     assert_eq!(v["owner_from"], "listener");
     assert_eq!(v["pid"], 4242);
+}
+
+/// Formatting cost per line, for profiling by hand:
+/// `cargo test --release -p tcpstate-user --bin tcpstate format_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn format_cost() {
+    let mut evs = Vec::new();
+    for i in 0..1024u64 {
+        let mut ev = sample();
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1 + (i % 4) as u8]);
+        ev.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.cookie = 20_400_680 + i;
+        ev.sport = 40_000 + i as u16;
+        ev.ts_ns = 5_000_000_000 + i * 7_000;
+        ev.prev_ns = 10_000 + i * 37;
+        ev.comm = *b"tcpkit\0\0\0\0\0\0\0\0\0\0";
+        evs.push(ev);
+    }
+    for json in [true, false] {
+        let mut w = TraceWriter::new(std::io::sink(), json, false, clock());
+        let t = std::time::Instant::now();
+        let rounds = 2000;
+        for _ in 0..rounds {
+            for ev in &evs {
+                w.transition(ev).unwrap();
+            }
+        }
+        w.flush().unwrap();
+        let ns = t.elapsed().as_nanos() as f64 / (rounds * evs.len()) as f64;
+        println!("json={json}: {ns:.1} ns per line");
+    }
 }
