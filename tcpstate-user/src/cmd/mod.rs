@@ -3,6 +3,7 @@
 //! has gone.
 
 pub mod hist;
+pub mod ident;
 pub mod linger;
 pub mod serve;
 pub mod session;

@@ -62,6 +62,7 @@ impl<W: Write> TraceWriter<W> {
 
     /// One line per transition, formatted by hand: serde, `core::fmt` and small
     /// `memcpy` calls cost several times the rest of the per-event work.
+    #[allow(dead_code)] // `trace` writes `transition_ident`; kept for the views tests.
     pub fn transition(&mut self, ev: &Event) -> io::Result<()> {
         let mut line = Line::new(&mut self.line);
         if self.json {
@@ -78,6 +79,55 @@ impl<W: Write> TraceWriter<W> {
         }
         line.byte(b'\n');
         self.out.write_all(line.as_bytes())
+    }
+
+    /// [`Self::transition`] with the socket's identity: JSON gets `netns` and
+    /// `members` (the cgroup/container/pod members, each with a leading comma), the
+    /// table its CONTAINER column (`container`: `Some` when the column is shown).
+    pub fn transition_ident(
+        &mut self,
+        ev: &Event,
+        members: &[u8],
+        container: Option<&str>,
+    ) -> io::Result<()> {
+        let mut line = Line::new(&mut self.line);
+        if self.json {
+            json_line(&mut line, ev, &mut self.clock, &self.states, &mut self.comm);
+            json_netns(&mut line, ev);
+            // The members (a cgroup path may be long) go straight to the output.
+            self.out.write_all(line.as_bytes())?;
+            self.out.write_all(members)?;
+            return self.out.write_all(b"}\n");
+        } else {
+            table_line(
+                &mut line,
+                ev,
+                &mut self.clock,
+                &self.states,
+                &mut self.comm,
+                self.addr_width,
+            );
+            if let Some(c) = container {
+                line.byte(b' ');
+                line.put(c.as_bytes());
+            }
+        }
+        line.byte(b'\n');
+        self.out.write_all(line.as_bytes())
+    }
+
+    /// The table header with the CONTAINER column last.
+    pub fn header_container(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let w = self.addr_width;
+        writeln!(
+            self.out,
+            "{:<12} {:<7} {:<16} {:<w$} {:<w$} {:<12} -> {:<12} {:>10} {:<12}",
+            "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS", "CONTAINER"
+        )?;
+        self.out.flush()
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -145,6 +195,17 @@ fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, c
         ns => put_ms_json(l, ns),
     }
     l.byte(b'}');
+}
+
+/// Replaces the closing `}` of [`json_line`] with `,"netns":N`, left open.
+fn json_netns(l: &mut Line, ev: &Event) {
+    l.pos -= 1;
+    l.put(b",\"netns\":");
+    if ev.netns != 0 {
+        l.int(ev.netns);
+    } else {
+        l.put(b"null");
+    }
 }
 
 /// The columns of [`TraceWriter::header`]; all text is ASCII, so bytes are columns
