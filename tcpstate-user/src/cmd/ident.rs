@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     model::{
-        container::{identify, identify_process, pod_names, resolve, PodName, Source},
+        container::{identify, identify_process, pod_names, resolve, Ident, PodName, Source},
         filter::Filter,
     },
     probe::{
@@ -18,45 +18,6 @@ use crate::{
         Probe,
     },
 };
-
-/// A cgroup's identity as every output shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ident {
-    /// The v2 path from the hierarchy's root; `None` when unknown.
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
-    pub pod: Option<PodName>,
-    /// Found from a v1 controller (hybrid host, cgroupfs driver): the kernel's
-    /// cgroup id is the parent's, so kernel-side container filters miss it.
-    pub from_v1: bool,
-}
-
-impl Ident {
-    /// The first 12 characters of the container id (`docker ps`), or `-`.
-    pub fn short(&self) -> &str {
-        self.container_id
-            .as_deref()
-            .map_or("-", |c| &c[..c.len().min(12)])
-    }
-
-    /// The identity fields as JSON object members, with a leading comma.
-    pub fn json_members(&self) -> String {
-        let s = |v: &Option<String>| serde_json::to_string(v).expect("strings serialise");
-        let (ns, name) = match &self.pod {
-            Some(p) => (Some(p.namespace.clone()), Some(p.name.clone())),
-            None => (None, None),
-        };
-        format!(
-            ",\"cgroup\":{},\"container_id\":{},\"pod_uid\":{},\"pod_namespace\":{},\"pod_name\":{}",
-            s(&self.cgroup),
-            s(&self.container_id),
-            s(&self.pod_uid),
-            s(&ns),
-            s(&name)
-        )
-    }
-}
 
 /// The resolver; all lookups are cached.
 pub struct Resolver {

@@ -282,6 +282,7 @@ mod tests {
                 never_accepted: queued,
                 ..Diagnosis::default()
             },
+            ident: Default::default(),
         }
     }
 
