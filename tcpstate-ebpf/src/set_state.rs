@@ -172,7 +172,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         if !f.passes_netns(netns) {
             return Ok(());
         }
-        if f.cgroups != 0 && unsafe { CGROUPS.get(&cgroup_id) }.is_none() {
+        if f.cgroups != 0 && unsafe { CGROUPS.get(cgroup_id) }.is_none() {
             return Ok(());
         }
     }
