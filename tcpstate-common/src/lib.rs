@@ -603,6 +603,9 @@ pub struct TwKey {
     pub _pad: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// The namespace inode: two pods' connections may share a 4-tuple.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -664,7 +667,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 336);
 const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
 const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
-const _: () = assert!(core::mem::size_of::<TwKey>() == 40);
+const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FdRecord>() == 120);
 
 #[cfg(feature = "user")]

@@ -165,7 +165,8 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     // (sk_alloc() -> cgroup_sk_alloc(), copied to accepted children by sk_clone_lock()),
     // right in softirq where the current task is anyone's.
     let (mut netns, mut cgroup_id) = (0u32, 0u64);
-    if stream || f.needs_identity() {
+    // TIME_WAIT's 4-tuple key holds the namespace too.
+    if stream || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
         netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
         let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
         cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };

@@ -497,3 +497,67 @@ fn bad_identity_filters() {
         (&["hist", "--by", "nonsense"], "nonsense"),
     ]);
 }
+
+/// TIME_WAIT sockets of another namespace (no fd holds them) count in hist's gauge,
+/// and two namespaces' identical 4-tuples do not collide: both count.
+#[test]
+fn hist_gauge_counts_other_namespaces() {
+    let (na, nb) = (Netns::new("ha"), Netns::new("hb"));
+    let port = 22000 + (std::process::id() % 400) as u16;
+    let a = addr("127.0.0.1", port);
+    for ns in [&na, &nb] {
+        // The server closes first: its side of each connection stays in TIME_WAIT.
+        let mut server = Proc::start(
+            Some(ns),
+            None,
+            &[
+                "server",
+                "--addr",
+                &a,
+                "--conns",
+                "3",
+                "--mode",
+                "server-close",
+            ],
+        );
+        assert!(server.line().starts_with("ready"));
+        let mut client = Proc::start(
+            Some(ns),
+            None,
+            &[
+                "client",
+                "--addr",
+                &a,
+                "--conns",
+                "3",
+                "--mode",
+                "server-close",
+            ],
+        );
+        let _ = client.child.wait();
+        let _ = server.child.wait();
+    }
+    let p = port.to_string();
+    let lines = run_json(&["hist", "--json", "--duration", "1", "--lport", &p]);
+    let g = lines
+        .iter()
+        .find(|l| l["type"] == "timewait_gauge")
+        .expect("a gauge line");
+    assert_eq!(g["count"], 6, "3 per namespace: {g}");
+    let only_a = na.inode().to_string();
+    let lines = run_json(&[
+        "hist",
+        "--json",
+        "--duration",
+        "1",
+        "--lport",
+        &p,
+        "--netns",
+        &only_a,
+    ]);
+    let g = lines
+        .iter()
+        .find(|l| l["type"] == "timewait_gauge")
+        .expect("a gauge line");
+    assert_eq!(g["count"], 3, "{g}");
+}
