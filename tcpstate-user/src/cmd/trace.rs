@@ -100,6 +100,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let filter = args.filter.filter().with_states(&args.states);
     let opts = LoadOptions {
         filter: filter.kernel(),
+        // 104-byte events (the identity fields): 8 MiB holds ~75k, the ~47k a
+        // 4 MiB ring held with 88-byte ones and then some.
+        ring_bytes: 8 << 20,
         ..LoadOptions::default()
     };
     let mut session = Session::start("tracing TCP state transitions", &opts, true)?;

@@ -546,7 +546,8 @@ mod tests {
         assert_eq!(
             line,
             "{\"type\":\"linger\",\"time\":\"T\",\"state\":\"CLOSE_WAIT\",\"pid\":4242,\
-             \"comm\":\"leaky\",\"count\":1,\"oldest_ms\":9000.0,\"oldest_is_lower_bound\":false,\
+             \"comm\":\"leaky\",\"cgroup\":null,\"container_id\":null,\"pod_uid\":null,\
+             \"pod_namespace\":null,\"pod_name\":null,\"count\":1,\"oldest_ms\":9000.0,\"oldest_is_lower_bound\":false,\
              \"rate_per_s\":null,\"growth_per_s\":0.1,\"fd_limit\":null,\"fds\":null,\
              \"fd_exhaustion_s\":null,\"diagnosis\":{\"read_all_never_closed\":1,\
              \"stopped_reading\":0,\"never_accepted\":0,\"dead\":0},\"listeners\":[],\
