@@ -21,6 +21,7 @@ pub mod names {
     pub const HIST_ZERO: &str = "HIST_ZERO";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
+    pub const CGROUPS: &str = "CGROUPS";
     /// A global (read-only data), not a map.
     pub const CONFIG: &str = "CONFIG";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
@@ -32,7 +33,7 @@ pub mod names {
 
     /// Every map of the `tcpstate` probe object.
     pub const MAPS: &[&str] = &[
-        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS, PAIRS,
+        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS, PAIRS, CGROUPS,
     ];
     /// Every global of the `tcpstate` probe object that userspace sets.
     pub const GLOBALS: &[&str] = &[CONFIG];
@@ -104,6 +105,13 @@ pub struct Event {
     pub _pad: [u8; 3],
     /// Owner's process name (its thread-group leader's comm), NUL-padded.
     pub comm: [u8; 16],
+    /// The v2 cgroup that created the socket (`sk->sk_cgrp_data.cgroup->kn->id`, the
+    /// cgroup directory's inode), 0 when not read; userspace maps it to a container.
+    pub cgroup_id: u64,
+    /// The socket's network namespace (`sock_net(sk)->ns.inum`), 0 when not read.
+    pub netns: u32,
+    /// Explicit padding (always 0).
+    pub _pad2: u32,
 }
 
 /// No owner known (`Event::owner_from`, `SockState::owner_from`).
@@ -268,7 +276,10 @@ pub struct Config {
     pub net_ns_inum: u32,
     pub req_dl_next: u32,
     pub req_sk: u32,
-    pub _pad_iter: u32,
+    // sock -> sk_cgrp_data.cgroup -> kn -> id: the socket's v2 cgroup id.
+    pub sk_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
 }
 
 impl Config {
@@ -320,7 +331,9 @@ impl Config {
         net_ns_inum: 0,
         req_dl_next: 0,
         req_sk: 0,
-        _pad_iter: 0,
+        sk_cgrp: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
     };
 }
 
@@ -353,6 +366,9 @@ pub const BY_PROCESS: u32 = 1;
 pub const BY_RPORT: u32 = 2;
 pub const BY_RADDR: u32 = 3;
 
+/// Most cgroup ids the kernel's container/cgroup filter holds (`CGROUPS`).
+pub const CGROUPS_MAX: u32 = 1 << 14;
+
 /// Most values per filter list in the kernel.
 pub const FILTER_MAX: usize = 8;
 
@@ -372,6 +388,12 @@ pub struct Filter {
     pub lports: [u16; FILTER_MAX],
     pub rports: [u16; FILTER_MAX],
     pub pids: [u32; FILTER_MAX],
+    /// `--netns`: the socket's namespace inode must be one of these.
+    pub n_netns: u32,
+    /// Non-zero: the socket's cgroup id must be in the `CGROUPS` map (`--container`,
+    /// `--cgroup`; userspace keeps the map current as cgroups appear).
+    pub cgroups: u32,
+    pub netns: [u32; FILTER_MAX],
 }
 
 impl Filter {
@@ -387,7 +409,22 @@ impl Filter {
         lports: [0; FILTER_MAX],
         rports: [0; FILTER_MAX],
         pids: [0; FILTER_MAX],
+        n_netns: 0,
+        cgroups: 0,
+        netns: [0; FILTER_MAX],
     };
+
+    /// Whether the identity filters are set, so the namespace and cgroup must be read.
+    #[inline(always)]
+    pub const fn needs_identity(&self) -> bool {
+        self.n_netns != 0 || self.cgroups != 0
+    }
+
+    /// The namespace filter (`--netns`).
+    #[inline(always)]
+    pub const fn passes_netns(&self, netns: u32) -> bool {
+        self.n_netns == 0 || filter::listed_u32(&self.netns, self.n_netns as usize, netns)
+    }
 
     /// The state filter (see [`filter::states_pass`]).
     #[inline(always)]
@@ -579,6 +616,9 @@ pub struct TwKey {
     pub _pad: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// The namespace inode: two pods' connections may share a 4-tuple.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -634,13 +674,13 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
     )
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 288);
+const _: () = assert!(core::mem::size_of::<Config>() == 336);
 const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
-const _: () = assert!(core::mem::size_of::<Filter>() == 104);
+const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
-const _: () = assert!(core::mem::size_of::<TwKey>() == 40);
+const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FdRecord>() == 120);
 
 #[cfg(feature = "user")]

@@ -7,10 +7,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcpstate_common::{
-    counter, Hist, HistKey, SockState, TwKey, TwLive, HIST_SPILL_STATES, PAIR_SLOTS,
+    counter, Hist, HistKey, SockState, TwKey, TwLive, CGROUPS_MAX, HIST_SPILL_STATES, PAIR_SLOTS,
 };
 
 use crate::marks::Recent;
@@ -98,6 +98,11 @@ pub static GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// overflow) are swept by userspace; LRU bounds the rest.
 #[map(name = "TWS")]
 pub static TWS: LruHashMap<TwKey, TwLive> = LruHashMap::with_max_entries(1 << 18, 0);
+
+/// The cgroup ids `--container`/`--cgroup` select (value unused): userspace adds
+/// cgroups as they appear, so containers started after tcpstate match.
+#[map(name = "CGROUPS")]
+pub static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(CGROUPS_MAX, 0);
 
 /// Per-CPU counters, indexed by `tcpstate_common::counter`.
 /// Transitions by (old, new) state (`FLAG_PAIRS`), slot `pair_slot(old, new)`.

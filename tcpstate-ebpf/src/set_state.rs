@@ -19,7 +19,7 @@ use crate::{
     config::{add, cfg, count, load, load_in6, read},
     diag,
     hist::{add_sample, dest},
-    maps::{sock_rec, PAIRS},
+    maps::{sock_rec, CGROUPS, PAIRS},
     marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
     ring::emit,
     task::current_owner,
@@ -160,6 +160,23 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
         || (old == state::LISTEN && new == state::SYN_RECV);
     let stream = c.flags & FLAG_STREAM != 0;
+    // Identity: three plain BTF loads each (sk -> skc_net -> ns.inum, sk ->
+    // sk_cgrp_data.cgroup -> kn -> id); the cgroup is the one that created the socket
+    // (sk_alloc() -> cgroup_sk_alloc(), copied to accepted children by sk_clone_lock()),
+    // right in softirq where the current task is anyone's.
+    let (mut netns, mut cgroup_id) = (0u32, 0u64);
+    // TIME_WAIT's 4-tuple key holds the namespace too.
+    if stream || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
+        netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
+        let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
+        cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
+        if !f.passes_netns(netns) {
+            return Ok(());
+        }
+        if f.cgroups != 0 && unsafe { CGROUPS.get(cgroup_id) }.is_none() {
+            return Ok(());
+        }
+    }
     let need_addrs = stream
         || (timewait && (tw_candidate || tw_reuse))
         || f.needs_endpoints()
@@ -189,6 +206,9 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         owner_from,
         _pad: [0; 3],
         comm,
+        cgroup_id,
+        netns,
+        _pad2: 0,
     };
     if need_addrs {
         ev.family = unsafe { load(sk, c.sk_family) };

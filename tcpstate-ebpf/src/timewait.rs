@@ -28,6 +28,8 @@ pub fn timewait_step(ev: &Event, candidate: bool) {
         _pad: 0,
         saddr: ev.saddr,
         daddr: ev.daddr,
+        netns: ev.netns,
+        _pad2: 0,
     };
     if candidate {
         // tcp_time_wait() has just moved the connection to an inet_timewait_sock,
@@ -113,7 +115,12 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
         _pad: 0,
         saddr: [0; 16],
         daddr: [0; 16],
+        netns: 0,
+        _pad2: 0,
     };
+    // The timewait socket's sock_common keeps the namespace (inet_twsk_alloc).
+    let net: *const u8 = unsafe { read(tw, c.sk_net)? };
+    tuple.netns = unsafe { read(net, c.net_ns_inum)? };
     read_addrs(c, tw, family, &mut tuple.saddr, &mut tuple.daddr)?;
     let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
         return Ok(()); // not ours: predates the probe, or filtered out

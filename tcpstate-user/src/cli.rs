@@ -6,7 +6,13 @@ use std::time::Duration;
 use clap::{builder::PossibleValue, Args, Parser, Subcommand};
 use tcpstate_common::{BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX};
 
-use crate::model::{doctor::Thresholds, events::TcpState, filter::Filter, histogram::Unit};
+use crate::model::{
+    container::{self, CgroupPrefix, ContainerPrefix},
+    doctor::Thresholds,
+    events::TcpState,
+    filter::Filter,
+    histogram::Unit,
+};
 
 /// TCP state transitions with their true owning process, from an eBPF probe on
 /// `sock:inet_sock_set_state`.
@@ -272,6 +278,27 @@ pub struct FilterArgs {
     /// Owning process id (repeatable); sockets whose owner is unknown never match.
     #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
+    /// Network namespace by inode, as `readlink /proc/PID/ns/net` prints it (repeatable).
+    #[arg(long = "netns", value_name = "INODE", value_parser = parse_netns)]
+    pub netns: Vec<u32>,
+    /// Container id or a prefix of one, like docker (repeatable).
+    #[arg(long = "container", value_name = "ID", value_parser = parse_container)]
+    pub containers: Vec<ContainerPrefix>,
+    /// cgroup v2 path prefix from the hierarchy's root, by whole components (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroups: Vec<CgroupPrefix>,
+}
+
+fn parse_netns(s: &str) -> Result<u32, String> {
+    container::parse_netns(s).map_err(|e| e.to_string())
+}
+
+fn parse_container(s: &str) -> Result<ContainerPrefix, String> {
+    ContainerPrefix::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_cgroup(s: &str) -> Result<CgroupPrefix, String> {
+    CgroupPrefix::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Args)]
@@ -364,6 +391,9 @@ impl FilterArgs {
             rports: self.rports.clone(),
             pids: self.pids.clone(),
             states: Vec::new(),
+            netns: self.netns.clone(),
+            containers: self.containers.clone(),
+            cgroups: self.cgroups.clone(),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::{
         filter::Filter,
         hist::{Gauge, Interval},
     },
-    probe::{procfs, ring::monotonic_ns, sockdiag, LoadOptions, Probe, HIST_SETTLE},
+    probe::{netns, procfs, ring::monotonic_ns, LoadOptions, Probe, HIST_SETTLE},
     render::{
         clock::Clock,
         hist::HistView,
@@ -50,6 +50,10 @@ struct Hist<W: Write> {
     next_gen: Option<u32>,
     clock: Clock,
     out: W,
+    /// Namespaces to dump TIME_WAIT sockets from (rediscovered at each sweep).
+    netns: netns::Registry,
+    /// Keeps the probe's cgroup filter map current (`--container`, `--cgroup`).
+    resolver: crate::cmd::ident::Resolver,
 }
 
 impl<W: Write> Hist<W> {
@@ -61,12 +65,18 @@ impl<W: Write> Hist<W> {
         self.current.add_unseen(self.by, &unseen, procfs::comm);
         self.gauge.clear();
         let (gauge, filter) = (&mut self.gauge, &self.filter);
-        sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| {
+        // TIME_WAIT sockets have no fd: dumped inside every namespace.
+        self.netns.add_discovered(netns::discover());
+        let scan = self.netns.scan(1 << state::TIME_WAIT, |ns, s| {
             let (saddr, daddr) = (unmap(s.saddr), unmap(s.daddr));
-            if filter.matches_endpoints(family_of(saddr, daddr), s.sport, s.dport) {
+            if filter.matches_netns(ns.inode)
+                && filter.matches_endpoints(family_of(saddr, daddr), s.sport, s.dport)
+            {
                 gauge.add(daddr, s.dport);
             }
-        })
+        });
+        log::debug!("TIME_WAIT scan: {scan:?}");
+        Ok(())
     }
 
     fn wanted(&self, st: u8) -> bool {
@@ -86,6 +96,7 @@ impl<W: Write> Hist<W> {
         if self.want_tw {
             self.sweep_timewait(probe)?;
         }
+        self.resolver.refresh_filter(&self.filter, probe);
         let now = monotonic_ns();
         let mut iv = std::mem::take(&mut self.current);
         let mut time = String::new();
@@ -165,8 +176,12 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         next_gen: None,
         clock: Clock::new(),
         out: BufWriter::new(io::stdout().lock()),
+        netns: netns::Registry::default(),
+        resolver: crate::cmd::ident::Resolver::new(),
         args,
     };
+    hist.resolver
+        .refresh_filter(&hist.filter, &mut session.probe);
     let duration = hist.args.duration;
     let interval = hist.args.interval;
     session.run(&mut hist, duration, interval).await?;

@@ -15,7 +15,10 @@ use tcpstate_common::{state, Event, FLAG_STREAM, ITER_ACCEPT_QUEUE};
 
 use crate::{
     cli::LingerArgs,
-    cmd::session::{Consumer, Session},
+    cmd::{
+        ident::Resolver,
+        session::{Consumer, Session},
+    },
     model::{
         events::TcpState,
         filter::Filter,
@@ -23,7 +26,7 @@ use crate::{
         linger::{build, set_fd_headroom, state_mask, watched_states, Clocks, Rates},
         sockets::{Lingering, SocketTable},
     },
-    probe::{procfs, ring::monotonic_ns, sockdiag, LoadOptions, Probe},
+    probe::{netns, procfs, ring::monotonic_ns, LoadOptions, Probe},
     render::{
         clock::Clock,
         format::fmt_min_age,
@@ -46,13 +49,29 @@ struct Linger<W: Write> {
     last_nonempty: bool,
     attached_ns: u64,
     hz: u32,
+    resolver: Resolver,
 }
 
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
         // The probe keeps only sockets in the watched states (and listeners' queues).
+        // --netns, --container and --cgroup select holders here (the fd walk crosses
+        // namespaces; a process's container is its /proc/PID/cgroup).
         let mut holders = Holders::default();
-        probe.scan_fds(|f| holders.add(f))?;
+        let f = &self.filter;
+        let resolver = &mut self.resolver;
+        resolver.forget_processes();
+        resolver.refresh_filter(f, probe);
+        probe.scan_fds(|r| {
+            if f.matches_netns(r.netns)
+                && (!f.by_cgroup() || {
+                    let i = resolver.process(r.pid);
+                    f.matches_cgroup(i.cgroup.as_deref(), i.container_id.as_deref())
+                })
+            {
+                holders.add(r)
+            }
+        })?;
         holders.finish();
         let now = monotonic_ns();
         let clk = Clocks {
@@ -69,6 +88,11 @@ impl<W: Write> Linger<W> {
             &self.filter,
         );
         drop(holders);
+        for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
+            if let Some(pid) = g.pid {
+                g.ident = (*self.resolver.process(pid)).clone();
+            }
+        }
         self.rates.update(&mut reports, now);
         set_fd_headroom(&mut reports, |pid| {
             (procfs::fd_limit(pid), procfs::fd_count(pid))
@@ -154,6 +178,7 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
             log::warn!("cannot tell the kernel's HZ; assuming 250");
             250
         }),
+        resolver: Resolver::new(),
         args,
     };
     // Sockets already in a watched state that no fd (nor accept queue) holds: their
@@ -164,13 +189,21 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
         let mut held = Vec::new();
         session.probe.scan_fds(|f| held.push(f.cookie))?;
         held.sort_unstable();
-        sockdiag::for_each_tcp(tracked, |s| {
-            if held.binary_search(&s.cookie).is_err() && !linger.table.contains(s.cookie) {
-                linger
-                    .table
-                    .seed(s.cookie, Lingering::seeded(s, session.attached_ns));
+        // sock_diag lists only the caller's namespace: dump each one from inside it.
+        // Orphans have no holder to name a container: a container filter drops them.
+        let mut registry = netns::Registry::default();
+        registry.add_discovered(netns::discover());
+        let (table, filter, attached) = (&mut linger.table, &linger.filter, session.attached_ns);
+        let scan = registry.scan(tracked, |ns, s| {
+            if filter.matches_netns(ns.inode)
+                && !filter.by_cgroup()
+                && held.binary_search(&s.cookie).is_err()
+                && !table.contains(s.cookie)
+            {
+                table.seed(s.cookie, Lingering::seeded(s, attached));
             }
-        })?;
+        });
+        log::debug!("namespace scan: {scan:?}");
         log::debug!(
             "{} sockets held at start, {} seeded unheld",
             held.len(),

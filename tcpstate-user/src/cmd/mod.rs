@@ -4,6 +4,7 @@
 
 pub mod doctor;
 pub mod hist;
+pub mod ident;
 pub mod linger;
 pub mod serve;
 pub mod session;

@@ -132,6 +132,15 @@ impl Walker {
             &self.filter,
         );
         drop((table, holders));
+        let mut reports = reports;
+        // Container labels: each holder's /proc/PID/cgroup, once per walk.
+        let mut resolver = crate::cmd::ident::Resolver::new();
+        for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
+            if let Some(pid) = g.pid {
+                g.ident = (*resolver.process(pid)).clone();
+            }
+        }
+        drop(resolver);
         let mut usage: HashMap<u32, Option<f64>> = HashMap::new();
         let lingering = fold_lingering(&reports, self.top, self.pid_labels, |pid| {
             *usage.entry(pid).or_insert_with(|| procinfo::fd_usage(pid))

@@ -32,8 +32,6 @@
 //! (from the kernel: `sk_cgrp_data`, `bpf_get_current_cgroup_id`) the id -> path walk
 //! of `probe::cgroups` gives the same path directly, and is preferred.
 
-#![allow(dead_code)] // Wired by issue 12's commands; see the module doc.
-
 use std::collections::HashMap;
 
 /// The runtime a path names.
@@ -47,6 +45,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    #[allow(dead_code)] // For `doctor` and views that name the runtime.
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Docker => "docker",
@@ -379,6 +378,45 @@ pub fn pod_names<'a>(dirs: impl IntoIterator<Item = &'a str>) -> HashMap<String,
     out
 }
 
+/// A cgroup's identity as every output shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ident {
+    /// The v2 path from the hierarchy's root; `None` when unknown.
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod: Option<PodName>,
+    /// Found from a v1 controller (hybrid host, cgroupfs driver): the kernel's
+    /// cgroup id is the parent's, so kernel-side container filters miss it.
+    pub from_v1: bool,
+}
+
+impl Ident {
+    /// The first 12 characters of the container id (`docker ps`), or `-`.
+    pub fn short(&self) -> &str {
+        self.container_id
+            .as_deref()
+            .map_or("-", |c| &c[..c.len().min(12)])
+    }
+
+    /// The identity fields as JSON object members, with a leading comma.
+    pub fn json_members(&self) -> String {
+        let s = |v: &Option<String>| serde_json::to_string(v).expect("strings serialise");
+        let (ns, name) = match &self.pod {
+            Some(p) => (Some(p.namespace.clone()), Some(p.name.clone())),
+            None => (None, None),
+        };
+        format!(
+            ",\"cgroup\":{},\"container_id\":{},\"pod_uid\":{},\"pod_namespace\":{},\"pod_name\":{}",
+            s(&self.cgroup),
+            s(&self.container_id),
+            s(&self.pod_uid),
+            s(&ns),
+            s(&name)
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error(
@@ -438,6 +476,7 @@ impl CgroupPrefix {
     }
 
     /// The prefix as a path (`/` for the root).
+    #[allow(dead_code)] // For `doctor`.
     pub fn path(&self) -> String {
         format!("/{}", self.0.join("/"))
     }

@@ -675,6 +675,7 @@ mod tests {
             fd_limit: Some(1024),
             fds: Some(n as u64 + 3),
             fd_exhaustion_s: None,
+            ident: Default::default(),
             diagnosis: Diagnosis {
                 read_all_never_closed: n,
                 ..Default::default()

@@ -6,7 +6,11 @@ use tcpstate_common::{
     state, Event,
 };
 
-use crate::model::{events::TcpState, sockets::Lingering};
+use crate::model::{
+    container::{CgroupPrefix, ContainerPrefix},
+    events::TcpState,
+    sockets::Lingering,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -20,6 +24,13 @@ pub struct Filter {
     pub pids: Vec<u32>,
     /// Kernel state numbers the old or new state must be (`trace --state`).
     pub states: Vec<u8>,
+    /// `--netns`: the socket's namespace inode.
+    pub netns: Vec<u32>,
+    /// `--container`: prefixes of the container id (of the socket's cgroup, or the
+    /// fd holder's).
+    pub containers: Vec<ContainerPrefix>,
+    /// `--cgroup`: v2 path prefixes.
+    pub cgroups: Vec<CgroupPrefix>,
 }
 
 impl Filter {
@@ -38,6 +49,26 @@ impl Filter {
             && self.rports.is_empty()
             && self.pids.is_empty()
             && self.states.is_empty()
+            && self.netns.is_empty()
+            && !self.by_cgroup()
+    }
+
+    /// Whether `--container` or `--cgroup` is given (matched by cgroup identity).
+    pub fn by_cgroup(&self) -> bool {
+        !self.containers.is_empty() || !self.cgroups.is_empty()
+    }
+
+    /// The container and cgroup filters on a cgroup path and its container id; both
+    /// kinds must match when both are given.
+    pub fn matches_cgroup(&self, path: Option<&str>, container_id: Option<&str>) -> bool {
+        (self.containers.is_empty() || self.containers.iter().any(|c| c.matches(container_id)))
+            && (self.cgroups.is_empty()
+                || path.is_some_and(|p| self.cgroups.iter().any(|c| c.matches(p))))
+    }
+
+    /// The namespace filter (0: unknown, never matches a list).
+    pub fn matches_netns(&self, netns: u32) -> bool {
+        pid_passes(&self.netns, self.netns.len(), netns)
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
@@ -45,6 +76,7 @@ impl Filter {
         self.matches_endpoints(fam, ev.sport, ev.dport)
             && pid_passes(&self.pids, self.pids.len(), ev.pid)
             && states_pass(self.state_mask(), ev.oldstate.into(), ev.newstate.into())
+            && self.matches_netns(ev.netns)
     }
 
     /// The `--state` list as the probe's bit mask (0 = any).
@@ -77,6 +109,12 @@ impl Filter {
             k.pids[..self.pids.len()].copy_from_slice(&self.pids);
             k.n_pids = self.pids.len() as u32;
         }
+        if self.netns.len() <= FILTER_MAX {
+            k.netns[..self.netns.len()].copy_from_slice(&self.netns);
+            k.n_netns = self.netns.len() as u32;
+        }
+        // The probe checks the `CGROUPS` map, which the command keeps filled.
+        k.cgroups = u32::from(self.by_cgroup());
         k
     }
 

@@ -251,6 +251,9 @@ pub struct Group {
     /// growing.
     pub fd_exhaustion_s: Option<f64>,
     pub diagnosis: Diagnosis,
+    /// The holder's cgroup and container (filled in by the command; all `None` for
+    /// a host process or an orphaned group).
+    pub ident: crate::model::container::Ident,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +286,7 @@ fn new_group(pid: Option<u32>, comm: Comm) -> Group {
         fds: None,
         fd_exhaustion_s: None,
         diagnosis: Diagnosis::default(),
+        ident: Default::default(),
     }
 }
 

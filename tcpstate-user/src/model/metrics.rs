@@ -2,7 +2,7 @@
 //! into bounded series (at most `top` groups per state, the rest summed under
 //! `comm="other"`, so totals stay exact), the kernel's histograms converted to a
 //! small set of Prometheus buckets aligned with the kernel's, and the container
-//! identity of a process (one function, for the containers work to fill in).
+//! identity of a process's group as labels.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -29,11 +29,15 @@ pub struct Identity {
     pub pod_name: String,
 }
 
-/// The container identity of `pid` (`None`: no holder). The one place the containers
-/// work (cgroup -> container id, pod) plugs in; until then every process is a host
-/// process.
-pub fn identity(_pid: Option<u32>) -> Identity {
-    Identity::default()
+/// A group's container identity as labels (empty for host processes and orphans),
+/// from the holder's cgroup identity that the command filled in.
+pub fn identity(ident: &crate::model::container::Ident) -> Identity {
+    let s = |v: Option<&str>| v.unwrap_or_default().to_string();
+    Identity {
+        container_id: s(ident.container_id.as_deref()),
+        pod_namespace: s(ident.pod.as_ref().map(|p| p.namespace.as_str())),
+        pod_name: s(ident.pod.as_ref().map(|p| p.name.as_str())),
+    }
 }
 
 /// The labels of one lingering series.
@@ -100,7 +104,7 @@ pub fn fold_lingering(
             let labels = GroupLabels {
                 state: r.state,
                 comm: Some(g.comm),
-                identity: identity(g.pid),
+                identity: identity(&g.ident),
                 pid: if pid_labels { g.pid } else { None },
             };
             let s = LingerSeries {
@@ -284,6 +288,7 @@ mod tests {
                 never_accepted: queued,
                 ..Diagnosis::default()
             },
+            ident: Default::default(),
         }
     }
 

@@ -278,6 +278,23 @@ impl Probe {
         Ok(out)
     }
 
+    /// Makes the `CGROUPS` filter map hold exactly `new` (was `old`, sorted).
+    pub fn set_cgroups(&mut self, old: &[u64], new: &[u64]) {
+        let Some(map) = self.ebpf.map_mut(names::CGROUPS) else {
+            return;
+        };
+        let Ok(mut m) = aya::maps::HashMap::<_, u64, u8>::try_from(map) else {
+            return;
+        };
+        for id in old.iter().filter(|id| new.binary_search(id).is_err()) {
+            let _ = m.remove(id);
+        }
+        for id in new {
+            // Full (CGROUPS_MAX): the rest are not selected in the kernel.
+            let _ = m.insert(id, 1, 0);
+        }
+    }
+
     pub fn counters(&self) -> Counters {
         read_counters(&self.counters, &self.ebpf, self.skipped_before_backup)
     }

@@ -61,6 +61,9 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         net_ns_inum: o("net", "ns.inum")?,
         req_dl_next: o("request_sock", "dl_next")?,
         req_sk: o("request_sock", "sk")?,
+        sk_cgrp: o("sock", "sk_cgrp_data.cgroup")?,
+        cgroup_kn: o("cgroup", "kn")?,
+        kn_id: o("kernfs_node", "id")?,
         ..Config::default()
     })
 }

@@ -257,6 +257,11 @@ struct GroupJson<'a> {
     state: &'static str,
     pid: Option<u32>,
     comm: Option<&'a str>,
+    cgroup: Option<&'a str>,
+    container_id: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    pod_namespace: Option<&'a str>,
+    pod_name: Option<&'a str>,
     count: usize,
     oldest_ms: f64,
     oldest_is_lower_bound: bool,
@@ -354,6 +359,11 @@ pub fn render_json<W: Write>(r: &Report, time: &str, out: &mut W) -> io::Result<
             state: r.state.name(),
             pid: g.pid,
             comm: comm.as_deref(),
+            cgroup: g.ident.cgroup.as_deref(),
+            container_id: g.ident.container_id.as_deref(),
+            pod_uid: g.ident.pod_uid.as_deref(),
+            pod_namespace: g.ident.pod.as_ref().map(|p| p.namespace.as_str()),
+            pod_name: g.ident.pod.as_ref().map(|p| p.name.as_str()),
             count: g.sockets.len(),
             oldest_ms: oldest.map_or(0.0, |s| s.age_ns as f64 / 1e6),
             oldest_is_lower_bound: oldest.is_some_and(|s| s.lower_bound),
@@ -536,7 +546,8 @@ mod tests {
         assert_eq!(
             line,
             "{\"type\":\"linger\",\"time\":\"T\",\"state\":\"CLOSE_WAIT\",\"pid\":4242,\
-             \"comm\":\"leaky\",\"count\":1,\"oldest_ms\":9000.0,\"oldest_is_lower_bound\":false,\
+             \"comm\":\"leaky\",\"cgroup\":null,\"container_id\":null,\"pod_uid\":null,\
+             \"pod_namespace\":null,\"pod_name\":null,\"count\":1,\"oldest_ms\":9000.0,\"oldest_is_lower_bound\":false,\
              \"rate_per_s\":null,\"growth_per_s\":0.1,\"fd_limit\":null,\"fds\":null,\
              \"fd_exhaustion_s\":null,\"diagnosis\":{\"read_all_never_closed\":1,\
              \"stopped_reading\":0,\"never_accepted\":0,\"dead\":0},\"listeners\":[],\

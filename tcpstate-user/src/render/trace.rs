@@ -68,6 +68,7 @@ impl<W: Write> TraceWriter<W> {
 
     /// One line per transition, formatted by hand: serde, `core::fmt` and small
     /// `memcpy` calls cost several times the rest of the per-event work.
+    #[allow(dead_code)] // `trace` writes `transition_ident`; kept for the views tests.
     pub fn transition(&mut self, ev: &Event) -> io::Result<()> {
         let at: &mut [u8; LINE_CAP] = (&mut self.buf[self.len..self.len + LINE_CAP])
             .try_into()
@@ -96,6 +97,75 @@ impl<W: Write> TraceWriter<W> {
     fn write_buffered(&mut self) -> io::Result<()> {
         let n = std::mem::take(&mut self.len);
         self.out.write_all(&self.buf[..n])
+    }
+
+    /// [`Self::transition`] with the socket's identity: JSON gets `netns` and
+    /// `members` (the cgroup/container/pod members, each with a leading comma), the
+    /// table its CONTAINER column (`container`: `Some` when the column is shown).
+    pub fn transition_ident(
+        &mut self,
+        ev: &Event,
+        members: &[u8],
+        container: Option<&str>,
+    ) -> io::Result<()> {
+        let at: &mut [u8; LINE_CAP] = (&mut self.buf[self.len..self.len + LINE_CAP])
+            .try_into()
+            .expect("LINE_CAP bytes");
+        let mut line = Line::new(at);
+        if self.json {
+            json_line(&mut line, ev, &mut self.clock, &self.states, &mut self.comm);
+            json_netns(&mut line, ev);
+            self.len += line.pos;
+            // The members (a cgroup path may be long) are appended unbounded.
+            self.push(members)?;
+            self.push(b"}\n")?;
+        } else {
+            table_line(
+                &mut line,
+                ev,
+                &mut self.clock,
+                &self.states,
+                &mut self.comm,
+                self.addr_width,
+            );
+            if let Some(c) = container {
+                line.byte(b' ');
+                line.put(c.as_bytes());
+            }
+            line.byte(b'\n');
+            self.len += line.pos;
+        }
+        if self.len >= WRITE_AT {
+            self.write_buffered()?;
+        }
+        Ok(())
+    }
+
+    /// Appends bytes of any length to the batch, keeping `LINE_CAP` free after it.
+    fn push(&mut self, b: &[u8]) -> io::Result<()> {
+        if self.len + b.len() > WRITE_AT {
+            self.write_buffered()?;
+            if b.len() > WRITE_AT {
+                return self.out.write_all(b);
+            }
+        }
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+        Ok(())
+    }
+
+    /// The table header with the CONTAINER column last.
+    pub fn header_container(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let w = self.addr_width;
+        writeln!(
+            self.out,
+            "{:<12} {:<7} {:<16} {:<w$} {:<w$} {:<12} -> {:<12} {:>10} {:<12}",
+            "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS", "CONTAINER"
+        )?;
+        self.out.flush()
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -172,6 +242,17 @@ fn json_line(l: &mut Line, ev: &Event, clock: &mut Clock, states: &StateNames, c
         ns => put_ms_json(l, ns),
     }
     l.byte(b'}');
+}
+
+/// Replaces the closing `}` of [`json_line`] with `,"netns":N`, left open.
+fn json_netns(l: &mut Line, ev: &Event) {
+    l.pos -= 1;
+    l.put(b",\"netns\":");
+    if ev.netns != 0 {
+        l.int(ev.netns);
+    } else {
+        l.put(b"null");
+    }
 }
 
 /// The columns of [`TraceWriter::header`]; all text is ASCII, so bytes are columns
