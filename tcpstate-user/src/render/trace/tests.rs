@@ -571,35 +571,3 @@ fn listener_owner_is_marked() {
     assert_eq!(v["owner_from"], "listener");
     assert_eq!(v["pid"], 4242);
 }
-
-/// Formatting cost per line, for profiling by hand:
-/// `cargo test --release -p tcpstate-user --bin tcpstate format_cost -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn format_cost() {
-    let mut evs = Vec::new();
-    for i in 0..1024u64 {
-        let mut ev = sample();
-        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1 + (i % 4) as u8]);
-        ev.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        ev.cookie = 20_400_680 + i;
-        ev.sport = 40_000 + i as u16;
-        ev.ts_ns = 5_000_000_000 + i * 7_000;
-        ev.prev_ns = 10_000 + i * 37;
-        ev.comm = *b"tcpkit\0\0\0\0\0\0\0\0\0\0";
-        evs.push(ev);
-    }
-    for json in [true, false] {
-        let mut w = TraceWriter::new(std::io::sink(), json, false, clock());
-        let t = std::time::Instant::now();
-        let rounds = 2000;
-        for _ in 0..rounds {
-            for ev in &evs {
-                w.transition(ev).unwrap();
-            }
-        }
-        w.flush().unwrap();
-        let ns = t.elapsed().as_nanos() as f64 / (rounds * evs.len()) as f64;
-        println!("json={json}: {ns:.1} ns per line");
-    }
-}
