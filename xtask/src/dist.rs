@@ -269,6 +269,8 @@ const WITH_EXAMPLES: &[&str] = &[
     "tcpstate-trace",
     "tcpstate-linger",
     "tcpstate-hist",
+    "tcpstate-serve",
+    "tcpstate-doctor",
 ];
 
 /// Every page renders with no groff or man warning and has the sections users look
