@@ -294,8 +294,7 @@ fn check_man_pages(root: &Path, subs: &[String]) -> Result<()> {
             "{page}(1) renders with warnings: {warnings}"
         );
         let mut sections = vec!["NAME", "SYNOPSIS", "OPTIONS", "PRIVILEGES", "SEE ALSO"];
-        // Pages with measured transcripts; serve's and doctor's join when theirs are
-        // written (deploy/man/<page>.roff).
+        // Pages with measured transcripts (deploy/man/<page>.roff).
         let fragment = fs::read_to_string(format!("deploy/man/{page}.roff")).unwrap_or_default();
         if WITH_EXAMPLES.contains(&page.as_str()) || fragment.contains(".SH EXAMPLES") {
             sections.extend(["EXAMPLES", "OVERHEAD"]);
