@@ -193,8 +193,22 @@ pub struct FdRecord {
     /// `sk_max_ack_backlog`) for a queued connection, else 0.
     pub ack_backlog: u32,
     pub max_ack_backlog: u32,
+    /// Spare (userspace keeps its holder count here: `model::holders`).
     pub _pad: u32,
+    /// `sk_flags` (low 32 bits): `SOCK_KEEPOPEN` (SO_KEEPALIVE), `SOCK_LINGER`.
+    pub sk_flags: u32,
+    /// `sk_lingertime` in jiffies (low 32 bits): 0 with `SOCK_LINGER` is SO_LINGER(0).
+    pub lingertime: u32,
+    /// `tcp_sock.keepalive_time` in jiffies (TCP_KEEPIDLE); 0: the namespace's
+    /// `tcp_keepalive_time` (`keepalive_time_when()`).
+    pub keepalive_time: u32,
+    pub _pad2: u32,
 }
+
+/// `enum sock_flags` bits in `FdRecord::sk_flags` (include/net/sock.h; the same in
+/// every kernel since 2.6).
+pub const SOCK_KEEPOPEN: u32 = 3;
+pub const SOCK_LINGER: u32 = 4;
 
 /// `FdRecord::fd` / `listener_fd` when there is none.
 pub const FD_NONE: u32 = u32::MAX;
@@ -280,6 +294,11 @@ pub struct Config {
     pub sk_cgrp: u32,
     pub cgroup_kn: u32,
     pub kn_id: u32,
+    // struct sock / tcp_sock: keepalive and linger (`doctor`'s keepalive topic).
+    pub sk_flags: u32,
+    pub sk_lingertime: u32,
+    pub tcp_keepalive_time: u32,
+    pub _pad1: u32,
 }
 
 impl Config {
@@ -334,6 +353,10 @@ impl Config {
         sk_cgrp: 0,
         cgroup_kn: 0,
         kn_id: 0,
+        sk_flags: 0,
+        sk_lingertime: 0,
+        tcp_keepalive_time: 0,
+        _pad1: 0,
     };
 }
 
@@ -676,12 +699,12 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 104);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 336);
+const _: () = assert!(core::mem::size_of::<Config>() == 352);
 const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
 const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
-const _: () = assert!(core::mem::size_of::<FdRecord>() == 120);
+const _: () = assert!(core::mem::size_of::<FdRecord>() == 136);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -97,6 +97,10 @@ fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Res
             ack_backlog: 0,
             max_ack_backlog: 0,
             _pad: 0,
+            sk_flags: 0,
+            lingertime: 0,
+            keepalive_time: 0,
+            _pad2: 0,
         },
     };
     let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
@@ -213,6 +217,11 @@ fn describe(c: &Config, sk: *const u8, rec: &mut FdRecord) -> Result<(), i32> {
         rec.rcv_nxt = read(sk, c.tcp_rcv_nxt)?;
         rec.copied_seq = read(sk, c.tcp_copied_seq)?;
         rec.sk_err = read(sk, c.sk_err)?;
+        // Low words of unsigned long / long (little-endian): the flags are bits 0-30
+        // and a linger time of 0 is what matters.
+        rec.sk_flags = read(sk, c.sk_flags)?;
+        rec.lingertime = read(sk, c.sk_lingertime)?;
+        rec.keepalive_time = read(sk, c.tcp_keepalive_time)?;
     }
     Ok(())
 }

@@ -152,6 +152,10 @@ pub fn record(cookie: u64, pid: u32, fd: u32, state: u8) -> FdRecord {
         ack_backlog: 0,
         max_ack_backlog: 0,
         _pad: 0,
+        sk_flags: 0,
+        lingertime: 0,
+        keepalive_time: 0,
+        _pad2: 0,
     }
 }
 

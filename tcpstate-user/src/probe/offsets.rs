@@ -64,6 +64,9 @@ pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
         sk_cgrp: o("sock", "sk_cgrp_data.cgroup")?,
         cgroup_kn: o("cgroup", "kn")?,
         kn_id: o("kernfs_node", "id")?,
+        sk_flags: o("sock", "__sk_common.skc_flags")?,
+        sk_lingertime: o("sock", "sk_lingertime")?,
+        tcp_keepalive_time: o("tcp_sock", "keepalive_time")?,
         ..Config::default()
     })
 }
