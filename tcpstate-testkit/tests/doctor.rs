@@ -395,5 +395,88 @@ fn bad_input_exits_2() {
         ),
         (&["doctor", "--duration", "0"], "--duration"),
         (&["doctor", "--netns", "abc"], "--netns"),
+        (&["doctor", "--idle", "-1s"], "--idle"),
     ]);
+}
+
+/// A connected pair on loopback port `port` inside `ns`, both ends held by one
+/// python3 process, idle; `setup` is run on both sockets (`s`) before any data.
+fn idle_pair(ns: &Ns, port: u16, setup: &str) -> Held {
+    let script = format!(
+        "import socket,sys\n\
+         l=socket.socket();l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         l.bind(('127.0.0.1',{port}));l.listen(1)\n\
+         c=socket.create_connection(('127.0.0.1',{port}));a,_=l.accept()\n\
+         for s in (c,a):\n    {setup}\n\
+         print('ready',flush=True)\nsys.stdin.read()\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut h = Held { child, out };
+    assert_eq!(h.line(), "ready");
+    h
+}
+
+/// Idle ESTABLISHED pairs in a namespace: without SO_KEEPALIVE (one end set to
+/// SO_LINGER(0)) a keepalive finding naming the process, and a linger one; with
+/// SO_KEEPALIVE at the default keepalive time, a finding too; with a short
+/// TCP_KEEPIDLE, none.
+#[test]
+fn idle_connections_without_keepalive_in_a_namespace() {
+    let ns = Ns::new("ka");
+    let off = idle_pair(
+        &ns,
+        18101,
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,b'\\x01\\0\\0\\0\\0\\0\\0\\0') if s is c else None",
+    );
+    let dflt = idle_pair(
+        &ns,
+        18102,
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_KEEPALIVE,1)",
+    );
+    let short = idle_pair(
+        &ns,
+        18103,
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_KEEPALIVE,1);s.setsockopt(socket.IPPROTO_TCP,socket.TCP_KEEPIDLE,5)",
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let (fs, sum, code) = doctor(&["--netns", &ns.inode(), "--idle", "1s"]);
+    let pid = off.child.id();
+    let ka: Vec<&Value> = of(&fs, "keepalive", pid)
+        .into_iter()
+        .filter(|f| f["evidence"]["no_keepalive"].is_u64())
+        .collect();
+    assert_eq!(ka.len(), 1, "{fs:?}");
+    assert!(ka[0]["comm"].as_str().unwrap().starts_with("python"));
+    assert_eq!(ka[0]["sockets"], 2, "{}", ka[0]);
+    assert_eq!(ka[0]["evidence"]["no_keepalive"], 2);
+    assert_eq!(ka[0]["severity"], "info");
+    assert!(ka[0]["evidence"]["longest_idle_s"].as_f64().unwrap() >= 1.0);
+    assert!(ka[0]["evidence"]["tcp_keepalive_time"].is_i64());
+    assert!(ka[0]["summary"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {pid}")));
+    let lz: Vec<&Value> = of(&fs, "keepalive", pid)
+        .into_iter()
+        .filter(|f| f["evidence"]["so_linger_zero"].is_u64())
+        .collect();
+    assert_eq!(lz.len(), 1, "{fs:?}");
+    assert_eq!(lz[0]["sockets"], 1);
+    assert!(lz[0]["caveat"].as_str().unwrap().contains("not seen"));
+    // The namespace's tcp_keepalive_time is the kernel's 7200 s default.
+    let d = of(&fs, "keepalive", dflt.child.id());
+    assert_eq!(d.len(), 1, "{fs:?}");
+    assert_eq!(d[0]["evidence"]["keepalive_default"], 2);
+    assert!(
+        of(&fs, "keepalive", short.child.id()).is_empty(),
+        "short TCP_KEEPIDLE: {fs:?}"
+    );
+    // Information only: nothing here fails a health check.
+    assert_eq!(code, 0, "{fs:?} {sum}");
 }

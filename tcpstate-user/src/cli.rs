@@ -54,7 +54,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Look at every network namespace for a few seconds and print findings, most
     /// severe first, each with its evidence and what to do. Topics: close_wait,
-    /// not_accepted, time_wait, fin_wait2, dead_held, losses. Exit status: 0
+    /// not_accepted, time_wait, fin_wait2, dead_held, keepalive, losses. Exit status: 0
     /// nothing above info, 1 a warning or critical finding, 2 bad input, 3 could not
     /// check (missing privilege or kernel feature, said on stderr).
     Doctor(DoctorArgs),
@@ -206,6 +206,10 @@ pub struct DoctorArgs {
     /// dead_held: a process holding more than N dead connections is a warning.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64), allow_hyphen_values = true)]
     pub dead_held_sockets: u64,
+    /// keepalive: ESTABLISHED connections idle (no data either way) for more than D,
+    /// with keepalive off or at its 2-hour default, are reported (info).
+    #[arg(long, value_name = "D", default_value = "10m", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub idle: Duration,
 }
 
 /// A percentage, 0 to 100.
@@ -232,6 +236,7 @@ impl DoctorArgs {
             time_wait_critical_pct: self.time_wait_critical,
             fin_wait2_sockets: self.fin_wait2_sockets,
             dead_held_sockets: self.dead_held_sockets,
+            idle_ns: self.idle.as_nanos() as u64,
         }
     }
 

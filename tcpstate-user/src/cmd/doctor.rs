@@ -9,7 +9,7 @@ use std::{
     io::{self, Write},
 };
 
-use tcpstate_common::{state, Event, ITER_ACCEPT_QUEUE};
+use tcpstate_common::{state, Event, FdRecord, ITER_ACCEPT_QUEUE, SOCK_KEEPOPEN, SOCK_LINGER};
 
 use crate::{
     cli::DoctorArgs,
@@ -17,13 +17,13 @@ use crate::{
     model::{
         container::identify_process,
         doctor::{
-            close_wait, dead_held, fin_wait2, losses, not_accepted, sort, time_wait, Finding,
-            Namespace, Netstat, Outcome, Sysctls, Who,
+            close_wait, dead_held, fin_wait2, keepalive, linger_zero, losses, not_accepted, sort,
+            time_wait, Finding, KeepSock, Namespace, Netstat, Outcome, Sysctls, Who,
         },
-        events::{unmap, TcpState},
+        events::{addr, unmap, TcpState},
         filter::Filter,
         holders::{Comm, Holders},
-        linger::{build, set_fd_headroom, Backlog, Clocks},
+        linger::{build, set_fd_headroom, Backlog, Clocks, Facts},
         sockets::SocketTable,
     },
     probe::{cgroups, netns, netstat, procfs, ring::monotonic_ns, sockdiag, LoadOptions},
@@ -49,6 +49,7 @@ impl Consumer for Watch {
 fn read_namespace(inode: u32, fw2_held: &[u64]) -> io::Result<Namespace> {
     let sysctls = Sysctls {
         ip_local_port_range: netstat::port_range(),
+        tcp_keepalive_time: netstat::sysctl1("ipv4/tcp_keepalive_time"),
         tcp_tw_reuse: netstat::sysctl1("ipv4/tcp_tw_reuse"),
         tcp_max_tw_buckets: netstat::sysctl1("ipv4/tcp_max_tw_buckets"),
         tcp_fin_timeout: netstat::sysctl1("ipv4/tcp_fin_timeout"),
@@ -71,6 +72,22 @@ fn read_namespace(inode: u32, fw2_held: &[u64]) -> io::Result<Namespace> {
     Ok(ns)
 }
 
+/// What the keepalive rules need of a held socket (jiffies to seconds at `hz`).
+fn keep_sock(f: &FdRecord, hz: u32) -> KeepSock {
+    let facts = Facts::of(f, hz);
+    KeepSock {
+        state: f.state,
+        idle_ms: facts.last_send_ms.min(facts.last_recv_ms),
+        keepalive: f.sk_flags & (1 << SOCK_KEEPOPEN) != 0,
+        keepidle_s: (f.keepalive_time != 0).then(|| u64::from(f.keepalive_time / hz.max(1))),
+        // `sock_setsockopt(SO_LINGER)`: l_onoff with l_linger 0 sets SOCK_LINGER and
+        // sk_lingertime 0; tcp_close() then sends a RST (tcp_disconnect()).
+        linger0: f.sk_flags & (1 << SOCK_LINGER) != 0 && f.lingertime == 0,
+        daddr: unmap(addr(f.family, &f.daddr)),
+        dport: f.dport,
+    }
+}
+
 /// A process's container id, from its cgroup path (None for a host process).
 fn container_of(pid: u32) -> Option<String> {
     let c = cgroups::read_proc_cgroup(pid).ok()?;
@@ -83,11 +100,11 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let th = args.thresholds();
     let cw = 1u32 << state::CLOSE_WAIT;
     // Nothing is streamed: on a busy host a stream of transitions can overflow, and
-    // two walks tell the growth without one. The walk keeps CLOSE_WAIT, dead (CLOSE)
-    // and FIN_WAIT2 sockets, and listeners' queued connections.
+    // two walks tell the growth without one. The walk keeps CLOSE_WAIT, dead (CLOSE),
+    // FIN_WAIT2 and ESTABLISHED (keepalive) sockets, and listeners' queued connections.
     let opts = LoadOptions {
         flags: 0,
-        iter_states: cw | 1 << state::CLOSE | 1 << state::FIN_WAIT2,
+        iter_states: cw | 1 << state::CLOSE | 1 << state::FIN_WAIT2 | 1 << state::ESTABLISHED,
         iter_flags: ITER_ACCEPT_QUEUE,
         ring_bytes: 1 << 20,
         ..LoadOptions::default()
@@ -122,10 +139,28 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let mut holders = Holders::default();
     let mut fw2_held = Vec::new();
     let fw2 = state::FIN_WAIT2 as u8;
+    let est = state::ESTABLISHED as u8;
+    let hz = procfs::hz().unwrap_or(250);
+    // Per (pid, netns): the holder's name and its sockets the keepalive rules may
+    // report (idle ESTABLISHED ones, and any set to SO_LINGER(0)).
+    let mut keep: HashMap<(u32, u32), (Comm, Vec<KeepSock>)> = HashMap::new();
     // CLOSE_WAIT sockets new since the first walk, per holder.
     let mut grown: HashMap<u32, u64> = HashMap::new();
     session.probe.scan_fds(|f| {
         if !want(f.netns) {
+            return;
+        }
+        if f.queued == 0 {
+            let k = keep_sock(f, hz);
+            if k.linger0 || (f.state == est && k.idle_ms.saturating_mul(1_000_000) > th.idle_ns) {
+                keep.entry((f.pid, f.netns))
+                    .or_insert_with(|| (f.comm, Vec::new()))
+                    .1
+                    .push(k);
+            }
+        }
+        if f.state == est {
+            // Only the keepalive rules look at live connections.
         } else if f.state == fw2 {
             fw2_held.push(f.cookie);
         } else {
@@ -140,7 +175,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let clk = Clocks {
         now_ns: monotonic_ns(),
         attached_ns: session.attached_ns,
-        hz: procfs::hz().unwrap_or(250),
+        hz,
     };
     let mut reports = build(
         &watch.table,
@@ -229,6 +264,12 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     for ns in spaces.values() {
         findings.extend(time_wait(ns, &th));
         findings.extend(fin_wait2(ns, &th));
+    }
+    for ((pid, netns), (comm, socks)) in &keep {
+        let w = who(*pid, comm);
+        let ka = spaces.get(netns).and_then(|n| n.sysctls.tcp_keepalive_time);
+        findings.extend(keepalive(socks, &w, *netns, ka, &th));
+        findings.extend(linger_zero(socks, &w, *netns));
     }
     let summary = session.summary(None, watch.table.untracked);
     findings.extend(losses(&summary));

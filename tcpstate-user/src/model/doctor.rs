@@ -5,9 +5,9 @@
 //! each rule and each threshold's boundary is unit-tested.
 //!
 //! Topics: `close_wait`, `not_accepted`, `time_wait`, `fin_wait2`, `dead_held`,
-//! `losses`. Not yet: `keepalive` (the fd walk does not read SO_KEEPALIVE nor the
-//! idle time of ESTABLISHED sockets, and a reset sent by SO_LINGER(0) cannot be told
-//! from any other reset by the state transitions alone).
+//! `keepalive`, `losses`. `keepalive` reports sockets configured with SO_LINGER(0)
+//! (they reset on close), not resets seen: a reset sent by SO_LINGER(0) cannot be told
+//! from any other reset by the state transitions alone.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -44,6 +44,7 @@ pub enum Topic {
     TimeWait,
     FinWait2,
     DeadHeld,
+    Keepalive,
     Losses,
 }
 
@@ -55,6 +56,7 @@ impl Topic {
             Topic::TimeWait => "time_wait",
             Topic::FinWait2 => "fin_wait2",
             Topic::DeadHeld => "dead_held",
+            Topic::Keepalive => "keepalive",
             Topic::Losses => "losses",
         }
     }
@@ -79,6 +81,9 @@ pub struct Thresholds {
     pub fin_wait2_sockets: u64,
     /// A process holding more than this many dead connections: warning.
     pub dead_held_sockets: u64,
+    /// keepalive: an ESTABLISHED connection idle (no data either way) for more than
+    /// this, without keepalive or with it at the 2-hour default, is reported (info).
+    pub idle_ns: u64,
 }
 
 impl Default for Thresholds {
@@ -91,6 +96,7 @@ impl Default for Thresholds {
             time_wait_critical_pct: 90.0,
             fin_wait2_sockets: 100,
             dead_held_sockets: 0,
+            idle_ns: 600 * 1_000_000_000,
         }
     }
 }
@@ -131,6 +137,8 @@ pub struct Finding {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sysctls {
     pub ip_local_port_range: Option<(u16, u16)>,
+    /// Seconds (`net.ipv4.tcp_keepalive_time`).
+    pub tcp_keepalive_time: Option<i64>,
     pub tcp_tw_reuse: Option<i64>,
     pub tcp_max_tw_buckets: Option<i64>,
     pub tcp_fin_timeout: Option<i64>,
@@ -574,6 +582,142 @@ pub fn losses(s: &Summary) -> Option<Finding> {
     })
 }
 
+/// `TCP_KEEPALIVE_TIME`: the kernel's default `tcp_keepalive_time` (include/net/tcp.h).
+pub const KEEPALIVE_DEFAULT_S: u64 = 7200;
+
+/// An fd-held socket as the keepalive rules see it (from the fd walk).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepSock {
+    pub state: u8,
+    /// Since the last data sent or received (`max(lsndtime, lrcvtime)`), ms.
+    pub idle_ms: u64,
+    /// SO_KEEPALIVE (`SOCK_KEEPOPEN` in `sk_flags`).
+    pub keepalive: bool,
+    /// The socket's own TCP_KEEPIDLE in seconds; `None`: the namespace's
+    /// `tcp_keepalive_time` (`keepalive_time_when()`).
+    pub keepidle_s: Option<u64>,
+    /// SO_LINGER with linger 0 (`SOCK_LINGER`, `sk_lingertime` 0): close() resets.
+    pub linger0: bool,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// Why an idle connection counts: keepalive off, or on at the 2-hour default (or
+/// longer). `None`: keepalive probes come sooner, or the socket is not idle enough.
+/// An unreadable sysctl is taken as the kernel default.
+pub fn idle_reason(
+    s: &KeepSock,
+    ns_keepalive_s: Option<i64>,
+    th: &Thresholds,
+) -> Option<&'static str> {
+    if s.state != tcpstate_common::state::ESTABLISHED as u8
+        || s.idle_ms.saturating_mul(1_000_000) <= th.idle_ns
+    {
+        return None;
+    }
+    if !s.keepalive {
+        return Some("no_keepalive");
+    }
+    let eff = s
+        .keepidle_s
+        .or(ns_keepalive_s.and_then(|v| u64::try_from(v).ok()))
+        .unwrap_or(KEEPALIVE_DEFAULT_S);
+    (eff >= KEEPALIVE_DEFAULT_S).then_some("keepalive_default")
+}
+
+pub const ADVICE_KEEPALIVE: &str = "nothing is sent on these connections, so if the peer vanishes (crash, power loss) or a NAT, firewall or load balancer on the path silently drops the idle flow (often after 5 to 60 minutes), this side never learns: the socket stays ESTABLISHED holding its fd, and the next write waits out retransmissions (tcp_retries2, ~15 min). Enable SO_KEEPALIVE with TCP_KEEPIDLE below the shortest idle timeout on the path (e.g. 60-300s), with TCP_KEEPINTVL/TCP_KEEPCNT, or lower net.ipv4.tcp_keepalive_time (it only applies to sockets with SO_KEEPALIVE); application pings or TCP_USER_TIMEOUT also work. An idle connection pool is fine if it validates or expires its connections.";
+pub const ADVICE_LINGER0: &str = "close() on these sockets sends a RST instead of a FIN (SO_LINGER with l_linger 0): data not yet sent or not yet read is discarded and the peer sees ECONNRESET, so it loses data. It is often set to avoid TIME_WAIT, which connection reuse or net.ipv4.tcp_tw_reuse solve without losing data; drop it unless aborting is meant, or shutdown(SHUT_WR) and read to EOF before closing.";
+
+/// One holder's idle ESTABLISHED connections in one namespace without useful
+/// keepalive. Always info: an idle connection is a risk, not a fault.
+pub fn keepalive(
+    socks: &[KeepSock],
+    who: &Who,
+    netns: u32,
+    ns_keepalive_s: Option<i64>,
+    th: &Thresholds,
+) -> Option<Finding> {
+    let idle: Vec<(&KeepSock, &str)> = socks
+        .iter()
+        .filter_map(|s| idle_reason(s, ns_keepalive_s, th).map(|r| (s, r)))
+        .collect();
+    if idle.is_empty() {
+        return None;
+    }
+    let n = idle.len() as u64;
+    let off = idle.iter().filter(|(_, r)| *r == "no_keepalive").count() as u64;
+    let longest = idle.iter().map(|(s, _)| s.idle_ms).max().unwrap_or(0) as f64 / 1000.0;
+    let what = if off == n {
+        "without keepalive".to_string()
+    } else if off == 0 {
+        "with keepalive at the 2-hour default".to_string()
+    } else {
+        format!(
+            "without keepalive ({off}) or at its 2-hour default ({})",
+            n - off
+        )
+    };
+    Some(Finding {
+        severity: Severity::Info,
+        topic: Topic::Keepalive,
+        who: who.clone(),
+        netns: Some(netns),
+        sockets: n,
+        eof_read_sockets: None,
+        summary: format!(
+            "{} holds {} idle for more than {} {what}, longest {}",
+            naming(who, Some(netns)),
+            plural(n, "ESTABLISHED connection", "ESTABLISHED connections"),
+            fmt_secs(th.idle_ns as f64 / 1e9),
+            fmt_secs(longest)
+        ),
+        evidence: vec![
+            ("no_keepalive", json!(off)),
+            ("keepalive_default", json!(n - off)),
+            ("longest_idle_s", json!((longest * 10.0).round() / 10.0)),
+            ("idle_threshold_s", json!(th.idle_ns as f64 / 1e9)),
+            ("tcp_keepalive_time", json!(ns_keepalive_s)),
+            ("remote", json!(endpoints(idle.iter().map(|(s, _)| (s.daddr, s.dport))))),
+        ],
+        advice: ADVICE_KEEPALIVE.to_string(),
+        caveat: Some(
+            "idle is the time since the last data sent or received (ss -ti lastsnd/lastrcv; keepalive probes are not data); SO_KEEPALIVE is not shown by ss -o until a timer runs"
+                .to_string(),
+        ),
+    })
+}
+
+/// One holder's sockets configured with SO_LINGER(0) in one namespace (info).
+pub fn linger_zero(socks: &[KeepSock], who: &Who, netns: u32) -> Option<Finding> {
+    let hits: Vec<&KeepSock> = socks.iter().filter(|s| s.linger0).collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let n = hits.len() as u64;
+    Some(Finding {
+        severity: Severity::Info,
+        topic: Topic::Keepalive,
+        who: who.clone(),
+        netns: Some(netns),
+        sockets: n,
+        eof_read_sockets: None,
+        summary: format!(
+            "{} holds {} set to reset on close (SO_LINGER, linger 0): data in flight is lost",
+            naming(who, Some(netns)),
+            plural(n, "socket", "sockets")
+        ),
+        evidence: vec![
+            ("so_linger_zero", json!(n)),
+            ("remote", json!(endpoints(hits.iter().map(|s| (s.daddr, s.dport))))),
+        ],
+        advice: ADVICE_LINGER0.to_string(),
+        caveat: Some(
+            "configured, not seen: the resets themselves cannot be told from others; only sockets still held are seen"
+                .to_string(),
+        ),
+    })
+}
+
 /// Most severe first, then most sockets, then topic.
 pub fn sort(findings: &mut [Finding]) {
     findings.sort_by(|a, b| {
@@ -799,6 +943,7 @@ mod tests {
             4026532000,
             Sysctls {
                 ip_local_port_range: Some(range),
+                tcp_keepalive_time: Some(7200),
                 tcp_tw_reuse: Some(2),
                 tcp_max_tw_buckets: Some(262144),
                 tcp_fin_timeout: Some(60),
@@ -937,6 +1082,90 @@ mod tests {
         );
         g.diagnosis.dead = 0;
         assert!(dead_held(&g, &who(), &th).is_none());
+    }
+
+    fn ks(idle_s: u64, keepalive: bool, keepidle_s: Option<u64>) -> KeepSock {
+        KeepSock {
+            state: state::ESTABLISHED as u8,
+            idle_ms: idle_s * 1000,
+            keepalive,
+            keepidle_s,
+            linger0: false,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 5432,
+        }
+    }
+
+    #[test]
+    fn keepalive_idle_boundary_and_reasons() {
+        let th = Thresholds {
+            idle_ns: 600 * S,
+            ..Thresholds::default()
+        };
+        // Exactly at the threshold is fine; one ms more counts.
+        assert_eq!(idle_reason(&ks(600, false, None), Some(7200), &th), None);
+        let mut s = ks(600, false, None);
+        s.idle_ms += 1;
+        assert_eq!(idle_reason(&s, Some(7200), &th), Some("no_keepalive"));
+        // On, at the default (sysctl, or unreadable: the kernel default), or longer.
+        assert_eq!(
+            idle_reason(&ks(601, true, None), Some(7200), &th),
+            Some("keepalive_default")
+        );
+        assert_eq!(
+            idle_reason(&ks(601, true, None), None, &th),
+            Some("keepalive_default")
+        );
+        assert_eq!(idle_reason(&ks(601, true, None), Some(7199), &th), None);
+        // The socket's own TCP_KEEPIDLE wins over the sysctl, both ways.
+        assert_eq!(idle_reason(&ks(601, true, Some(60)), Some(7200), &th), None);
+        assert_eq!(
+            idle_reason(&ks(601, true, Some(7200)), Some(60), &th),
+            Some("keepalive_default")
+        );
+        // Only ESTABLISHED connections.
+        let mut cw = ks(601, false, None);
+        cw.state = state::CLOSE_WAIT as u8;
+        assert_eq!(idle_reason(&cw, Some(7200), &th), None);
+    }
+
+    #[test]
+    fn keepalive_finding_counts_and_is_info() {
+        let th = Thresholds {
+            idle_ns: S,
+            ..Thresholds::default()
+        };
+        let socks = vec![
+            ks(5, false, None),
+            ks(9, true, None),
+            ks(9, true, Some(30)),
+            ks(0, false, None),
+        ];
+        let f = keepalive(&socks, &who(), 4026531840, Some(7200), &th).unwrap();
+        assert_eq!(
+            (f.topic, f.severity, f.sockets),
+            (Topic::Keepalive, Severity::Info, 2)
+        );
+        assert_eq!(f.evidence[0], ("no_keepalive", json!(1)));
+        assert_eq!(f.evidence[1], ("keepalive_default", json!(1)));
+        assert_eq!(f.evidence[2], ("longest_idle_s", json!(9.0)));
+        assert!(f.summary.contains("leaky-api (pid 4242"), "{}", f.summary);
+        assert!(keepalive(&socks[2..], &who(), 1, Some(7200), &th).is_none());
+        assert_eq!(Outcome::of(&[f]).exit_status(), 0);
+    }
+
+    #[test]
+    fn linger_zero_is_reported_with_its_caveat() {
+        let mut s = ks(0, true, Some(30));
+        assert!(linger_zero(std::slice::from_ref(&s), &who(), 1).is_none());
+        s.linger0 = true;
+        let f = linger_zero(&[s.clone(), s], &who(), 1).unwrap();
+        assert_eq!(
+            (f.topic, f.severity, f.sockets),
+            (Topic::Keepalive, Severity::Info, 2)
+        );
+        assert!(f.caveat.unwrap().contains("not seen"));
+        assert!(f.advice.contains("loses data"));
     }
 
     #[test]
