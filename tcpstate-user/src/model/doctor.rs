@@ -681,7 +681,7 @@ pub fn keepalive(
         ],
         advice: ADVICE_KEEPALIVE.to_string(),
         caveat: Some(
-            "idle is the time since the last data sent or received (ss -ti lastsnd/lastrcv; keepalive probes are not data); SO_KEEPALIVE is not shown by ss -o until a timer runs"
+            "idle is the time since the last data sent or received (ss -ti lastsnd/lastrcv; keepalive probes are not data); a socket with SO_KEEPALIVE shows timer:(keepalive,...) in ss -o"
                 .to_string(),
         ),
     })
