@@ -388,6 +388,9 @@ pub const BY_NONE: u32 = 0;
 pub const BY_PROCESS: u32 = 1;
 pub const BY_RPORT: u32 = 2;
 pub const BY_RADDR: u32 = 3;
+/// By the socket's cgroup id (`sk_cgrp_data`), in `HistKey::addr`'s first 8 bytes;
+/// userspace names its container.
+pub const BY_CONTAINER: u32 = 4;
 
 /// Most cgroup ids the kernel's container/cgroup filter holds (`CGROUPS`).
 pub const CGROUPS_MAX: u32 = 1 << 14;
@@ -530,6 +533,7 @@ impl HistKey {
                 key.pid = pid;
                 key.addr = *addr;
             }
+            BY_CONTAINER => key.addr = *addr,
             BY_RPORT => key.port = dport as u32,
             BY_RADDR => {
                 key.addr = *addr;
@@ -552,13 +556,25 @@ impl HistKey {
 }
 
 /// What a sample's `HistKey::addr` holds under `by`: the owner's comm for --by process
-/// (the process may be gone by the report), the remote address otherwise.
+/// (the process may be gone by the report), the owner bytes of [`hist_owner`] for --by
+/// container, the remote address otherwise.
 #[inline(always)]
 pub const fn hist_addr<'a>(by: u32, comm: &'a [u8; 16], daddr: &'a [u8; 16]) -> &'a [u8; 16] {
-    if by == BY_PROCESS {
+    if by == BY_PROCESS || by == BY_CONTAINER {
         comm
     } else {
         daddr
+    }
+}
+
+/// The bytes that stand for the owner in a sample's key and in `TwLive::comm`: the
+/// socket's cgroup id (little-endian) for --by container, the comm otherwise.
+#[inline(always)]
+pub const fn hist_owner(by: u32, comm: &[u8; 16], cgroup_id: u64) -> [u8; 16] {
+    if by == BY_CONTAINER {
+        (cgroup_id as u128).to_le_bytes()
+    } else {
+        *comm
     }
 }
 
@@ -626,6 +642,7 @@ pub struct TwLive {
     pub cookie: u64,
     pub pid: u32,
     pub _pad: u32,
+    /// `hist_owner`'s bytes: the comm, or the cgroup id for --by container.
     pub comm: [u8; 16],
 }
 
@@ -871,6 +888,12 @@ mod tests {
         assert_eq!(hist_addr(BY_PROCESS, &comm, &daddr), &comm);
         assert_eq!(hist_addr(BY_RADDR, &comm, &daddr), &daddr);
         assert_eq!(hist_addr(BY_NONE, &comm, &daddr), &daddr);
+        // --by container: the cgroup id, whatever the pid.
+        let owner = hist_owner(BY_CONTAINER, &comm, 0x1234);
+        assert_eq!(u64::from_le_bytes(owner[..8].try_into().unwrap()), 0x1234);
+        let c = HistKey::for_sample(BY_CONTAINER, 3, st, 42, AF_INET, 443, &owner);
+        assert_eq!((c.pid, c.port, c.addr), (0, 0, owner));
+        assert_eq!(hist_owner(BY_PROCESS, &comm, 0x1234), comm);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcpstate_common::{
-    counter, hist_addr, owner_is_current, pair_slot, state, Event, AF_INET, AF_INET6, BY_RADDR,
-    BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK,
-    IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
+    counter, hist_addr, hist_owner, owner_is_current, pair_slot, state, Event, AF_INET, AF_INET6,
+    BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM,
+    FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
 };
 
 use crate::{
@@ -166,7 +166,8 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     // right in softirq where the current task is anyone's.
     let (mut netns, mut cgroup_id) = (0u32, 0u64);
     // TIME_WAIT's 4-tuple key holds the namespace too.
-    if stream || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
+    let by_container = hist_sample && c.hist_by == BY_CONTAINER;
+    if stream || by_container || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
         netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
         let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
         cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
@@ -240,12 +241,13 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         count_pair(old, new);
     }
     if hist_sample {
+        let owner = hist_owner(c.hist_by, &ev.comm, ev.cgroup_id);
         add_sample(
             old as u32,
             prev_ns,
             pid,
             dest(ev.family, ev.dport),
-            hist_addr(c.hist_by, &ev.comm, &ev.daddr),
+            hist_addr(c.hist_by, &owner, &ev.daddr),
         );
     }
     if timewait && (tw_candidate || tw_reuse) {

@@ -5,7 +5,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcpstate_common::{
-    counter, hist_addr, state, Config, Event, TwKey, TwLive, AF_INET, AF_INET6, HIST_TW_REUSED,
+    counter, hist_addr, hist_owner, state, Config, Event, TwKey, TwLive, AF_INET, AF_INET6,
+    HIST_TW_REUSED,
 };
 
 use crate::{
@@ -40,7 +41,7 @@ pub fn timewait_step(ev: &Event, candidate: bool) {
             cookie: ev.cookie,
             pid: ev.pid,
             _pad: 0,
-            comm: ev.comm,
+            comm: hist_owner(cfg().hist_by, &ev.comm, ev.cgroup_id),
         };
         match TWS.insert(&tuple, &live, 0) {
             Ok(()) => count(counter::TW_CANDIDATES),

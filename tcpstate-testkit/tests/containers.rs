@@ -561,3 +561,61 @@ fn hist_gauge_counts_other_namespaces() {
         .expect("a gauge line");
     assert_eq!(g["count"], 3, "{g}");
 }
+
+/// `hist --by container`: a server in a docker scope and its host client's sockets
+/// fall into two groups, the container's and the host's (null).
+#[test]
+fn hist_by_container() {
+    let cg = Cgroup::new("hist", &format!("docker-{DOCKER_ID}.scope"));
+    let port = 22500 + (std::process::id() % 400) as u16;
+    let (a, p) = (addr("127.0.0.1", port), port.to_string());
+    let mut hist = Tracer::start(&[
+        "hist",
+        "--by",
+        "container",
+        "--json",
+        "--duration",
+        "3",
+        "--port",
+        &p,
+    ]);
+    let mut server = Proc::start(
+        None,
+        Some(&cg),
+        &[
+            "server",
+            "--addr",
+            &a,
+            "--conns",
+            "3",
+            "--mode",
+            "server-close",
+        ],
+    );
+    assert!(server.line().starts_with("ready"));
+    let mut client = Proc::start(
+        None,
+        None,
+        &[
+            "client",
+            "--addr",
+            &a,
+            "--conns",
+            "3",
+            "--mode",
+            "server-close",
+        ],
+    );
+    let _ = client.child.wait();
+    let _ = server.child.wait();
+    let (out, err, st) = hist.stop_after_exit();
+    assert!(st.success(), "{err:?}");
+    let lines = json_lines(&out);
+    let keys: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l["type"] == "hist" && l["state"] != "TIME_WAIT")
+        .map(|l| l["key"]["container_id"].to_string())
+        .collect();
+    let want: BTreeSet<String> = [format!("\"{DOCKER_ID}\""), "null".to_string()].into();
+    assert_eq!(keys, want, "{lines:?}");
+}

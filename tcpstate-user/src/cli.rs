@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{builder::PossibleValue, Args, Parser, Subcommand};
-use tcpstate_common::{BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX};
+use tcpstate_common::{BY_CONTAINER, BY_NONE, BY_PROCESS, BY_RADDR, BY_RPORT, FILTER_MAX};
 
 use crate::model::{
     container::{self, CgroupPrefix, ContainerPrefix},
@@ -91,6 +91,8 @@ pub enum By {
     Rport,
     /// The remote address.
     Raddr,
+    /// The socket's container (from the cgroup that created it; host sockets: `-`).
+    Container,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -411,6 +413,7 @@ impl HistArgs {
             Some(By::Process) => BY_PROCESS,
             Some(By::Rport) => BY_RPORT,
             Some(By::Raddr) => BY_RADDR,
+            Some(By::Container) => BY_CONTAINER,
         }
     }
 

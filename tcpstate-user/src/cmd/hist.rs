@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use tcpstate_common::{state, Event, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK};
+use tcpstate_common::{
+    state, Event, BY_CONTAINER, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK,
+};
 
 use crate::{
     cli::HistArgs,
@@ -99,6 +101,11 @@ impl<W: Write> Hist<W> {
         self.resolver.refresh_filter(&self.filter, probe);
         let now = monotonic_ns();
         let mut iv = std::mem::take(&mut self.current);
+        if self.by == BY_CONTAINER {
+            // Cached per cgroup id: one hierarchy lookup per new cgroup.
+            let r = &mut self.resolver;
+            iv.by_container(|id| r.cgroup(id).container_id.clone());
+        }
         let mut time = String::new();
         self.clock.utc_rfc3339(now, &mut time);
         let mut view = HistView::new(self.args.json, self.args.unit);

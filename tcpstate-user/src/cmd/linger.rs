@@ -50,6 +50,8 @@ struct Linger<W: Write> {
     attached_ns: u64,
     hz: u32,
     resolver: Resolver,
+    /// The table's CONTAINER column: a container filter, or a container at startup.
+    container_column: bool,
 }
 
 impl<W: Write> Linger<W> {
@@ -108,7 +110,7 @@ impl<W: Write> Linger<W> {
             self.clock.local_hms(now, &mut time);
             let mut text = String::new();
             for r in &reports {
-                render_table(r, self.args.all, &time, &mut text);
+                render_table(r, self.args.all, self.container_column, &time, &mut text);
                 text.push('\n');
             }
             self.out.write_all(text.as_bytes())?;
@@ -178,9 +180,11 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
             log::warn!("cannot tell the kernel's HZ; assuming 250");
             250
         }),
+        container_column: false,
         resolver: Resolver::new(),
         args,
     };
+    linger.container_column = linger.filter.by_cgroup() || linger.resolver.any_container();
     // Sockets already in a watched state that no fd (nor accept queue) holds: their
     // age counts from now, as a lower bound. Held ones need no entry: each report's
     // fd walk brings their lower bound (`rcv_tstamp`) itself, and 500k entries for

@@ -40,10 +40,10 @@ use crate::{
         hist::{Gauge, Interval, Key},
         holders::Holders,
         linger::{build, Clocks},
-        metrics::{fold_destinations, fold_lingering, LingerSeries, Snapshot},
+        metrics::{fold_destinations, fold_lingering, LingerSeries, NetnsTimewait, Snapshot},
         sockets::{Lingering, SocketTable},
     },
-    probe::{procfs, ring::monotonic_ns, sockdiag, LoadOptions, HIST_SETTLE},
+    probe::{netns, procfs, ring::monotonic_ns, sockdiag, LoadOptions, HIST_SETTLE},
     render::{
         prometheus::{render, Format},
         summary::summary_text,
@@ -68,13 +68,18 @@ struct Walker {
     first_seen: HashMap<u64, u64>,
     attached_ns: u64,
     hz: u32,
+    /// Namespaces to dump TIME_WAIT sockets from (rediscovered at each walk).
+    netns: netns::Registry,
+    /// serve's own namespace (its inode).
+    own_netns: u32,
 }
 
 /// What the last walk found.
 #[derive(Default)]
 struct Walked {
     lingering: Vec<LingerSeries>,
-    gauge: Gauge,
+    /// TIME_WAIT listings by namespace inode, each with its port range.
+    gauges: Vec<(u32, Gauge)>,
     /// Sockets the walk could not track (table full).
     untracked: u64,
     /// TIME_WAIT candidates still open, and those that ended unseen (until the next
@@ -147,18 +152,44 @@ impl Walker {
         });
         drop(reports);
 
-        let mut gauge = Gauge::new(procfs::local_port_range());
+        // TIME_WAIT sockets have no fd: dumped inside every namespace, each with its
+        // own ip_local_port_range (a /proc/sys/net file shows the opener's namespace,
+        // net_ctl_header_lookup()): read on the scan's thread, inside the namespace.
         let filter = &self.filter;
-        sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| {
+        let mut gauges: HashMap<u32, Gauge> = HashMap::new();
+        let own = self.own_netns;
+        if filter.matches_netns(own) {
+            gauges.insert(own, Gauge::new(procfs::local_port_range()));
+        }
+        let add = |g: &mut Gauge, s: &sockdiag::DiagSocket| {
             let daddr = unmap(s.daddr);
             if filter.matches_endpoints(family_of(unmap(s.saddr), daddr), s.sport, s.dport) {
-                gauge.add(daddr, s.dport);
+                g.add(daddr, s.dport);
             }
-        })?;
+        };
+        self.netns.add_discovered(netns::discover());
+        let scan = self.netns.scan(1 << state::TIME_WAIT, |ns, s| {
+            if filter.matches_netns(ns.inode) {
+                let g = gauges
+                    .entry(ns.inode)
+                    .or_insert_with(|| Gauge::new(procfs::local_port_range()));
+                add(g, s);
+            }
+        });
+        log::debug!("TIME_WAIT scan: {scan:?}");
+        if let Some(g) = gauges.get_mut(&own) {
+            // Our own namespace needs no setns: dump it here if entering it failed.
+            if scan.failed.iter().any(|(i, _)| *i == own) {
+                *g = Gauge::new(procfs::local_port_range());
+                sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| add(g, s))?;
+            }
+        }
+        let mut gauges: Vec<(u32, Gauge)> = gauges.into_iter().collect();
+        gauges.sort_unstable_by_key(|(ns, _)| *ns);
         log::debug!("fd walk took {:?}", t0.elapsed());
         Ok(Walked {
             lingering,
-            gauge,
+            gauges,
             untracked,
             tws_open,
             unseen,
@@ -188,7 +219,6 @@ struct Shared {
     walked: RefCell<Walked>,
     top: usize,
     pid_labels: bool,
-    netns: u64,
     kernel: String,
 }
 
@@ -222,9 +252,15 @@ impl Shared {
             transitions,
             tw_ended: tw.1,
             lingering: walked.lingering.clone(),
-            netns: self.netns,
-            tw_dests: fold_destinations(&walked.gauge, self.top),
-            port_range: walked.gauge.port_range,
+            timewait: walked
+                .gauges
+                .iter()
+                .map(|(ns, g)| NetnsTimewait {
+                    netns: u64::from(*ns),
+                    dests: fold_destinations(g, self.top),
+                    port_range: g.port_range,
+                })
+                .collect(),
             summary: session.summary(None, walked.untracked),
             maps: vec![(
                 tcpstate_common::names::TWS,
@@ -287,7 +323,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     let kept = caps::drop_unneeded().context("dropping capabilities")?;
     eprintln!(
-        "tcpstate: capabilities kept: {} (fd walks and fd counts); TLS {}, basic auth {}",
+        "tcpstate: capabilities kept: {} (fd walks, fd counts, entering network namespaces); TLS {}, basic auth {}",
         caps::names(kept).join(", "),
         if tls.is_some() { "on" } else { "off" },
         if auth.enabled() { "on" } else { "off" },
@@ -304,6 +340,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             log::warn!("cannot tell the kernel's HZ; assuming 250");
             250
         }),
+        netns: netns::Registry::default(),
+        own_netns: procinfo::netns_inode() as u32,
     };
     let (mut walker, first) = walk_off_thread(walker, session.clone()).await;
     let shared = Rc::new(Shared {
@@ -312,7 +350,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         walked: RefCell::new(first.context("the first fd walk")?),
         top: args.top as usize,
         pid_labels: args.pid_labels,
-        netns: procinfo::netns_inode(),
         kernel: procinfo::kernel_release(),
     });
 

@@ -5,7 +5,8 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 use tcpstate_common::{
-    hist_addr, state, Hist, HistKey, TwKey, TwLive, BY_PROCESS, BY_RADDR, BY_RPORT, HIST_TW_REUSED,
+    hist_addr, state, Hist, HistKey, TwKey, TwLive, BY_CONTAINER, BY_PROCESS, BY_RADDR, BY_RPORT,
+    HIST_TW_REUSED,
 };
 
 use crate::model::{
@@ -22,6 +23,11 @@ pub enum Key {
     Process(u32, Comm),
     Rport(u16),
     Raddr(IpAddr),
+    /// A socket's cgroup id, as the probe keys it; [`Interval::by_container`] turns
+    /// it into [`Key::Container`].
+    Cgroup(u64),
+    /// A container id (`None`: a host socket, or a cgroup not found).
+    Container(Option<String>),
 }
 
 impl Key {
@@ -50,6 +56,9 @@ impl Key {
             ),
             BY_RPORT => Key::Rport(port),
             BY_RADDR => Key::Raddr(addr(family, addr_or_comm)),
+            BY_CONTAINER => Key::Cgroup(u64::from_le_bytes(
+                addr_or_comm[..8].try_into().unwrap_or_default(),
+            )),
             _ => Key::None,
         }
     }
@@ -114,6 +123,25 @@ impl Interval {
             let addr = hist_addr(by, &v.comm, &k.daddr);
             let key = Key::of(by, v.pid, k.dport, k.family, addr, &mut lookup);
             self.tw.entry(key).or_default().1.unseen += 1;
+        }
+    }
+
+    /// Merges the [`Key::Cgroup`] keys into one [`Key::Container`] per container
+    /// (`name`: cgroup id -> container id), so host cgroups share one key.
+    pub fn by_container(&mut self, mut name: impl FnMut(u64) -> Option<String>) {
+        let mut rekey = |k: Key| match k {
+            Key::Cgroup(id) => Key::Container(name(id)),
+            k => k,
+        };
+        for ((st, k), h) in std::mem::take(&mut self.kernel) {
+            self.kernel.entry((st, rekey(k))).or_default().merge(&h);
+        }
+        for (k, (h, e)) in std::mem::take(&mut self.tw) {
+            let (th, te) = self.tw.entry(rekey(k)).or_default();
+            th.merge(&h);
+            te.expired += e.expired;
+            te.reused += e.reused;
+            te.unseen += e.unseen;
         }
     }
 
@@ -219,6 +247,41 @@ mod tests {
         assert_eq!(k, Key::Raddr("10.0.0.9".parse().unwrap()));
         assert_eq!(Key::of(BY_RPORT, 7, 443, 2, &a, never), Key::Rport(443));
         assert_eq!(Key::of(BY_NONE, 7, 443, 2, &a, never), Key::None);
+        let cg = tcpstate_common::hist_owner(BY_CONTAINER, &[0; 16], 77);
+        assert_eq!(
+            Key::of(BY_CONTAINER, 7, 443, 2, &cg, never),
+            Key::Cgroup(77)
+        );
+    }
+
+    #[test]
+    fn cgroups_merge_by_container() {
+        let h = |n| Hist {
+            count: n,
+            sum_ns: 0,
+            max_ns: 0,
+            buckets: [0; HIST_BUCKETS],
+        };
+        let key = |cg: u64| HistKey {
+            state: state::CLOSE_WAIT as u32,
+            addr: tcpstate_common::hist_owner(BY_CONTAINER, &[0; 16], cg),
+            ..Default::default()
+        };
+        let mut iv = Interval::default();
+        // Two host cgroups and one container's.
+        iv.add_kernel(
+            BY_CONTAINER,
+            &[(key(1), h(1)), (key(2), h(2)), (key(3), h(4))],
+            |_| [0; 16],
+        );
+        iv.by_container(|id| (id == 3).then(|| "abc".to_string()));
+        let k = iv.kernel_sorted(|_| true);
+        assert_eq!(k.len(), 2);
+        assert_eq!(
+            (&k[0].0 .1, k[0].1.count),
+            (&Key::Container(Some("abc".into())), 4)
+        );
+        assert_eq!((&k[1].0 .1, k[1].1.count), (&Key::Container(None), 3));
     }
 
     #[test]

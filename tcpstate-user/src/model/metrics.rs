@@ -204,6 +204,15 @@ pub fn to_prometheus_buckets(h: &Histogram) -> Vec<(f64, u64)> {
     out
 }
 
+/// One network namespace's TIME_WAIT destinations and `ip_local_port_range` size.
+#[derive(Debug, Clone, Default)]
+pub struct NetnsTimewait {
+    /// The namespace's inode.
+    pub netns: u64,
+    pub dests: Vec<DestSeries>,
+    pub port_range: u64,
+}
+
 /// Everything one scrape shows.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -213,10 +222,8 @@ pub struct Snapshot {
     pub transitions: Vec<(u8, u8, u64)>,
     pub tw_ended: EndedCounts,
     pub lingering: Vec<LingerSeries>,
-    /// The namespace the TIME_WAIT listing and port range come from (its inode).
-    pub netns: u64,
-    pub tw_dests: Vec<DestSeries>,
-    pub port_range: u64,
+    /// TIME_WAIT sockets and port range per network namespace.
+    pub timewait: Vec<NetnsTimewait>,
     pub summary: Summary,
     /// (map name, entries, capacity).
     pub maps: Vec<(&'static str, u64, Option<u64>)>,

@@ -23,6 +23,11 @@ fn key_text(k: &Key) -> String {
         Key::Process(p, c) => format!(" [pid {p} {}]", comm_text(c)),
         Key::Rport(p) => format!(" [rport {p}]"),
         Key::Raddr(a) => format!(" [raddr {a}]"),
+        Key::Cgroup(id) => format!(" [cgroup id {id}]"),
+        Key::Container(c) => format!(
+            " [container {}]",
+            c.as_deref().map_or("-", |c| &c[..c.len().min(12)])
+        ),
     }
 }
 
@@ -33,6 +38,8 @@ fn key_json(k: &Key) -> Option<serde_json::Value> {
         Key::Process(p, c) => Some(serde_json::json!({"pid": p, "comm": comm_text(c)})),
         Key::Rport(p) => Some(serde_json::json!(p)),
         Key::Raddr(a) => Some(serde_json::json!(a.to_string())),
+        Key::Cgroup(id) => Some(serde_json::json!({ "cgroup_id": id })),
+        Key::Container(c) => Some(serde_json::json!({ "container_id": c })),
     }
 }
 
@@ -254,5 +261,15 @@ mod tests {
             Some(serde_json::json!({"pid": 7, "comm": "a\\x1bb"}))
         );
         assert_eq!(key_text(&Key::Rport(80)), " [rport 80]");
+        let id = "a".repeat(64);
+        assert_eq!(
+            key_text(&Key::Container(Some(id.clone()))),
+            format!(" [container {}]", &id[..12])
+        );
+        assert_eq!(key_text(&Key::Container(None)), " [container -]");
+        assert_eq!(
+            key_json(&Key::Container(None)),
+            Some(serde_json::json!({"container_id": null}))
+        );
     }
 }

@@ -127,7 +127,8 @@ pub fn diagnosis_lines(state: &str, g: &Group) -> Vec<String> {
 }
 
 /// The human report.
-pub fn render_table(r: &Report, all: bool, time: &str, out: &mut String) {
+/// `container`: show the CONTAINER column (the holder's, 12 characters as in `docker ps`).
+pub fn render_table(r: &Report, all: bool, container: bool, time: &str, out: &mut String) {
     let n = r.count();
     let procs = r.processes();
     let _ = write!(
@@ -153,6 +154,9 @@ pub fn render_table(r: &Report, all: bool, time: &str, out: &mut String) {
     if n == 0 {
         return;
     }
+    if container {
+        let _ = write!(out, "{:<12} ", "CONTAINER");
+    }
     let _ = writeln!(
         out,
         "{:<7} {:<16} {:>8}  {:<10} {:<10} RATE",
@@ -167,6 +171,9 @@ pub fn render_table(r: &Report, all: bool, time: &str, out: &mut String) {
             Some(p) => (p.to_string(), comm_text(&g.comm)),
             None => ("-".to_string(), "(orphaned)".to_string()),
         };
+        if container {
+            let _ = write!(out, "{:<12} ", g.ident.short());
+        }
         let _ = writeln!(
             out,
             "{pid:<7} {comm:<16} {:>8}  {:<10} {:<10} {rate}",
@@ -427,7 +434,7 @@ mod tests {
             (Some(4096), Some(if pid == 4242 { 1230 } else { 9 }))
         });
         let mut s = String::new();
-        render_table(&r[0], false, "12:00:00", &mut s);
+        render_table(&r[0], false, false, "12:00:00", &mut s);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(
             lines[0],
@@ -444,6 +451,17 @@ mod tests {
             "   1 CLOSE_WAIT: read it all, never closed (1); fd 9 of 4,096, not growing"
         ));
         assert!(s.contains("-       (orphaned)              1"), "{s}");
+        assert!(!s.contains("CONTAINER"));
+        // With the CONTAINER column: the holder's short id, `-` on the host.
+        let id = "5e1f0c0ffee0".repeat(6);
+        r[0].groups[0].ident.container_id = Some(id);
+        let mut c = String::new();
+        render_table(&r[0], false, true, "12:00:00", &mut c);
+        let cl: Vec<&str> = c.lines().collect();
+        assert!(cl[1].starts_with("CONTAINER    PID     COMM"), "{c}");
+        assert!(cl[2].starts_with("5e1f0c0ffee0 4242    leaky-api"), "{c}");
+        assert!(c.contains("-            917     python3"), "{c}");
+        assert!(c.contains("-            -       (orphaned)"), "{c}");
         let mut j = Vec::new();
         render_json(&r[0], "T", &mut j).unwrap();
         let v: Vec<serde_json::Value> = String::from_utf8(j)

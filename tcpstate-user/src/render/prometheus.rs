@@ -191,28 +191,32 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
         Kind::Gauge,
         "TIME_WAIT sockets now, by destination (top N; the rest as raddr=\"other\").",
     );
-    let netns = s.netns.to_string();
-    for d in &s.tw_dests {
-        let (raddr, rport) = match d.dest {
-            Some((a, p)) => (a.to_string(), p.to_string()),
-            None => (OTHER.to_string(), OTHER.to_string()),
-        };
-        w.sample(
-            "tcpstate_time_wait_sockets",
-            &[("netns", &netns), ("raddr", &raddr), ("rport", &rport)],
-            d.sockets,
-        );
+    for t in &s.timewait {
+        let netns = t.netns.to_string();
+        for d in &t.dests {
+            let (raddr, rport) = match d.dest {
+                Some((a, p)) => (a.to_string(), p.to_string()),
+                None => (OTHER.to_string(), OTHER.to_string()),
+            };
+            w.sample(
+                "tcpstate_time_wait_sockets",
+                &[("netns", &netns), ("raddr", &raddr), ("rport", &rport)],
+                d.sockets,
+            );
+        }
     }
     w.family(
         "tcpstate_local_port_range_size",
         Kind::Gauge,
         "Ports in ip_local_port_range: the most connections from one local address to one destination.",
     );
-    w.sample(
-        "tcpstate_local_port_range_size",
-        &[("netns", &netns)],
-        s.port_range,
-    );
+    for t in &s.timewait {
+        w.sample(
+            "tcpstate_local_port_range_size",
+            &[("netns", &t.netns.to_string())],
+            t.port_range,
+        );
+    }
 
     w.family(
         "tcpstate_events_lost_total",
@@ -363,7 +367,7 @@ mod tests {
         events::TcpState,
         histogram::Histogram,
         holders::Comm,
-        metrics::{DestSeries, GroupLabels, Identity, LingerSeries},
+        metrics::{DestSeries, GroupLabels, Identity, LingerSeries, NetnsTimewait},
         summary::Summary,
     };
 
@@ -414,12 +418,24 @@ mod tests {
                     fd_usage: None,
                 },
             ],
-            netns: 4026531840,
-            tw_dests: vec![DestSeries {
-                dest: Some(("10.0.0.9".parse().unwrap(), 443)),
-                sockets: 5,
-            }],
-            port_range: 28232,
+            timewait: vec![
+                NetnsTimewait {
+                    netns: 4026531840,
+                    dests: vec![DestSeries {
+                        dest: Some(("10.0.0.9".parse().unwrap(), 443)),
+                        sockets: 5,
+                    }],
+                    port_range: 28232,
+                },
+                NetnsTimewait {
+                    netns: 4026532999,
+                    dests: vec![DestSeries {
+                        dest: Some(("10.0.0.9".parse().unwrap(), 443)),
+                        sockets: 2,
+                    }],
+                    port_range: 1000,
+                },
+            ],
             summary: Summary {
                 probe_calls: 99,
                 ..Default::default()
@@ -482,9 +498,11 @@ tcpstate_process_fd_usage_ratio{state=\"close_wait\",comm=\"leaky\",container_id
 # HELP tcpstate_time_wait_sockets TIME_WAIT sockets now, by destination (top N; the rest as raddr=\"other\").
 # TYPE tcpstate_time_wait_sockets gauge
 tcpstate_time_wait_sockets{netns=\"4026531840\",raddr=\"10.0.0.9\",rport=\"443\"} 5
+tcpstate_time_wait_sockets{netns=\"4026532999\",raddr=\"10.0.0.9\",rport=\"443\"} 2
 # HELP tcpstate_local_port_range_size Ports in ip_local_port_range: the most connections from one local address to one destination.
 # TYPE tcpstate_local_port_range_size gauge
 tcpstate_local_port_range_size{netns=\"4026531840\"} 28232
+tcpstate_local_port_range_size{netns=\"4026532999\"} 1000
 # HELP tcpstate_events_lost_total Transitions lost, by reason: ring buffer full, skipped by the kernel, kernel read failed, sent but not received.
 # TYPE tcpstate_events_lost_total counter
 tcpstate_events_lost_total{reason=\"ringbuf\"} 0

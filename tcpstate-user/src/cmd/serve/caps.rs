@@ -59,13 +59,14 @@ pub fn names(set: u64) -> Vec<&'static str> {
 /// CAP_PERFMON to run the `task_file` iterator at each walk (CAP_SYS_ADMIN instead on
 /// kernels that had no CAP_BPF); CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to count the
 /// open fds of other users' processes (`/proc/PID/fd` is theirs alone, and reading it
-/// takes a ptrace check, `proc_fd_access_allowed()`).
+/// takes a ptrace check, `proc_fd_access_allowed()`); CAP_SYS_ADMIN to enter each
+/// network namespace at each walk for its TIME_WAIT sockets and port range
+/// (`setns()` of a net namespace checks it, `netns_install()`).
 pub fn needed(have: u64) -> u64 {
-    let mut keep = 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE;
+    let mut keep =
+        1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE | 1 << CAP_SYS_ADMIN | 1 << CAP_PERFMON;
     if have & (1 << CAP_BPF) != 0 {
-        keep |= 1 << CAP_BPF | 1 << CAP_PERFMON;
-    } else {
-        keep |= 1 << CAP_SYS_ADMIN | 1 << CAP_PERFMON;
+        keep |= 1 << CAP_BPF;
     }
     keep & have
 }
@@ -130,13 +131,14 @@ mod tests {
             [
                 "CAP_DAC_READ_SEARCH",
                 "CAP_SYS_PTRACE",
+                "CAP_SYS_ADMIN",
                 "CAP_PERFMON",
                 "CAP_BPF"
             ]
         );
         // Nothing is gained that was not held.
         assert_eq!(needed(1 << CAP_BPF), 1 << CAP_BPF);
-        // Kernels before CAP_BPF: CAP_SYS_ADMIN stands in for it.
+        // Kernels before CAP_BPF: CAP_SYS_ADMIN stands in for it too.
         assert_eq!(names(needed(1 << CAP_SYS_ADMIN)), ["CAP_SYS_ADMIN"]);
     }
 }
