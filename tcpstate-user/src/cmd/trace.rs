@@ -133,11 +133,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         last: None,
         container_column,
     };
-    if container_column {
-        trace.out.header_container()?;
-    } else {
-        trace.out.header()?;
-    }
+    trace.out.header(container_column)?;
     let result = session.run(&mut trace, args.duration, interval).await;
     let summary = session.summary(Some(trace.shown), 0);
     result?;

@@ -53,16 +53,21 @@ impl<W: Write> TraceWriter<W> {
         }
     }
 
-    pub fn header(&mut self) -> io::Result<()> {
+    /// The table header; `container`: with the CONTAINER column last.
+    pub fn header(&mut self, container: bool) -> io::Result<()> {
         if self.json {
             return Ok(());
         }
         let w = self.addr_width;
-        writeln!(
+        write!(
             self.out,
             "{:<12} {:<7} {:<16} {:<w$} {:<w$} {:<12} -> {:<12} {:>10}",
             "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS"
         )?;
+        if container {
+            write!(self.out, " {:<12}", "CONTAINER")?;
+        }
+        writeln!(self.out)?;
         self.out.flush()
     }
 
@@ -152,20 +157,6 @@ impl<W: Write> TraceWriter<W> {
         self.buf[self.len..self.len + b.len()].copy_from_slice(b);
         self.len += b.len();
         Ok(())
-    }
-
-    /// The table header with the CONTAINER column last.
-    pub fn header_container(&mut self) -> io::Result<()> {
-        if self.json {
-            return Ok(());
-        }
-        let w = self.addr_width;
-        writeln!(
-            self.out,
-            "{:<12} {:<7} {:<16} {:<w$} {:<w$} {:<12} -> {:<12} {:>10} {:<12}",
-            "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS", "CONTAINER"
-        )?;
-        self.out.flush()
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -72,7 +72,7 @@ fn json_escapes_hostile_comm() {
 #[test]
 fn table_line() {
     let mut w = writer(false, false);
-    w.header().unwrap();
+    w.header(false).unwrap();
     w.transition(&sample()).unwrap();
     let mut ev = sample();
     ev.family = AF_INET6;
