@@ -205,6 +205,40 @@ pub struct FdRecord {
     pub _pad2: u32,
 }
 
+impl FdRecord {
+    /// A record with no socket, no fd and every fact zero: each writer fills in what
+    /// it knows (`..FdRecord::EMPTY`), so a new field is one edit here.
+    pub const EMPTY: FdRecord = FdRecord {
+        cookie: 0,
+        pid: 0,
+        fd: FD_NONE,
+        comm: [0; 16],
+        state: 0,
+        queued: 0,
+        family: 0,
+        sport: 0,
+        dport: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns: 0,
+        listener_fd: FD_NONE,
+        now_jiffies: 0,
+        rcv_tstamp: 0,
+        lsndtime: 0,
+        lrcvtime: 0,
+        rcv_nxt: 0,
+        copied_seq: 0,
+        sk_err: 0,
+        ack_backlog: 0,
+        max_ack_backlog: 0,
+        _pad: 0,
+        sk_flags: 0,
+        lingertime: 0,
+        keepalive_time: 0,
+        _pad2: 0,
+    };
+}
+
 /// `enum sock_flags` bits in `FdRecord::sk_flags` (include/net/sock.h; the same in
 /// every kernel since 2.6).
 pub const SOCK_KEEPOPEN: u32 = 3;
