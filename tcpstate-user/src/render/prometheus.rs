@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use crate::{
     model::{
         events::StateNum,
-        metrics::{loss_terms, to_prometheus_buckets, Snapshot, OTHER},
+        metrics::{loss_terms, to_prometheus_buckets, LingerSeries, Snapshot, OTHER},
     },
     render::format::sanitize_comm,
 };
@@ -308,54 +308,42 @@ fn lingering(w: &mut Writer, s: &Snapshot, pid_labels: bool) {
         .iter()
         .map(|v| v.iter().map(|(k, v)| (*k, v.as_str())).collect())
         .collect();
-    w.family(
-        "tcpstate_lingering_sockets",
-        Kind::Gauge,
-        "Sockets lingering in a state (CLOSE_WAIT), by the process holding them (top N per state; the rest as comm=\"other\").",
-    );
-    for (l, lb) in s.lingering.iter().zip(&borrowed) {
-        w.sample("tcpstate_lingering_sockets", lb, l.sockets);
-    }
-    w.family(
-        "tcpstate_lingering_oldest_seconds",
-        Kind::Gauge,
-        "Age of the group's oldest lingering socket (a lower bound where the socket predates tcpstate: its last ACK's age, or since tcpstate started).",
-    );
-    for (l, lb) in s.lingering.iter().zip(&borrowed) {
-        w.sample(
+    // One family per figure of a group, in this order; `None`: no sample (a group
+    // with no readable fd count).
+    type Figure = fn(&LingerSeries) -> Option<f64>;
+    let families: [(&str, &str, Figure); 5] = [
+        (
+            "tcpstate_lingering_sockets",
+            "Sockets lingering in a state (CLOSE_WAIT), by the process holding them (top N per state; the rest as comm=\"other\").",
+            |l| Some(l.sockets as f64),
+        ),
+        (
             "tcpstate_lingering_oldest_seconds",
-            lb,
-            l.oldest_ns as f64 / 1e9,
-        );
-    }
-    w.family(
-        "tcpstate_lingering_eof_read_sockets",
-        Kind::Gauge,
-        "Of the lingering sockets, those whose holder read everything the peer sent, FIN included, and never closed them.",
-    );
-    for (l, lb) in s.lingering.iter().zip(&borrowed) {
-        w.sample("tcpstate_lingering_eof_read_sockets", lb, l.eof_read);
-    }
-    w.family(
-        "tcpstate_lingering_not_accepted_sockets",
-        Kind::Gauge,
-        "Of the lingering sockets, those waiting in a listener's accept queue: nobody accept()ed them (the group is the listener's holder).",
-    );
-    for (l, lb) in s.lingering.iter().zip(&borrowed) {
-        w.sample(
+            "Age of the group's oldest lingering socket (a lower bound where the socket predates tcpstate: its last ACK's age, or since tcpstate started).",
+            |l| Some(l.oldest_ns as f64 / 1e9),
+        ),
+        (
+            "tcpstate_lingering_eof_read_sockets",
+            "Of the lingering sockets, those whose holder read everything the peer sent, FIN included, and never closed them.",
+            |l| Some(l.eof_read as f64),
+        ),
+        (
             "tcpstate_lingering_not_accepted_sockets",
-            lb,
-            l.not_accepted,
-        );
-    }
-    w.family(
-        "tcpstate_process_fd_usage_ratio",
-        Kind::Gauge,
-        "Open fds over the soft RLIMIT_NOFILE of the group's fullest process.",
-    );
-    for (l, lb) in s.lingering.iter().zip(&borrowed) {
-        if let Some(r) = l.fd_usage {
-            w.sample("tcpstate_process_fd_usage_ratio", lb, r);
+            "Of the lingering sockets, those waiting in a listener's accept queue: nobody accept()ed them (the group is the listener's holder).",
+            |l| Some(l.not_accepted as f64),
+        ),
+        (
+            "tcpstate_process_fd_usage_ratio",
+            "Open fds over the soft RLIMIT_NOFILE of the group's fullest process.",
+            |l| l.fd_usage,
+        ),
+    ];
+    for (name, help, figure) in families {
+        w.family(name, Kind::Gauge, help);
+        for (l, lb) in s.lingering.iter().zip(&borrowed) {
+            if let Some(v) = figure(l) {
+                w.sample(name, lb, v);
+            }
         }
     }
 }
