@@ -405,6 +405,8 @@ fn bad_values_exit_2_with_one_line() {
         (&["--rport", "70000"], "--rport"),
         (&["trace", "--port", "1", "--port", "x"], "--port"),
         (&["trace", "--json", "--interval", "1s"], "--interval"),
+        (&["--log-level", "loud"], "--log-level"),
+        (&["linger", "--log-level", "loud"], "--log-level"),
     ]);
 }
 
