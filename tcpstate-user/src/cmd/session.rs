@@ -201,6 +201,9 @@ fn drain<C: Consumer>(ring: &mut Ring, c: &mut C, r: &mut Received) -> io::Resul
 /// Sockets that predate the probe: the kernel gives each one some process holds an
 /// fd for a record naming it (an iterator; no sock_diag dump, no copy to userspace).
 fn seed_existing(probe: &mut Probe) -> Option<usize> {
+    if !probe.can_seed() {
+        return None;
+    }
     probe
         .seed_owners()
         .map_err(|e| {

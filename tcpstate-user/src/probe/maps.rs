@@ -143,6 +143,12 @@ impl Probe {
     /// that process (`seed_owners`, in the kernel: nothing is copied out but one
     /// cookie per socket seeded), so the transitions of sockets that predate the
     /// probe name their owner. Records the probe already made win. Returns how many.
+    pub fn can_seed(&self) -> bool {
+        self.ebpf
+            .program(names::PROG_SEED_OWNERS)
+            .is_some_and(|p| p.fd().is_ok())
+    }
+
     pub fn seed_owners(&mut self) -> io::Result<usize> {
         let mut n = 0;
         read_iter::<8>(&mut self.ebpf, names::PROG_SEED_OWNERS, |_| n += 1)?;

@@ -8,6 +8,7 @@
 //! load -> attach (BTF tracepoints and iterators only: no tracefs, no syscall hook). Links live as long as [`Probe`]: they close with the process, so an
 //! early exit leaves nothing attached.
 
+pub mod btf;
 pub mod cgroups;
 pub mod maps;
 pub mod netns;
@@ -162,8 +163,8 @@ impl Probe {
         loader.btf(None);
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        let vmlinux = offsets::load_vmlinux()?;
-        let mut config = offsets::kernel_config(&vmlinux)?;
+        let mut vmlinux = offsets::load_vmlinux()?;
+        let mut config = offsets::kernel_config(&mut vmlinux)?;
         config.wakeup_bytes = opts.wakeup_bytes;
         config.flags = opts.flags;
         config.hist_by = opts.hist_by;
@@ -172,7 +173,7 @@ impl Probe {
         config.iter_flags = opts.iter_flags;
         use offsets::AttachType::{Func, Typedef};
         let btf = offsets::attach_btf(
-            &vmlinux,
+            &mut vmlinux,
             &[
                 Typedef("btf_trace_inet_sock_set_state"),
                 Typedef("btf_trace_timer_expire_entry"),
@@ -243,8 +244,12 @@ impl Probe {
                 .ok_or(LoadError::Missing(names::PROG_SEED_OWNERS))?
                 .try_into()
                 .map_err(prog_err("iter/task_file seed_owners"))?;
-            iter.load("task_file", &btf)
-                .map_err(prog_err("loading iter/task_file seed_owners"))?;
+            // Optional: a kernel whose verifier refuses it (the socket behind a file
+            // is an untrusted pointer on some 6.18 builds) still traces.
+            if let Err(e) = iter.load("task_file", &btf) {
+                log::debug!("seed_owners refused: {e}");
+                eprintln!("tcpstate: warning: the kernel refused the owner seed (seed_owners): owners of sockets older than tcpstate: unknown");
+            }
         }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)

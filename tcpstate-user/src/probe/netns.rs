@@ -381,39 +381,35 @@ mod tests {
         ));
     }
 
-    /// The kernel fields issue 12's probe reads for a socket's identity resolve in this
-    /// kernel's BTF through `offsets::offset_of`, with the offsets seen on 6.18 here
-    /// (they move between kernels: `ns_common` gained `ns_type` in 6.18, so they
-    /// must come from BTF, never constants).
+    /// The kernel fields the probe reads for a socket's identity resolve in the
+    /// running kernel's BTF. Their offsets move between builds (`ns_common` gained
+    /// `ns_type` in 6.18; another 6.18.44 build has `net_cookie` at 4096, not 4160),
+    /// so only relations that hold on every kernel are checked.
     #[test]
     fn identity_fields_in_kernel_btf() {
-        let Ok(btf) = crate::probe::offsets::load_vmlinux() else {
-            eprintln!("identity_fields_in_kernel_btf: no kernel BTF, skipped");
-            return;
-        };
+        let mut btf = crate::probe::offsets::load_vmlinux().expect("kernel BTF");
+        btf.index(&["sock", "net", "cgroup", "kernfs_node"])
+            .unwrap();
         let o = |s: &str, p: &str| crate::probe::offsets::offset_of(&btf, s, p).unwrap();
-        // netns: sk->__sk_common.skc_net.net -> net->ns.inum (sock_net(), net_eq()).
-        let skc_net = o("sock", "__sk_common.skc_net.net");
-        let inum = o("net", "ns.inum");
-        // The namespace cookie, as SO_NETNS_COOKIE returns it (sk_getsockopt()).
-        let cookie = o("net", "net_cookie");
-        // cgroup: sk->sk_cgrp_data.cgroup (sock_cgroup_ptr(), set by
-        // cgroup_sk_alloc() at sk_alloc(), copied by cgroup_sk_clone() to accepted
-        // children) -> cgroup->kn -> kernfs_node.id (cgroup_id()); cgroup->level and
-        // ->ancestors[] give a cgroup's ancestors (cgroup_ancestor()) for --cgroup.
-        let cgrp = o("sock", "sk_cgrp_data.cgroup");
-        let kn = o("cgroup", "kn");
-        let kn_id = o("kernfs_node", "id");
-        let level = o("cgroup", "level");
-        let ancestors = o("cgroup", "ancestors");
-        if std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .is_ok_and(|r| r.starts_with("6.18."))
-        {
-            assert_eq!(
-                (skc_net, inum, cookie, cgrp, kn, kn_id, level, ancestors),
-                (48, 176, 4160, 672, 256, 96, 216, 2224)
-            );
-        }
+        // netns: sk->__sk_common.skc_net.net -> net->ns.inum (sock_net(), net_eq()),
+        // possible_net_t being a struct of one pointer.
+        assert_eq!(
+            o("sock", "__sk_common.skc_net.net"),
+            o("sock", "__sk_common.skc_net")
+        );
+        // struct net starts with its refcounts and list heads; ns and the cookie
+        // (SO_NETNS_COOKIE, sk_getsockopt()) come later, inside it.
+        assert!(o("net", "ns.inum") > 0);
+        assert!(o("net", "net_cookie") > o("net", "ns.inum"));
+        // cgroup: sk->sk_cgrp_data.cgroup (sock_cgroup_ptr(), set by cgroup_sk_alloc()
+        // at sk_alloc(), copied by cgroup_sk_clone() to accepted children) ->
+        // cgroup->kn -> kernfs_node.id (cgroup_id()); cgroup->level and ->ancestors[]
+        // (cgroup_ancestor()), the flexible array, last.
+        assert_eq!(o("sock", "sk_cgrp_data.cgroup"), o("sock", "sk_cgrp_data"));
+        assert!(o("sock", "sk_cgrp_data") > o("sock", "__sk_common.skc_net"));
+        assert!(o("cgroup", "ancestors") > o("cgroup", "level"));
+        assert!(o("cgroup", "ancestors") > o("cgroup", "kn"));
+        let _ = o("kernfs_node", "id");
     }
 
     /// Namespaces made with `ip netns add` and processes started in them; all deleted

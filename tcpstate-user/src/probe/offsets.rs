@@ -1,7 +1,7 @@
 //! Kernel structure offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`),
 //! handed to the probe as its `CONFIG` global, so it needs neither CO-RE nor headers.
 
-use btf_rs::{Btf, Type};
+use super::btf::{Btf, OffsetLookup, KIND_FUNC, KIND_PTR, KIND_TYPEDEF};
 use tcpstate_common::Config;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -18,57 +18,67 @@ pub enum OffsetError {
     Unaligned(String, String),
 }
 
-/// Resolves every offset the probe uses.
-pub fn kernel_config(btf: &Btf) -> Result<Config, OffsetError> {
-    let o = |s: &str, path: &str| offset_of(btf, s, path);
-    Ok(Config {
-        sk_family: o("sock", "__sk_common.skc_family")?,
-        sk_protocol: o("sock", "sk_protocol")?,
-        sk_state: o("sock", "__sk_common.skc_state")?,
-        sk_dport: o("sock", "__sk_common.skc_dport")?,
-        sk_rcv_saddr: o("sock", "__sk_common.skc_rcv_saddr")?,
-        sk_daddr: o("sock", "__sk_common.skc_daddr")?,
-        sk_v6_rcv_saddr: o("sock", "__sk_common.skc_v6_rcv_saddr")?,
-        sk_v6_daddr: o("sock", "__sk_common.skc_v6_daddr")?,
-        sk_cookie: o("sock", "__sk_common.skc_cookie")?,
-        inet_sport: o("inet_sock", "inet_sport")?,
-        task_files: o("task_struct", "files")?,
-        task_group_leader: o("task_struct", "group_leader")?,
-        task_comm: o("task_struct", "comm")?,
-        files_fdt: o("files_struct", "fdt")?,
-        fdt_max_fds: o("fdtable", "max_fds")?,
-        fdt_fd: o("fdtable", "fd")?,
-        file_private_data: o("file", "private_data")?,
-        socket_sk: o("socket", "sk")?,
-        task_tgid: o("task_struct", "tgid")?,
-        file_inode: o("file", "f_inode")?,
-        inode_mode: o("inode", "i_mode")?,
-        tw_timer: o("inet_timewait_sock", "tw_timer")?,
-        tw_substate: o("inet_timewait_sock", "tw_substate")?,
-        tw_sport: o("inet_timewait_sock", "tw_sport")?,
-        sk_num: o("sock", "__sk_common.skc_num")?,
+/// One list gives both the structs to index (one pass) and each field's offset.
+macro_rules! offsets {
+    ($btf:expr; $($(#[$doc:meta])* $field:ident: $s:literal, $p:literal;)*) => {{
+        $btf.index(&[$($s),*]).map_err(|e| OffsetError::Load(e.to_string()))?;
+        Ok(Config {
+            $($field: offset_of($btf, $s, $p)?,)*
+            ..Config::default()
+        })
+    }};
+}
+
+/// Resolves every offset the probe uses, in one pass over the kernel's types for
+/// all the structs named here.
+pub fn kernel_config(btf: &mut Btf) -> Result<Config, OffsetError> {
+    offsets!(btf;
+        sk_family: "sock", "__sk_common.skc_family";
+        sk_protocol: "sock", "sk_protocol";
+        sk_state: "sock", "__sk_common.skc_state";
+        sk_dport: "sock", "__sk_common.skc_dport";
+        sk_rcv_saddr: "sock", "__sk_common.skc_rcv_saddr";
+        sk_daddr: "sock", "__sk_common.skc_daddr";
+        sk_v6_rcv_saddr: "sock", "__sk_common.skc_v6_rcv_saddr";
+        sk_v6_daddr: "sock", "__sk_common.skc_v6_daddr";
+        sk_cookie: "sock", "__sk_common.skc_cookie";
+        inet_sport: "inet_sock", "inet_sport";
+        task_files: "task_struct", "files";
+        task_group_leader: "task_struct", "group_leader";
+        task_comm: "task_struct", "comm";
+        files_fdt: "files_struct", "fdt";
+        fdt_max_fds: "fdtable", "max_fds";
+        fdt_fd: "fdtable", "fd";
+        file_private_data: "file", "private_data";
+        socket_sk: "socket", "sk";
+        task_tgid: "task_struct", "tgid";
+        file_inode: "file", "f_inode";
+        inode_mode: "inode", "i_mode";
+        tw_timer: "inet_timewait_sock", "tw_timer";
+        tw_substate: "inet_timewait_sock", "tw_substate";
+        tw_sport: "inet_timewait_sock", "tw_sport";
+        sk_num: "sock", "__sk_common.skc_num";
         // tcp_sock and inet_connection_sock start with struct sock: offsets from sk.
-        tcp_rcv_tstamp: o("tcp_sock", "rcv_tstamp")?,
-        tcp_lsndtime: o("tcp_sock", "lsndtime")?,
-        icsk_lrcvtime: o("inet_connection_sock", "icsk_ack.lrcvtime")?,
-        tcp_rcv_nxt: o("tcp_sock", "rcv_nxt")?,
-        tcp_copied_seq: o("tcp_sock", "copied_seq")?,
-        icsk_accept_head: o("inet_connection_sock", "icsk_accept_queue.rskq_accept_head")?,
-        sk_err: o("sock", "sk_err")?,
-        sk_ack_backlog: o("sock", "sk_ack_backlog")?,
-        sk_max_ack_backlog: o("sock", "sk_max_ack_backlog")?,
-        sk_net: o("sock", "__sk_common.skc_net")?,
-        net_ns_inum: o("net", "ns.inum")?,
-        req_dl_next: o("request_sock", "dl_next")?,
-        req_sk: o("request_sock", "sk")?,
-        sk_cgrp: o("sock", "sk_cgrp_data.cgroup")?,
-        cgroup_kn: o("cgroup", "kn")?,
-        kn_id: o("kernfs_node", "id")?,
-        sk_flags: o("sock", "__sk_common.skc_flags")?,
-        sk_lingertime: o("sock", "sk_lingertime")?,
-        tcp_keepalive_time: o("tcp_sock", "keepalive_time")?,
-        ..Config::default()
-    })
+        tcp_rcv_tstamp: "tcp_sock", "rcv_tstamp";
+        tcp_lsndtime: "tcp_sock", "lsndtime";
+        icsk_lrcvtime: "inet_connection_sock", "icsk_ack.lrcvtime";
+        tcp_rcv_nxt: "tcp_sock", "rcv_nxt";
+        tcp_copied_seq: "tcp_sock", "copied_seq";
+        icsk_accept_head: "inet_connection_sock", "icsk_accept_queue.rskq_accept_head";
+        sk_err: "sock", "sk_err";
+        sk_ack_backlog: "sock", "sk_ack_backlog";
+        sk_max_ack_backlog: "sock", "sk_max_ack_backlog";
+        sk_net: "sock", "__sk_common.skc_net";
+        net_ns_inum: "net", "ns.inum";
+        req_dl_next: "request_sock", "dl_next";
+        req_sk: "request_sock", "sk";
+        sk_cgrp: "sock", "sk_cgrp_data.cgroup";
+        cgroup_kn: "cgroup", "kn";
+        kn_id: "kernfs_node", "id";
+        sk_flags: "sock", "__sk_common.skc_flags";
+        sk_lingertime: "sock", "sk_lingertime";
+        tcp_keepalive_time: "tcp_sock", "keepalive_time";
+    )
 }
 
 /// What aya looks kernel BTF types up for: attaching a BTF tracepoint (a typedef
@@ -78,33 +88,29 @@ pub enum AttachType<'a> {
     Func(&'a str),
 }
 
-const BTF_KIND_PTR: u32 = 2;
-const BTF_KIND_TYPEDEF: u32 = 8;
-const BTF_KIND_FUNC: u32 = 12;
-
 /// A stand-in for the kernel's BTF holding only the types aya looks up by name to
 /// attach, each at its kernel type id; every other id is a placeholder `void *`.
 /// aya would otherwise parse all of /sys/kernel/btf/vmlinux into memory (5.5 MB of
 /// BTF, ~25 MB parsed on this kernel): the largest allocation tcpstate ever made,
 /// which set its peak RSS. The probe needs no CO-RE relocation (offsets come from
 /// `kernel_config`), so aya needs nothing else from the kernel's BTF.
-pub fn attach_btf(btf: &Btf, wanted: &[AttachType]) -> Result<aya::Btf, OffsetError> {
+pub fn attach_btf(btf: &mut Btf, wanted: &[AttachType]) -> Result<aya::Btf, OffsetError> {
+    let names: Vec<&str> = wanted
+        .iter()
+        .map(|w| match w {
+            AttachType::Typedef(n) | AttachType::Func(n) => *n,
+        })
+        .collect();
+    btf.index(&names)
+        .map_err(|e| OffsetError::Load(e.to_string()))?;
     let mut found: Vec<(u32, u32, &str)> = Vec::new();
     for w in wanted {
         let (name, kind) = match w {
-            AttachType::Typedef(n) => (*n, BTF_KIND_TYPEDEF),
-            AttachType::Func(n) => (*n, BTF_KIND_FUNC),
+            AttachType::Typedef(n) => (*n, KIND_TYPEDEF),
+            AttachType::Func(n) => (*n, KIND_FUNC),
         };
         let id = btf
-            .resolve_ids_by_name(name)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|&id| {
-                matches!(
-                    (kind, btf.resolve_type_by_id(id)),
-                    (BTF_KIND_TYPEDEF, Ok(Type::Typedef(_))) | (BTF_KIND_FUNC, Ok(Type::Func(_)))
-                )
-            })
+            .find(name, kind)
             .ok_or_else(|| OffsetError::NoStruct(name.to_string()))?;
         found.push((id, kind, name));
     }
@@ -119,7 +125,7 @@ pub fn attach_btf(btf: &Btf, wanted: &[AttachType]) -> Result<aya::Btf, OffsetEr
                 strings.push(0);
                 (off, kind)
             }
-            None => (0, BTF_KIND_PTR),
+            None => (0, KIND_PTR),
         };
         for word in [name_off, kind << 24, 0] {
             types.extend_from_slice(&word.to_ne_bytes());
@@ -145,75 +151,19 @@ pub fn attach_btf(btf: &Btf, wanted: &[AttachType]) -> Result<aya::Btf, OffsetEr
         .map_err(|e| OffsetError::Load(format!("building the attach BTF: {e}")))
 }
 
+/// The running kernel's BTF, mapped where the kernel allows it and read where not.
 pub fn load_vmlinux() -> Result<Btf, OffsetError> {
-    // Mmap: resolves the few structs we need lazily (the cached backend indexes all
-    // ~100k kernel types first, which cost ~130 ms of startup here).
-    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
-        .map_err(|e| OffsetError::Load(e.to_string()))
+    Btf::open(VMLINUX_BTF).map_err(|e| OffsetError::Load(e.to_string()))
 }
 
-/// Byte offset of `path` (members separated by dots) inside `struct name`, looking
-/// through anonymous structs and unions as C does.
+/// Byte offset of `path` (members separated by dots) inside `struct name`, an
+/// indexed name (see [`Btf::index`]).
 pub fn offset_of(btf: &Btf, name: &str, path: &str) -> Result<u32, OffsetError> {
-    let mut ty = btf
-        .resolve_types_by_name(name)
-        .map_err(|_| OffsetError::NoStruct(name.into()))?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(_)))
-        .ok_or_else(|| OffsetError::NoStruct(name.into()))?;
-    let mut bits = 0u32;
-    for member in path.split('.') {
-        let (off, next) = find_member(btf, &ty, member)?
-            .ok_or_else(|| OffsetError::NoMember(name.into(), path.into()))?;
-        bits += off;
-        ty = next;
-    }
-    if !bits.is_multiple_of(8) {
-        return Err(OffsetError::Unaligned(name.into(), path.into()));
-    }
-    Ok(bits / 8)
-}
-
-/// Finds `name` in a struct or union: (bit offset, member type with typedefs and
-/// qualifiers stripped).
-fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
-    let members = match ty {
-        Type::Struct(s) | Type::Union(s) => &s.members,
-        _ => return Ok(None),
-    };
-    for m in members {
-        if m.bitfield_size().is_some_and(|b| b != 0) {
-            continue;
-        }
-        let mname = btf.resolve_name(m).unwrap_or_default();
-        let mty = strip(btf, btf.resolve_chained_type(m).ok());
-        if mname == name {
-            return Ok(Some((m.bit_offset(), mty.unwrap_or(Type::Void))));
-        }
-        if mname.is_empty() {
-            if let Some(inner) = mty {
-                if let Some((off, t)) = find_member(btf, &inner, name)? {
-                    return Ok(Some((m.bit_offset() + off, t)));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
-fn strip(btf: &Btf, mut ty: Option<Type>) -> Option<Type> {
-    for _ in 0..16 {
-        let next = match &ty {
-            Some(Type::Typedef(t)) => btf.resolve_chained_type(t).ok(),
-            Some(Type::Volatile(t)) => btf.resolve_chained_type(t).ok(),
-            Some(Type::Const(t)) => btf.resolve_chained_type(t).ok(),
-            Some(Type::Restrict(t)) => btf.resolve_chained_type(t).ok(),
-            Some(Type::TypeTag(t)) => btf.resolve_chained_type(t).ok(),
-            _ => return ty,
-        };
-        ty = next;
-    }
-    ty
+    btf.offset_of(name, path).map_err(|e| match e {
+        OffsetLookup::NoStruct => OffsetError::NoStruct(name.into()),
+        OffsetLookup::NoMember => OffsetError::NoMember(name.into(), path.into()),
+        OffsetLookup::Unaligned => OffsetError::Unaligned(name.into(), path.into()),
+    })
 }
 
 #[cfg(test)]
@@ -224,8 +174,8 @@ mod tests {
     /// layout the probe will use here.
     #[test]
     fn resolves_every_offset_on_this_kernel() {
-        let btf = load_vmlinux().expect("this machine has /sys/kernel/btf/vmlinux");
-        let c = kernel_config(&btf).unwrap();
+        let mut btf = load_vmlinux().expect("this machine has /sys/kernel/btf/vmlinux");
+        let c = kernel_config(&mut btf).unwrap();
         // struct sock_common starts struct sock, and these two are at fixed places
         // in it on every kernel since 4.x: skc_daddr first, skc_rcv_saddr next.
         assert_eq!(c.sk_daddr, 0);
@@ -242,7 +192,7 @@ mod tests {
         assert!(c.tw_timer > c.tw_sport);
         // The stand-in BTF gives aya the kernel's own type ids.
         let small = attach_btf(
-            &btf,
+            &mut btf,
             &[
                 AttachType::Typedef("btf_trace_inet_sock_set_state"),
                 AttachType::Func("bpf_iter_task_file"),
