@@ -30,10 +30,28 @@ pub mod names {
     pub const PROG_TW_EXPIRE: &str = "tw_timer_expire";
     /// `iter/task_file` that seeds the `SOCKS` records of existing sockets.
     pub const PROG_SEED_OWNERS: &str = "seed_owners";
+    /// Where the verifier refuses `seed_owners`: `iter/task_file` that indexes each
+    /// existing socket's owner by its address in `SEED_OWNERS`...
+    pub const PROG_SEED_INDEX: &str = "seed_index";
+    /// ...and `iter/tcp` (run in each network namespace) that writes them into
+    /// `SOCKS`, from a socket pointer the verifier trusts.
+    pub const PROG_SEED_ADOPT: &str = "seed_adopt";
+    pub const SEED_OWNERS: &str = "SEED_OWNERS";
 
     /// Every map of the `tcpstate` probe object.
     pub const MAPS: &[&str] = &[
-        EVENTS, SOCKS, COUNTERS, RECENT, HIST, HIST_SPILL, HIST_ZERO, GEN, TWS, PAIRS, CGROUPS,
+        EVENTS,
+        SOCKS,
+        COUNTERS,
+        RECENT,
+        HIST,
+        HIST_SPILL,
+        HIST_ZERO,
+        GEN,
+        TWS,
+        PAIRS,
+        CGROUPS,
+        SEED_OWNERS,
     ];
     /// Every global of the `tcpstate` probe object that userspace sets.
     pub const GLOBALS: &[&str] = &[CONFIG];
@@ -44,6 +62,8 @@ pub mod names {
         PROG_TASK_SOCKETS,
         PROG_TW_EXPIRE,
         PROG_SEED_OWNERS,
+        PROG_SEED_INDEX,
+        PROG_SEED_ADOPT,
     ];
 
     /// aya-log's ring buffer and level global, defined by aya-log-ebpf in the probe.
@@ -136,9 +156,44 @@ pub struct SockState {
     pub pid: u32,
     /// `OWNER_*`: where `pid` came from.
     pub owner_from: u8,
+    /// `SOCK_*` bits.
+    pub flags: u8,
     /// Explicit padding (always 0).
+    pub _pad: [u8; 2],
+    pub comm: [u8; 16],
+}
+
+/// `SockState::flags`: this socket's LISTEN -> SYN_RECV is yet to be handled, at its
+/// next transition: before 6.15 the kernel traces it before the child has its
+/// 4-tuple and cookie (`inet_csk_clone_lock()` sets TCP_SYN_RECV, then the ports and
+/// `sk_cookie`; `tcp_v4_syn_recv_sock()` the addresses), so it is handled once they
+/// are set, with the time it happened.
+pub const SOCK_SYN_RECV_DEFERRED: u8 = 1;
+
+/// An existing socket's owner found by the `seed_index` walk, keyed by the socket's
+/// kernel address in `SEED_OWNERS` until `seed_adopt` writes it into `SOCKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedOwner {
+    pub pid: u32,
+    /// `OWNER_SOCKET` (an fd holds it) or `OWNER_LISTENER` (it waits in the accept
+    /// queue of a listener `pid` holds).
+    pub owner_from: u8,
     pub _pad: [u8; 3],
     pub comm: [u8; 16],
+}
+
+/// What `seed_index` writes for each socket it indexed: the socket's network
+/// namespace and a way into it (an fd some process holds for the socket or, for a
+/// connection in an accept queue, for its listener): `iter/tcp` lists only the
+/// namespace it was opened in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedRecord {
+    pub netns: u32,
+    pub pid: u32,
+    pub fd: u32,
+    pub _pad: u32,
 }
 
 /// One open file descriptor that refers to a TCP socket, written by the `task_file`
@@ -756,6 +811,8 @@ const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FdRecord>() == 136);
+const _: () = assert!(core::mem::size_of::<SeedOwner>() == 24);
+const _: () = assert!(core::mem::size_of::<SeedRecord>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -768,6 +825,8 @@ mod pod {
     unsafe impl aya::Pod for super::Hist {}
     unsafe impl aya::Pod for super::TwKey {}
     unsafe impl aya::Pod for super::TwLive {}
+    unsafe impl aya::Pod for super::SeedOwner {}
+    unsafe impl aya::Pod for super::SeedRecord {}
 }
 
 #[cfg(test)]

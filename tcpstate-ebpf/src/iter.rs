@@ -5,13 +5,11 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_seq_write};
-use tcpstate_common::{
-    state, Config, FdRecord, AF_INET6, FD_NONE, ITER_ACCEPT_QUEUE, ITER_QUEUE_MAX,
-};
+use tcpstate_common::{state, Config, FdRecord, AF_INET6, FD_NONE, ITER_ACCEPT_QUEUE};
 
 use crate::{
     config::{cfg, read},
-    task::{is_socket_file, tcp_sock_of_file},
+    task::{for_each_queued, is_socket_file, tcp_sock_of_file},
 };
 
 /// Called by the kernel for every open file of every process (one call per fd
@@ -70,89 +68,58 @@ fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Res
     if !own && !queue {
         return Ok(());
     }
-    let mut w = QueueWalk {
-        seq,
-        req: core::ptr::null(),
-        rec: FdRecord {
-            pid: unsafe { read(task, c.task_tgid)? },
-            fd,
-            state: st,
-            ..FdRecord::EMPTY
-        },
+    let mut rec = FdRecord {
+        pid: unsafe { read(task, c.task_tgid)? },
+        fd,
+        state: st,
+        ..FdRecord::EMPTY
     };
     let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
-    w.rec.comm = unsafe { read(leader, c.task_comm)? };
+    rec.comm = unsafe { read(leader, c.task_comm)? };
     if own {
-        describe(c, sk, &mut w.rec)?;
+        describe(c, sk, &mut rec)?;
         // A CLOSE socket that never connected (remote port 0) is no dead connection,
         // just a socket not used yet.
-        if !(c.iter_states != 0 && st as i32 == state::CLOSE && w.rec.dport == 0) {
-            write(seq, &w.rec);
+        if !(c.iter_states != 0 && st as i32 == state::CLOSE && rec.dport == 0) {
+            write(seq, &rec);
         }
     }
     if queue {
-        accept_queue(c, sk, fd, &mut w)?;
+        accept_queue(c, sk, fd, seq, &mut rec)?;
     }
     Ok(())
 }
 
-/// The state of one accept-queue walk, shared with its `bpf_loop` steps.
-#[repr(C)]
-struct QueueWalk {
-    seq: *mut c_void,
-    /// The next request_sock, null at the end.
-    req: *const u8,
-    /// The listener's holder, then each child's facts in turn.
-    rec: FdRecord,
-}
-
-/// Connections that completed the handshake but nobody accepted: the listener's
-/// `icsk_accept_queue`, `rskq_accept_head` linked by `dl_next`, each request's `sk`
-/// the child (`inet_csk_reqsk_queue_add`). They have no `struct socket` and no fd,
-/// so the only process to blame is this listener's holder. Walked from the listener
-/// itself rather than matched by (netns, address, port) afterwards: under
-/// SO_REUSEPORT each listener has its own queue, so this is exact. Read without the
-/// queue lock (checked reads; a racing accept() can at worst end the walk early).
-/// `bpf_loop` verifies the step once; an open-coded loop had the verifier walk all
-/// [`ITER_QUEUE_MAX`] iterations of it and hit its 1M-instruction limit.
+/// The unaccepted connections of a held listener (see `for_each_queued`), each
+/// written with the listener's holder and fd. Walked from the listener itself
+/// rather than matched by (netns, address, port) afterwards: under SO_REUSEPORT each
+/// listener has its own queue, so this is exact.
 #[inline(always)]
-fn accept_queue(c: &Config, lsk: *const u8, lfd: u32, w: &mut QueueWalk) -> Result<(), i32> {
+fn accept_queue(
+    c: &Config,
+    lsk: *const u8,
+    lfd: u32,
+    seq: *mut c_void,
+    rec: &mut FdRecord,
+) -> Result<(), i32> {
     let backlog: u32 = unsafe { read(lsk, c.sk_ack_backlog)? };
     if backlog == 0 {
         return Ok(());
     }
-    w.rec.ack_backlog = backlog;
-    w.rec.max_ack_backlog = unsafe { read(lsk, c.sk_max_ack_backlog)? };
-    w.rec.listener_fd = lfd;
-    w.rec.fd = FD_NONE;
-    w.rec.queued = 1;
-    w.req = unsafe { read(lsk, c.icsk_accept_head)? };
-    let mut i = 0;
-    while i < ITER_QUEUE_MAX {
-        if w.req.is_null() {
-            break;
+    rec.ack_backlog = backlog;
+    rec.max_ack_backlog = unsafe { read(lsk, c.sk_max_ack_backlog)? };
+    rec.listener_fd = lfd;
+    rec.fd = FD_NONE;
+    rec.queued = 1;
+    for_each_queued(c, lsk, |child| {
+        let st: u8 = unsafe { read(child, c.sk_state)? };
+        if kept(c, st) {
+            rec.state = st;
+            describe(c, child, rec)?;
+            write(seq, rec);
         }
-        child_step(c, w)?;
-        i += 1;
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn child_step(c: &Config, w: &mut QueueWalk) -> Result<(), i32> {
-    let req = w.req;
-    let child: *const u8 = unsafe { read(req, c.req_sk)? };
-    w.req = unsafe { read(req, c.req_dl_next)? };
-    if child.is_null() {
-        return Ok(());
-    }
-    let st: u8 = unsafe { read(child, c.sk_state)? };
-    if kept(c, st) {
-        w.rec.state = st;
-        describe(c, child, &mut w.rec)?;
-        write(w.seq, &w.rec);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The socket's identity, addresses and what `linger` diagnoses from.

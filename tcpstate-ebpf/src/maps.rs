@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcpstate_common::{
-    counter, Hist, HistKey, SockState, TwKey, TwLive, CGROUPS_MAX, HIST_SPILL_STATES, PAIR_SLOTS,
+    counter, Hist, HistKey, SeedOwner, SockState, TwKey, TwLive, CGROUPS_MAX, HIST_SPILL_STATES,
+    PAIR_SLOTS,
 };
 
 use crate::marks::Recent;
@@ -115,3 +116,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// The primary program's marks for the backup (see `marks`).
 #[map(name = "RECENT")]
 pub static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Existing sockets' owners by socket address, from `seed_index` to `seed_adopt`
+/// (only where the verifier refuses `seed_owners`). Sized by userspace to the host's
+/// TCP sockets; allocated as filled, and freed after the seed.
+#[map(name = "SEED_OWNERS")]
+pub static SEED_OWNERS: HashMap<u64, SeedOwner> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);

@@ -5,12 +5,22 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_seq_write, generated::bpf_sock_from_file};
-use tcpstate_common::{counter, AF_INET, AF_INET6, IPPROTO_TCP, OWNER_SOCKET};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_seq_write,
+        generated::{bpf_skc_to_tcp_sock, bpf_sock_from_file},
+    },
+};
+use tcpstate_common::{
+    counter, state, SeedOwner, SeedRecord, AF_INET, AF_INET6, IPPROTO_TCP, OWNER_LISTENER,
+    OWNER_SOCKET,
+};
 
 use crate::{
-    config::{cfg, count, load},
-    maps::sock_rec,
+    config::{cfg, count, load, read},
+    maps::{sock_rec, SEED_OWNERS},
+    task::{for_each_queued, is_socket_file, tcp_sock_of_file},
 };
 
 /// Called for every open file of every process (once per fd table). Writes the
@@ -65,5 +75,133 @@ pub fn seed_owners(ctx: *mut c_void) -> i32 {
     let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
     let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
     unsafe { bpf_seq_write(seq.cast(), (&cookie as *const u64).cast(), 8) };
+    0
+}
+
+/// `-EEXIST` from a map insert with `BPF_NOEXIST` (include/uapi/asm-generic/errno-base.h).
+const EEXIST: i32 = 17;
+
+/// Where the verifier refuses [`seed_owners`] (some 6.18 builds type the `sk` of the
+/// `struct socket` that `bpf_sock_from_file` returns as untrusted, which
+/// `bpf_sk_storage_get` rejects), the seed takes two steps. First this walk: every
+/// TCP socket some process holds an fd for, and every connection in the accept queue
+/// of a held listener, gets its owner in `SEED_OWNERS` under the socket's address (a
+/// plain number), and a [`SeedRecord`] out: its namespace and the fd that leads there.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn seed_index(ctx: *mut c_void) -> i32 {
+    let ctx = ctx as *const u64;
+    let task = unsafe { core::ptr::read_volatile(ctx.add(1)) } as *const u8;
+    let file = unsafe { core::ptr::read_volatile(ctx.add(3)) } as *const u8;
+    if task.is_null() || file.is_null() {
+        return 0;
+    }
+    let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
+    let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
+    let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
+    let _ = index_fd(seq, task, file, fd);
+    0
+}
+
+// Map keys and values by reference: by value they are copied onto the BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn index_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Result<(), i32> {
+    let c = cfg();
+    if !is_socket_file(c, file)? {
+        return Ok(());
+    }
+    let Some(sk) = tcp_sock_of_file(c, file)? else {
+        return Ok(());
+    };
+    let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
+    let mut owner = SeedOwner {
+        pid: unsafe { read(task, c.task_tgid)? },
+        owner_from: OWNER_SOCKET,
+        _pad: [0; 3],
+        comm: unsafe { read(leader, c.task_comm)? },
+    };
+    let net: *const u8 = unsafe { read(sk, c.sk_net)? };
+    let rec = SeedRecord {
+        netns: if net.is_null() {
+            0
+        } else {
+            unsafe { read(net, c.net_ns_inum)? }
+        },
+        pid: owner.pid,
+        fd,
+        _pad: 0,
+    };
+    // The first fd of the walk names the socket, as in seed_owners.
+    index_one(seq, sk, &owner, &rec);
+    let st: u8 = unsafe { read(sk, c.sk_state)? };
+    if st as i32 == state::LISTEN {
+        owner.owner_from = OWNER_LISTENER;
+        for_each_queued(c, sk, |child| {
+            index_one(seq, child, &owner, &rec);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn index_one(seq: *mut c_void, sk: *const u8, owner: &SeedOwner, rec: &SeedRecord) {
+    match SEED_OWNERS.insert(&(sk as u64), owner, BPF_NOEXIST as u64) {
+        Ok(()) => unsafe {
+            bpf_seq_write(
+                seq.cast(),
+                (rec as *const SeedRecord).cast(),
+                core::mem::size_of::<SeedRecord>() as u32,
+            );
+        },
+        // Already indexed (another fd of the socket): nothing to do.
+        Err(e) if e == -EEXIST => {}
+        Err(_) => count(counter::TABLE_FULL),
+    }
+}
+
+/// Second step, run once in each namespace that `seed_index` found (`iter/tcp`
+/// lists the sockets of the namespace it was opened in, `bpf_iter_tcp` /
+/// `bpf_iter_init_seq_net`): its socket pointer is trusted, so
+/// `bpf_skc_to_tcp_sock` and `bpf_sk_storage_get` take it (as in the kernel's
+/// selftest `bpf_iter_bpf_sk_storage_helpers.c`). Writes 8 bytes per socket seeded.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn seed_adopt(ctx: *mut c_void) -> i32 {
+    // struct bpf_iter__tcp { meta; struct sock_common *sk_common; uid_t uid; }
+    let ctx = ctx as *const u64;
+    let skc = unsafe { core::ptr::read_volatile(ctx.add(1)) } as *mut c_void;
+    if skc.is_null() {
+        return 0;
+    }
+    let Some(owner) = (unsafe { SEED_OWNERS.get(&(skc as u64)) }).copied() else {
+        return 0;
+    };
+    // NULL for timewait and request sockets (not full TCP sockets).
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    let p = sock_rec(tp, true);
+    if p.is_null() {
+        count(counter::TABLE_FULL);
+        return 0;
+    }
+    // SAFETY: this socket's own record.
+    let st = unsafe { &mut *p };
+    if st.pid != 0 {
+        return 0; // the probe named it already
+    }
+    st.comm = owner.comm;
+    st.pid = owner.pid;
+    st.owner_from = owner.owner_from;
+    count(counter::SEEDED);
+    let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
+    let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
+    let one: u64 = 1;
+    unsafe { bpf_seq_write(seq.cast(), (&one as *const u64).cast(), 8) };
     0
 }

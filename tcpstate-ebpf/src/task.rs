@@ -2,7 +2,7 @@
 //! current task as an owner, and the file -> socket walk (`iter`).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task_btf};
-use tcpstate_common::{Config, AF_INET, AF_INET6, IPPROTO_TCP};
+use tcpstate_common::{Config, AF_INET, AF_INET6, IPPROTO_TCP, ITER_QUEUE_MAX};
 
 use crate::config::{load, read};
 
@@ -56,4 +56,33 @@ pub fn tcp_sock_of_file(c: &Config, file: *const u8) -> Result<Option<*const u8>
         }
         Ok(Some(sk))
     }
+}
+
+/// Calls `each` with every connection waiting in a listener's accept queue (at most
+/// [`ITER_QUEUE_MAX`]): connections that completed the handshake but nobody accepted,
+/// the listener's `icsk_accept_queue`, `rskq_accept_head` linked by `dl_next`, each
+/// request's `sk` the child (`inet_csk_reqsk_queue_add`). They have no `struct
+/// socket` and no fd, so the only process to blame is the listener's holder. Read
+/// without the queue lock (checked reads; a racing accept() can at worst end the walk
+/// early). An open-coded loop: the verifier walks each iteration (see ITER_QUEUE_MAX).
+#[inline(always)]
+pub fn for_each_queued(
+    c: &Config,
+    lsk: *const u8,
+    mut each: impl FnMut(*const u8) -> Result<(), i32>,
+) -> Result<(), i32> {
+    let mut req: *const u8 = unsafe { read(lsk, c.icsk_accept_head)? };
+    let mut i = 0;
+    while i < ITER_QUEUE_MAX {
+        if req.is_null() {
+            break;
+        }
+        let child: *const u8 = unsafe { read(req, c.req_sk)? };
+        req = unsafe { read(req, c.req_dl_next)? };
+        if !child.is_null() {
+            each(child)?;
+        }
+        i += 1;
+    }
+    Ok(())
 }

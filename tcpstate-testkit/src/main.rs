@@ -127,6 +127,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         conns: u32,
     },
+    /// Connect CONNS times and keep every connection open; prints `done N`, then
+    /// closes them all when a line arrives on stdin and prints `closed N`.
+    ConnectHold {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+    },
     /// The parent listens, a forked child accepts CONNS connections and closes each
     /// after EOF; prints `ready PORT child PID`.
     PreforkServer {
@@ -433,6 +441,7 @@ fn main() -> Result<()> {
         }
         Cmd::LateServer { addr, conns } => owners::late_server(addr, conns)?,
         Cmd::ConnectClose { addr, conns } => owners::connect_close(addr, conns)?,
+        Cmd::ConnectHold { addr, conns } => owners::connect_hold(addr, conns)?,
         Cmd::PreforkServer { addr, conns } => owners::prefork_server(addr, conns)?,
         Cmd::LeakServer {
             addr,

@@ -37,6 +37,24 @@ pub fn connect_close(addr: SocketAddr, conns: u32) -> Result<()> {
     Ok(())
 }
 
+/// Connects CONNS times and keeps the connections (they wait unaccepted in the
+/// server's queue); prints `done N`, closes them all at a line on stdin, prints
+/// `closed N`.
+pub fn connect_hold(addr: SocketAddr, conns: u32) -> Result<()> {
+    let held: Vec<TcpStream> = (0..conns)
+        .map(|_| TcpStream::connect(addr).with_context(|| format!("connect {addr}")))
+        .collect::<Result<_>>()?;
+    let mut out = std::io::stdout();
+    writeln!(out, "done {conns}")?;
+    out.flush()?;
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
+    drop(held);
+    writeln!(out, "closed {conns}")?;
+    out.flush()?;
+    Ok(())
+}
+
 /// The parent listens and forks; the child accepts CONNS connections, reads each to
 /// EOF and closes it. Prints `ready PORT child PID`, then waits for the child.
 pub fn prefork_server(addr: SocketAddr, conns: u32) -> Result<()> {

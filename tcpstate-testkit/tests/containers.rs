@@ -174,14 +174,6 @@ impl Drop for Proc {
     }
 }
 
-fn addr(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// A server that holds `n` accepted sockets in CLOSE_WAIT on `a` (its client closes):
 /// (server, the fds it holds).
 fn close_wait_server(
@@ -252,7 +244,7 @@ fn linger_in_netns(ip: &str, linger_first: bool) {
         + (std::process::id() % 400) as u16
         + if linger_first { 500 } else { 0 }
         + if ip.contains(':') { 1000 } else { 0 };
-    let a = addr(ip, port);
+    let a = sock_addr(ip, port);
     let p = port.to_string();
     let args = [
         "linger",
@@ -385,7 +377,7 @@ const DOCKER_ID: &str = "5e1f0c0ffee0d15ea5e5e1f0c0ffee0d15ea5e5e1f0c0ffee0d15ea
 fn docker_scope_container() {
     let scope = format!("docker-{DOCKER_ID}.scope");
     let port = 20500 + (std::process::id() % 400) as u16;
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let p = port.to_string();
     let selected = Tracer::start(&[
         "trace",
@@ -467,7 +459,7 @@ fn pod_path_and_name() {
     }
     let _clean = Cleanup(dir, made_logs.then(|| logs.clone()));
     let port = 21000 + (std::process::id() % 400) as u16;
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let (mut server, _) = close_wait_server(None, Some(&cg), &a, "1");
     let lines = run_json(&[
         "linger",
@@ -504,7 +496,7 @@ fn bad_identity_filters() {
 fn hist_gauge_counts_other_namespaces() {
     let (na, nb) = (Netns::new("ha"), Netns::new("hb"));
     let port = 22000 + (std::process::id() % 400) as u16;
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     for ns in [&na, &nb] {
         // The server closes first: its side of each connection stays in TIME_WAIT.
         let mut server = Proc::start(
@@ -568,7 +560,7 @@ fn hist_gauge_counts_other_namespaces() {
 fn hist_by_container() {
     let cg = Cgroup::new("hist", &format!("docker-{DOCKER_ID}.scope"));
     let port = 22500 + (std::process::id() % 400) as u16;
-    let (a, p) = (addr("127.0.0.1", port), port.to_string());
+    let (a, p) = (sock_addr("127.0.0.1", port), port.to_string());
     let mut hist = Tracer::start(&[
         "hist",
         "--by",

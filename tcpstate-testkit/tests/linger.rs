@@ -9,14 +9,6 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 
-fn addr(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// Runs `linger --json` to completion and returns (linger objects, reports, summary).
 fn linger_once(extra: &[&str]) -> (Vec<Value>, Vec<Value>, Value) {
     let mut args = vec!["linger", "--json", "--min-age", "0", "--duration", "1"];
@@ -62,7 +54,7 @@ fn group_fds(g: &Value) -> BTreeSet<u64> {
 fn server_forgets_close(ip: &str, tracer_first: bool) {
     let port = free_port(ip);
     let p = port.to_string();
-    let a = addr(ip, port);
+    let a = sock_addr(ip, port);
     let tracer = tracer_first.then(|| {
         Tracer::start(&[
             "linger",
@@ -132,7 +124,7 @@ fn holder_not_peer_ipv6_started_after() {
 fn client_forgets_close_ipv4_and_ipv6() {
     for ip in ["127.0.0.1", "::1"] {
         let port = free_port(ip);
-        let a = addr(ip, port);
+        let a = sock_addr(ip, port);
         let mut server = Kit::server(&a, "3", "server-close");
         let mut client = Kit::client(&a, "3", "hold", &[]);
         let held = fds(&client.line());
@@ -151,7 +143,7 @@ fn client_forgets_close_ipv4_and_ipv6() {
 fn closed_sockets_leave_the_report() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut tracer = Tracer::start(&[
         "linger",
         "--json",
@@ -201,7 +193,7 @@ fn one_hundred_thousand_close_wait() {
     let mut lports = Vec::new();
     for i in 0..PROCS {
         let port = free_port("127.0.0.1");
-        let a = addr("127.0.0.1", port);
+        let a = sock_addr("127.0.0.1", port);
         let n = (TOTAL / PROCS + usize::from(i < TOTAL % PROCS)).to_string();
         let s = Kit::server(&a, &n, "hold");
         let c = Kit::client(&a, &n, "half-close", &[]);
@@ -252,7 +244,7 @@ fn fail_if_any_exits_1_only_when_not_empty() {
         .unwrap();
     assert_eq!(st.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&st.stdout).contains("CLOSE_WAIT longer than 5s: 0 sockets"));
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut server = Kit::server(&a, "1", "hold");
     let mut client = Kit::spawn(&["client", "--addr", &a, "--mode", "client-close"]);
     assert!(client.line().starts_with("done"));
@@ -286,7 +278,7 @@ fn fail_if_any_exits_1_only_when_not_empty() {
 fn repeated_state_reports_once() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut server = Kit::server(&a, "1", "hold");
     let mut client = Kit::client(&a, "1", "client-close", &[]);
     assert!(client.line().starts_with("done"));
@@ -469,7 +461,7 @@ fn proc_fds(pid: u32) -> (u64, u64) {
 #[test]
 fn reads_nothing_real_age_and_fd_headroom_ipv4() {
     let port = free_port("127.0.0.1");
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut server = leak_server(None, &a, "3", "read-nothing");
     Proc::run(None, &["leak-client", "--addr", &a, "--conns", "3"]);
     let held = fds(&server.line());
@@ -505,7 +497,7 @@ fn reads_nothing_real_age_and_fd_headroom_ipv4() {
 #[test]
 fn reads_to_eof_never_closes_ipv6() {
     let port = free_port("::1");
-    let a = addr("::1", port);
+    let a = sock_addr("::1", port);
     let mut server = leak_server(None, &a, "2", "read-eof");
     Proc::run(
         None,
@@ -529,7 +521,7 @@ fn reads_to_eof_never_closes_ipv6() {
 #[test]
 fn unread_bytes_are_counted_ipv4() {
     let port = free_port("127.0.0.1");
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut server = leak_server(None, &a, "1", "read-nothing");
     Proc::run(None, &["leak-client", "--addr", &a, "--send", "100"]);
     server.line();
@@ -582,7 +574,7 @@ fn never_accepted_in_a_network_namespace() {
 fn leaky_echo_server_stopped_reading_ipv6() {
     let port = free_port("::1");
     let p = port.to_string();
-    let a = addr("::1", port);
+    let a = sock_addr("::1", port);
     let mut tracer = Tracer::start(&[
         "linger",
         "--json",
@@ -631,7 +623,7 @@ fn leaky_echo_server_stopped_reading_ipv6() {
 #[test]
 fn reset_connection_still_held_shows_under_state_close() {
     let port = free_port("127.0.0.1");
-    let a = addr("127.0.0.1", port);
+    let a = sock_addr("127.0.0.1", port);
     let mut server = leak_server(None, &a, "1", "read-nothing");
     Proc::run(None, &["leak-client", "--addr", &a, "--reset"]);
     let held = fds(&server.line());

@@ -429,14 +429,6 @@ fn without_privileges_says_which() {
     assert!(out.stdout.is_empty());
 }
 
-fn sock_addr(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// A server that accepts late: its connections reach CLOSE_WAIT in the accept queue,
 /// before any accept(). `trace --pid SERVER` still shows every ESTABLISHED ->
 /// CLOSE_WAIT, owned by the server as the listener's holder, then the server's own

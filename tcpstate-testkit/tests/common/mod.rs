@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener},
+    net::TcpListener,
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -289,17 +289,19 @@ pub fn churn(port: u16, conns: impl ToString) {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// Runs server and client processes for `conns` connections in `mode`.
-/// Returns (server pid, client pid).
-pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
-    let addr: SocketAddr = if ip.contains(':') {
+/// `IP:PORT`, bracketing an IPv6 address.
+pub fn sock_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
         format!("{ip}:{port}")
     }
-    .parse()
-    .unwrap();
-    let addr = addr.to_string();
+}
+
+/// Runs server and client processes for `conns` connections in `mode`.
+/// Returns (server pid, client pid).
+pub fn run_pair(ip: &str, port: u16, conns: u32, mode: &str) -> (u32, u32) {
+    let addr = sock_addr(ip, port);
     let n = conns.to_string();
     let mut server = Kit::server(&addr, &n, mode);
     let mut client = Kit::client(&addr, &n, mode, &[]);

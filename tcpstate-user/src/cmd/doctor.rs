@@ -107,6 +107,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         iter_states: cw | 1 << state::CLOSE | 1 << state::FIN_WAIT2 | 1 << state::ESTABLISHED,
         iter_flags: ITER_ACCEPT_QUEUE,
         ring_bytes: 1 << 20,
+        fd_walk: true,
         ..LoadOptions::default()
     };
     let mut session = match Session::start(

@@ -152,6 +152,7 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
         iter_flags: ITER_ACCEPT_QUEUE,
         // 2 of a connection's 10 transitions: 1 MiB holds ~11k events.
         ring_bytes: 1 << 20,
+        fd_walk: true,
         ..LoadOptions::default()
     };
     let mut session = Session::start(

@@ -313,6 +313,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         hist_keys: 1,
         iter_states: 1 << state::CLOSE_WAIT,
         iter_flags: ITER_ACCEPT_QUEUE,
+        fd_walk: true,
         ..LoadOptions::default()
     };
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -22,6 +22,7 @@ use crate::{
     probe::{
         kernel_order_warning, kernel_version,
         ring::{event_of, monotonic_ns, Ring},
+        seed::Route,
         LoadOptions, Probe,
     },
 };
@@ -73,6 +74,10 @@ impl Session {
         let (mut probe, ring) = Probe::load(opts)?;
         let ring = Ring::new(ring, opts.ring_bytes)?;
         let attached_ns = monotonic_ns();
+        // What this kernel refused, once: the command goes on without it.
+        for f in probe.degraded().iter() {
+            eprintln!("tcpstate: warning: {} (the kernel refused a program for it; `--log-level debug` shows why)", f.lost());
+        }
         // Seeded before saying "attached": from then on every owner is known.
         let seeded = if seed_owners {
             seed_existing(&mut probe)
@@ -199,17 +204,25 @@ fn drain<C: Consumer>(ring: &mut Ring, c: &mut C, r: &mut Received) -> io::Resul
 }
 
 /// Sockets that predate the probe: the kernel gives each one some process holds an
-/// fd for a record naming it (an iterator; no sock_diag dump, no copy to userspace).
+/// fd for a record naming it (iterators; no sock_diag dump, no copy to userspace).
 fn seed_existing(probe: &mut Probe) -> Option<usize> {
-    if !probe.can_seed() {
+    if probe.seed_route() == Route::None {
         return None;
     }
-    probe
-        .seed_owners()
-        .map_err(|e| {
+    match probe.seed_owners() {
+        Ok(s) => {
+            for (inode, why) in &s.failed {
+                eprintln!(
+                    "tcpstate: warning: network namespace {inode} could not be entered ({why}); owners of its sockets older than tcpstate: unknown"
+                );
+            }
+            Some(s.sockets)
+        }
+        Err(e) => {
             eprintln!(
-                "tcpstate: warning: scanning file descriptors failed ({e}); owners of existing sockets stay unknown"
-            )
-        })
-        .ok()
+                "tcpstate: warning: scanning file descriptors failed ({e}); owners of sockets older than tcpstate: unknown"
+            );
+            None
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::probe::Counters;
+use crate::probe::{features::Degraded, Counters};
 
 /// Counters printed at exit (the JSON summary's fields, in this order).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +39,8 @@ pub struct Summary {
     /// the tracepoint reports). A transition the kernel never hands to BPF programs
     /// cannot be counted anywhere else: compare with tracefs's event count.
     pub probe_calls: u64,
+    /// The optional parts of the probe this kernel refused (`[]`: none).
+    pub degraded: Degraded,
 }
 
 /// What the reader counted itself.
@@ -81,6 +83,7 @@ impl Summary {
             untracked: c.table_full + c.tw_untracked + r.untracked,
             bad_records: r.bad_records,
             probe_calls: c.probe_calls,
+            degraded: c.degraded,
         }
     }
 }

@@ -17,15 +17,15 @@ use tcpstate_common::{
     PAIR_SLOTS,
 };
 
-use super::Probe;
+use super::{features::Degraded, Probe};
 
 /// Runs iterator program `prog` once and hands each `N`-byte record it writes to
 /// `each`, streamed in 64 KiB reads (a host with 500k socket fds would otherwise
 /// hold all of them in memory at once).
-fn read_iter<const N: usize>(
+pub(super) fn read_iter<const N: usize>(
     ebpf: &mut Ebpf,
     prog: &str,
-    mut each: impl FnMut(&[u8]),
+    each: impl FnMut(&[u8]),
 ) -> io::Result<()> {
     let iter: &mut Iter = ebpf
         .program_mut(prog)
@@ -33,7 +33,15 @@ fn read_iter<const N: usize>(
         .ok_or_else(|| io::Error::other(format!("iterator {prog} not loaded")))?;
     let id = iter.attach().map_err(io::Error::other)?;
     let link = iter.take_link(id).map_err(io::Error::other)?;
-    let mut file = link.into_file().map_err(io::Error::other)?;
+    let file = link.into_file().map_err(io::Error::other)?;
+    read_file::<N>(file, each)
+}
+
+/// Reads an iterator's fd to its end in records of `N` bytes.
+pub(super) fn read_file<const N: usize>(
+    mut file: std::fs::File,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     let mut filled = 0;
     loop {
@@ -78,6 +86,8 @@ pub struct Counters {
     pub emitted: u64,
     /// Transitions the kernel handed to the probe: its runs plus the runs it skipped.
     pub probe_calls: u64,
+    /// The optional parts this kernel refused.
+    pub degraded: Degraded,
 }
 
 /// A per-CPU map value that adds up over CPUs: the one place per-CPU values are summed.
@@ -137,22 +147,6 @@ impl Probe {
                 each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
             },
         )
-    }
-
-    /// Gives every existing TCP socket some process holds an fd for a record naming
-    /// that process (`seed_owners`, in the kernel: nothing is copied out but one
-    /// cookie per socket seeded), so the transitions of sockets that predate the
-    /// probe name their owner. Records the probe already made win. Returns how many.
-    pub fn can_seed(&self) -> bool {
-        self.ebpf
-            .program(names::PROG_SEED_OWNERS)
-            .is_some_and(|p| p.fd().is_ok())
-    }
-
-    pub fn seed_owners(&mut self) -> io::Result<usize> {
-        let mut n = 0;
-        read_iter::<8>(&mut self.ebpf, names::PROG_SEED_OWNERS, |_| n += 1)?;
-        Ok(n)
     }
 
     /// First half of reading the histograms: makes the probe switch to a new
@@ -302,7 +296,10 @@ impl Probe {
     }
 
     pub fn counters(&self) -> Counters {
-        read_counters(&self.counters, &self.ebpf, self.skipped_before_backup)
+        Counters {
+            degraded: self.degraded,
+            ..read_counters(&self.counters, &self.ebpf, self.skipped_before_backup)
+        }
     }
 }
 
@@ -329,6 +326,7 @@ fn read_counters(
         tw_skipped: misses(names::PROG_TW_EXPIRE),
         emitted: sum(counter::EMITTED),
         probe_calls: sum(counter::PROBE_RUNS) + misses(names::PROG_SET_STATE),
+        degraded: Degraded::default(),
     }
 }
 
@@ -369,6 +367,13 @@ pub fn recursion_misses(prog_fd: i32) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+impl Probe {
+    /// The optional parts this kernel refused.
+    pub fn degraded(&self) -> Degraded {
+        self.degraded
+    }
 }
 
 #[cfg(test)]

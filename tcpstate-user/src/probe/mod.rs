@@ -10,12 +10,14 @@
 
 pub mod btf;
 pub mod cgroups;
+pub mod features;
 pub mod maps;
 pub mod netns;
 pub mod netstat;
 pub mod offsets;
 pub mod procfs;
 pub mod ring;
+pub mod seed;
 pub mod sockdiag;
 
 use std::time::Duration;
@@ -28,6 +30,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use tcpstate_common::{names, FLAG_OWNERS, FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK};
 
+use features::{test_refuses, Degraded, Feature};
 use maps::prog_misses;
 pub use maps::Counters;
 
@@ -79,6 +82,8 @@ pub struct LoadOptions {
     /// `Config::iter_states` / `iter_flags`: what the fd walk keeps (0: everything).
     pub iter_states: u32,
     pub iter_flags: u32,
+    /// Load the fd walk (`task_sockets`): the commands that list holders.
+    pub fd_walk: bool,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +99,7 @@ impl Default for LoadOptions {
             hist_keys: 1,
             iter_states: 0,
             iter_flags: 0,
+            fd_walk: false,
         }
     }
 }
@@ -107,6 +113,10 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     /// The primary's recursion_misses when the backup was attached.
     skipped_before_backup: u64,
+    /// The optional parts this kernel refused.
+    degraded: Degraded,
+    /// How the owners of existing sockets are seeded here.
+    seed: seed::Route,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -178,6 +188,7 @@ impl Probe {
                 Typedef("btf_trace_inet_sock_set_state"),
                 Typedef("btf_trace_timer_expire_entry"),
                 Func("bpf_iter_task_file"),
+                Func("bpf_iter_tcp"),
             ],
         )?;
         drop(vmlinux);
@@ -188,6 +199,11 @@ impl Probe {
         // entries (`bpf_lru_populate`, ~14% of `trace`'s startup CPU).
         if opts.flags & FLAG_TIMEWAIT == 0 {
             loader.map_max_entries(names::TWS, 1);
+        }
+        // The two-step seed's index holds every TCP socket (filled as it is walked,
+        // freed after); other commands never fill it.
+        if opts.flags & FLAG_OWNERS != 0 {
+            loader.map_max_entries(names::SEED_OWNERS, seed::index_capacity());
         }
         let mut ebpf = loader
             .override_global(names::CONFIG, &config, true)
@@ -221,35 +237,46 @@ impl Probe {
         }
         let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
 
+        let mut degraded = Degraded::default();
         if opts.flags & FLAG_TIMEWAIT != 0 {
             let name = names::PROG_TW_EXPIRE;
-            let prog = tp_btf(&mut ebpf, name)?;
-            prog.load("timer_expire_entry", &btf)
-                .map_err(prog_err(format!("loading tp_btf {name}")))?;
-            prog.attach()
-                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
-        }
-
-        let iter: &mut Iter = ebpf
-            .program_mut(names::PROG_TASK_SOCKETS)
-            .ok_or(LoadError::Missing(names::PROG_TASK_SOCKETS))?
-            .try_into()
-            .map_err(prog_err("iter/task_file"))?;
-        iter.load("task_file", &btf)
-            .map_err(prog_err("loading iter/task_file"))?;
-        // The owner seed writes socket records: only commands that keep them.
-        if opts.flags & FLAG_OWNERS != 0 {
-            let iter: &mut Iter = ebpf
-                .program_mut(names::PROG_SEED_OWNERS)
-                .ok_or(LoadError::Missing(names::PROG_SEED_OWNERS))?
-                .try_into()
-                .map_err(prog_err("iter/task_file seed_owners"))?;
-            // Optional: a kernel whose verifier refuses it (the socket behind a file
-            // is an untrusted pointer on some 6.18 builds) still traces.
-            if let Err(e) = iter.load("task_file", &btf) {
-                log::debug!("seed_owners refused: {e}");
-                eprintln!("tcpstate: warning: the kernel refused the owner seed (seed_owners): owners of sockets older than tcpstate: unknown");
+            let loaded = if test_refuses(name) {
+                Err("refused for a test (TCPSTATE_TEST_REFUSE)".to_string())
+            } else {
+                let prog = tp_btf(&mut ebpf, name)?;
+                prog.load("timer_expire_entry", &btf)
+                    .and_then(|()| prog.attach().map(drop))
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = loaded {
+                log::debug!("{name} refused: {e}");
+                degraded.add(Feature::TimeWaitExpiry);
             }
+        }
+        // The fd walk: only for the commands that list holders (core for them).
+        if opts.fd_walk {
+            load_iter(&mut ebpf, names::PROG_TASK_SOCKETS, "task_file", &btf)?;
+        }
+        // The owner seed writes socket records: only commands that keep them. Where
+        // the verifier refuses the direct route, the two-step one (see seed).
+        let mut seed = seed::Route::None;
+        if opts.flags & FLAG_OWNERS != 0 {
+            seed = match load_iter(&mut ebpf, names::PROG_SEED_OWNERS, "task_file", &btf) {
+                Ok(()) => seed::Route::Direct,
+                Err(e) => {
+                    log::debug!("{} refused: {e}", names::PROG_SEED_OWNERS);
+                    match load_iter(&mut ebpf, names::PROG_SEED_INDEX, "task_file", &btf)
+                        .and_then(|()| load_iter(&mut ebpf, names::PROG_SEED_ADOPT, "tcp", &btf))
+                    {
+                        Ok(()) => seed::Route::Indexed,
+                        Err(e) => {
+                            log::debug!("the two-step owner seed was refused too: {e}");
+                            degraded.add(Feature::OwnerSeed);
+                            seed::Route::None
+                        }
+                    }
+                }
+            };
         }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)
@@ -271,6 +298,8 @@ impl Probe {
                 logger,
                 counters,
                 skipped_before_backup,
+                degraded,
+                seed,
             },
             events,
         ))
@@ -349,6 +378,29 @@ impl Probe {
             l.flush();
         }
     }
+}
+
+/// Loads an iterator program of the object. With the test hook
+/// ([`test_refuses`]) it is loaded as the other kind of iterator, whose context does
+/// not fit, so that the kernel itself refuses it.
+fn load_iter(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    target: &'static str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    let iter: &mut Iter = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(format!("iterator {name}")))?;
+    let target = match (test_refuses(name), target) {
+        (true, "tcp") => "task_file",
+        (true, _) => "tcp",
+        (false, t) => t,
+    };
+    iter.load(target, btf)
+        .map_err(prog_err(format!("loading iter/{target} {name}")))
 }
 
 /// A BTF tracepoint program of the object, by name.

@@ -51,14 +51,59 @@ pub enum Opener {
     Task { pid: u32, tid: u32 },
     /// An nsfs bind mount (`/run/netns/NAME`) or any path to the namespace.
     Path(PathBuf),
+    /// A socket of the namespace that process `pid` holds as `fd`: the one way into a
+    /// namespace that only a socket keeps alive (no task in it, no bind mount).
+    Socket { pid: u32, fd: u32 },
 }
 
 impl Opener {
+    /// The namespace's file, or (for [`Opener::Socket`]) a description.
     pub fn path(&self) -> PathBuf {
         match self {
             Opener::Task { pid, tid } => format!("/proc/{pid}/task/{tid}/ns/net").into(),
             Opener::Path(p) => p.clone(),
+            Opener::Socket { pid, fd } => format!("socket fd {fd} of pid {pid}").into(),
         }
+    }
+
+    fn open(&self) -> io::Result<fs::File> {
+        match self {
+            Opener::Socket { pid, fd } => socket_netns(*pid, *fd).map(fs::File::from),
+            _ => fs::File::open(self.path()),
+        }
+    }
+}
+
+/// `SIOCGSKNS` (include/uapi/linux/sockios.h): an fd for a socket's network namespace
+/// (`sock_ioctl()` -> `get_net_ns()`), since 4.9.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// The namespace of the socket `pid` holds as `fd`: a copy of that fd
+/// (`pidfd_getfd`, 5.6; ptrace access to the process, CAP_SYS_PTRACE for others'),
+/// then `SIOCGSKNS` on it. The copy is closed at once.
+pub fn socket_netns(pid: u32, fd: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls; every returned fd is owned at once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0);
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let sock = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd(),
+            fd as libc::c_int,
+            0,
+        );
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(sock as i32);
+        let ns = libc::ioctl(sock.as_raw_fd(), SIOCGSKNS as _);
+        if ns < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(ns))
     }
 }
 
@@ -92,9 +137,15 @@ pub fn current_inode() -> io::Result<u32> {
 
 /// Opens a namespace and checks it is still the one with `inode`.
 pub fn open(inode: u32, opener: &Opener) -> Result<OwnedFd, NsError> {
-    let f = match fs::File::open(opener.path()) {
+    let f = match opener.open() {
         Ok(f) => f,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+        // Gone: the path or process (ENOENT, ESRCH), or the holder's fd (EBADF).
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ESRCH | libc::EBADF)
+            ) =>
+        {
             return Err(NsError::Gone(inode))
         }
         Err(source) => return Err(NsError::Io { inode, source }),

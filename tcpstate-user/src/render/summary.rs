@@ -28,10 +28,15 @@ pub fn write_summary_json<W: Write>(out: &mut W, s: &Summary) -> io::Result<()> 
 }
 
 pub fn summary_text(s: &Summary) -> String {
+    let degraded = if s.degraded.is_empty() {
+        String::new()
+    } else {
+        format!("; degraded: {}", s.degraded)
+    };
     format!(
         "tcpstate: {} events, {} shown, {} lost ({} ring buffer full, {} skipped by the kernel, \
          {} unreadable, {} sent but not received; {} recovered), {} untracked sockets (table \
-         full)",
+         full){degraded}",
         s.events,
         s.shown,
         s.lost,
