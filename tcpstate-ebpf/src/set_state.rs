@@ -13,6 +13,7 @@ use tcpstate_common::{
     counter, hist_addr, hist_owner, owner_is_current, pair_slot, state, Event, AF_INET, AF_INET6,
     BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM,
     FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
+    SOCK_SYN_RECV_DEFERRED,
 };
 
 use crate::{
@@ -65,7 +66,8 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let track = c.flags & FLAG_TRACK != 0;
     // Without per-socket records nothing else needs the transitions the user's states
     // exclude: `linger` stops 8 of a connection's 10 after this compare and a load.
-    let relevant = track || f.passes_states(old, new);
+    // Leaving SYN_RECV may carry a deferred LISTEN -> SYN_RECV (see below).
+    let relevant = track || f.passes_states(old, new) || old == state::SYN_RECV;
     // The tracepoint also fires for SCTP, MPTCP and DCCP sockets.
     let protocol: u16 = unsafe { load(sk, c.sk_protocol) };
     let tcp = protocol == IPPROTO_TCP;
@@ -106,35 +108,75 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     };
     let learned = learned && cur_pid != 0;
 
-    let mut prev_ns = PREV_UNKNOWN;
-    let mut owner_from = OWNER_NONE;
-    let (pid, comm) = if !track {
-        (0, [0; 16])
-    } else {
-        // A closing socket's record is only updated, never created.
-        let p = sock_rec(sk, new != state::CLOSE);
+    // One record, filled in as it is learned: the event, and the argument of the
+    // out-of-line steps (the BPF stack is 512 bytes; copies would not fit).
+    let mut ev = Event {
+        ts_ns: now,
+        prev_ns: PREV_UNKNOWN,
+        cookie,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        pid: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        oldstate: old as u8,
+        newstate: new as u8,
+        owner_from: OWNER_NONE,
+        _pad: [0; 3],
+        comm: [0; 16],
+        cgroup_id: 0,
+        netns: 0,
+        _pad2: 0,
+    };
+    // Before 6.15 LISTEN -> SYN_RECV fires on the new child before it has its
+    // 4-tuple and cookie (`inet_csk_clone_lock()` sets TCP_SYN_RECV first; the child
+    // is still the listener's copy, remote port 0): it is handled at the child's
+    // next transition, which always leaves SYN_RECV, with the time it happened.
+    let syn_recv = old == state::LISTEN && new == state::SYN_RECV;
+    let defer = syn_recv && tcp && unsafe { load::<u16>(sk, c.sk_dport) } == 0;
+    // When this transition leaves SYN_RECV with one deferred: its time.
+    let mut deferred_at = 0u64;
+    if track || defer || old == state::SYN_RECV {
+        // A closing socket's record is only updated, never created; without
+        // FLAG_TRACK only a deferral makes one.
+        let p = sock_rec(sk, (track || defer) && new != state::CLOSE);
         if p.is_null() {
-            if new != state::CLOSE {
+            if track && new != state::CLOSE {
                 count(counter::TABLE_FULL);
                 diag::table_full(cookie);
             }
             if learned {
-                owner_from = OWNER_SOCKET;
+                ev.owner_from = OWNER_SOCKET;
+                ev.pid = cur_pid;
+                ev.comm = cur_comm;
             }
-            (cur_pid, cur_comm)
         } else {
             // SAFETY: this socket's own storage; the socket lock (or, for a new
             // child, its not being visible yet) serialises its transitions.
             let st = unsafe { &mut *p };
-            if old == state::LISTEN && new == state::SYN_RECV {
+            if st.flags & SOCK_SYN_RECV_DEFERRED != 0 {
+                st.flags &= !SOCK_SYN_RECV_DEFERRED;
+                deferred_at = st.since_ns;
+                // Its owner, before this transition may change it.
+                if track {
+                    ev.pid = st.pid;
+                    ev.comm = st.comm;
+                    ev.owner_from = st.owner_from;
+                }
+            }
+            if syn_recv {
                 // A new child whose record sk_clone_lock() copied from its listener
                 // (bpf_sk_storage_clone): the owner is the listener's holder until
                 // this socket shows its own; the time is the listener's, not ours.
                 if st.pid != 0 {
                     st.owner_from = OWNER_LISTENER;
                 }
+                if defer {
+                    st.flags |= SOCK_SYN_RECV_DEFERRED;
+                }
             } else if st.since_ns != 0 {
-                prev_ns = now.saturating_sub(st.since_ns);
+                ev.prev_ns = now.saturating_sub(st.since_ns);
             }
             if learned {
                 st.pid = cur_pid;
@@ -144,16 +186,47 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
             // Never carry a duration across a CLOSE: the socket may be reused
             // (connect() again, listen() again) with a new history.
             st.since_ns = if new == state::CLOSE { 0 } else { now };
-            owner_from = st.owner_from;
-            (st.pid, st.comm)
+            if deferred_at != 0 {
+                // The child's LISTEN -> SYN_RECV, now that its 4-tuple and cookie
+                // are set; this transition follows with the record as it is now.
+                let prev_ns = ev.prev_ns;
+                ev.ts_ns = deferred_at;
+                ev.prev_ns = PREV_UNKNOWN;
+                ev.oldstate = state::LISTEN as u8;
+                ev.newstate = state::SYN_RECV as u8;
+                finish(sk, &mut ev)?;
+                ev.ts_ns = now;
+                ev.prev_ns = prev_ns;
+                ev.oldstate = old as u8;
+                ev.newstate = new as u8;
+            }
+            if track {
+                ev.pid = st.pid;
+                ev.comm = st.comm;
+                ev.owner_from = st.owner_from;
+            }
         }
-    };
-
-    // Filters that need no socket reads first: most transitions stop here in `trace
-    // --state` and never need their addresses in hist.
-    if !f.passes_states(old, new) || !f.passes_pid(pid) {
+    }
+    if defer {
         return Ok(());
     }
+    finish(sk, &mut ev)
+}
+
+/// Everything after the socket's record: the filters, then per mode the count, the
+/// histogram sample, the TIME_WAIT step and the event. `ev` holds the transition,
+/// its time, time in the old state, cookie and owner; the rest is read here.
+#[inline(always)]
+fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
+    let c = cfg();
+    let f = &c.filter;
+    let (old, new) = (i32::from(ev.oldstate), i32::from(ev.newstate));
+    // Filters that need no socket reads first: most transitions stop here in `trace
+    // --state` and never need their addresses in hist.
+    if !f.passes_states(old, new) || !f.passes_pid(ev.pid) {
+        return Ok(());
+    }
+    let prev_ns = ev.prev_ns;
     let hist_sample = c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN;
     let timewait = c.flags & FLAG_TIMEWAIT != 0;
     let tw_candidate = new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING);
@@ -164,17 +237,16 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     // sk_cgrp_data.cgroup -> kn -> id); the cgroup is the one that created the socket
     // (sk_alloc() -> cgroup_sk_alloc(), copied to accepted children by sk_clone_lock()),
     // right in softirq where the current task is anyone's.
-    let (mut netns, mut cgroup_id) = (0u32, 0u64);
     // TIME_WAIT's 4-tuple key holds the namespace too.
     let by_container = hist_sample && c.hist_by == BY_CONTAINER;
     if stream || by_container || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
-        netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
+        ev.netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
         let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
-        cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
-        if !f.passes_netns(netns) {
+        ev.cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
+        if !f.passes_netns(ev.netns) {
             return Ok(());
         }
-        if f.cgroups != 0 && unsafe { CGROUPS.get(cgroup_id) }.is_none() {
+        if f.cgroups != 0 && unsafe { CGROUPS.get(ev.cgroup_id) }.is_none() {
             return Ok(());
         }
     }
@@ -189,28 +261,6 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         }
         return Ok(());
     }
-
-    // One record, filled in as it is learned: the event, and the argument of the
-    // out-of-line steps below (the BPF stack is 512 bytes; copies would not fit).
-    let mut ev = Event {
-        ts_ns: now,
-        prev_ns,
-        cookie,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        pid,
-        sport: 0,
-        dport: 0,
-        family: 0,
-        oldstate: old as u8,
-        newstate: new as u8,
-        owner_from,
-        _pad: [0; 3],
-        comm,
-        cgroup_id,
-        netns,
-        _pad2: 0,
-    };
     if need_addrs {
         ev.family = unsafe { load(sk, c.sk_family) };
         if ev.family == AF_INET {
@@ -245,16 +295,16 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         add_sample(
             old as u32,
             prev_ns,
-            pid,
+            ev.pid,
             dest(ev.family, ev.dport),
             hist_addr(c.hist_by, &owner, &ev.daddr),
         );
     }
     if timewait && (tw_candidate || tw_reuse) {
-        timewait_step(&ev, tw_candidate);
+        timewait_step(ev, tw_candidate);
     }
     if stream {
-        emit(&ev);
+        emit(ev);
     }
     Ok(())
 }
