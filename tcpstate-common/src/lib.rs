@@ -193,8 +193,14 @@ pub struct SeedRecord {
     pub netns: u32,
     pub pid: u32,
     pub fd: u32,
-    pub _pad: u32,
+    /// [`SEED_DIRECT`] (the record was made) or [`SEED_INDEXED`] (it waits in
+    /// `SEED_OWNERS` for `seed_adopt` in namespace `netns`).
+    pub how: u32,
 }
+
+/// `SeedRecord::how`.
+pub const SEED_DIRECT: u32 = 0;
+pub const SEED_INDEXED: u32 = 1;
 
 /// One open file descriptor that refers to a TCP socket, written by the `task_file`
 /// iterator: which process holds which socket (by cookie) under which fd, and what

@@ -1,7 +1,10 @@
-//! `iter/task_file` at startup: gives every existing TCP socket that some process
-//! holds an fd for a `SOCKS` record naming that process, so the transitions of
-//! sockets that predate tcpstate name their owner (as the kernel's selftest
-//! `bpf_iter_bpf_sk_storage_helpers.c` does). Records the probe already made win.
+//! Owners of the sockets that predate tcpstate, written into their `SOCKS` records at
+//! startup, so their transitions name the process that holds them (as the kernel's
+//! selftest `bpf_iter_bpf_sk_storage_helpers.c` does). Records the probe already
+//! made win. Connections waiting in a held listener's accept queue have no fd: they
+//! get the listener's holder (`OWNER_LISTENER`); their socket pointers come from
+//! checked reads, which `bpf_sk_storage_get` refuses, so they always go through
+//! `SEED_OWNERS` and [`seed_adopt`] (see `tcpstate-user/src/probe/seed.rs`).
 
 use core::ffi::c_void;
 
@@ -13,8 +16,8 @@ use aya_ebpf::{
     },
 };
 use tcpstate_common::{
-    counter, state, SeedOwner, SeedRecord, AF_INET, AF_INET6, IPPROTO_TCP, OWNER_LISTENER,
-    OWNER_SOCKET,
+    counter, state, Config, SeedOwner, SeedRecord, AF_INET, AF_INET6, IPPROTO_TCP, OWNER_LISTENER,
+    OWNER_SOCKET, SEED_DIRECT, SEED_INDEXED,
 };
 
 use crate::{
@@ -23,9 +26,10 @@ use crate::{
     task::{for_each_queued, is_socket_file, tcp_sock_of_file},
 };
 
-/// Called for every open file of every process (once per fd table). Writes the
-/// cookie of each socket it seeds (8 bytes), so that a read always makes progress
-/// (`bpf_seq_read` gives up after 1M objects without output) and userspace can count.
+/// `iter/task_file`, called for every open file of every process (once per fd
+/// table): each TCP socket gets its record from the socket behind the file. Writes a
+/// [`SeedRecord`] per socket seeded or indexed, so that a read always makes progress
+/// (`bpf_seq_read` gives up after 1M objects without output) and userspace counts.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub fn seed_owners(ctx: *mut c_void) -> i32 {
@@ -36,6 +40,7 @@ pub fn seed_owners(ctx: *mut c_void) -> i32 {
     if task.is_null() || file.is_null() {
         return 0;
     }
+    let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
     // The file's `struct socket`, or null if it is not a socket (sock_from_file).
     let sock = unsafe { bpf_sock_from_file(file.cast()) } as *const u8;
     if sock.is_null() {
@@ -52,30 +57,99 @@ pub fn seed_owners(ctx: *mut c_void) -> i32 {
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return 0;
     }
+    let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
+    let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
+    let _ = seed_direct(c, seq, task, sk, fd);
+    0
+}
+
+#[inline(always)]
+fn seed_direct(
+    c: &Config,
+    seq: *mut c_void,
+    task: *const u8,
+    sk: *const u8,
+    fd: u32,
+) -> Result<(), i32> {
     let p = sock_rec(sk, true);
     if p.is_null() {
         count(counter::TABLE_FULL);
-        return 0;
+        return Ok(());
     }
     // SAFETY: this socket's own record.
     let st = unsafe { &mut *p };
     if st.pid != 0 {
-        return 0; // the probe (or an earlier fd of this walk) named it already
+        return Ok(()); // the probe (or an earlier fd of this walk) named it already
     }
-    let pid: u32 = unsafe { load(task, c.task_tgid) };
-    let leader: *const u8 = unsafe { load(task, c.task_group_leader) };
-    let lo: u64 = unsafe { load(leader, c.task_comm) };
-    let hi: u64 = unsafe { load(leader, c.task_comm + 8) };
-    st.comm[..8].copy_from_slice(&lo.to_ne_bytes());
-    st.comm[8..].copy_from_slice(&hi.to_ne_bytes());
-    st.pid = pid;
+    let (mut owner, mut rec) = owner_of(c, task, sk, fd)?;
+    st.comm = owner.comm;
+    st.pid = owner.pid;
     st.owner_from = OWNER_SOCKET;
     count(counter::SEEDED);
-    let cookie: u64 = unsafe { load(sk, c.sk_cookie) };
-    let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
-    let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
-    unsafe { bpf_seq_write(seq.cast(), (&cookie as *const u64).cast(), 8) };
-    0
+    rec.how = SEED_DIRECT;
+    write(seq, &rec);
+    index_queue(c, seq, sk, &mut owner, &mut rec)
+}
+
+/// The holder `task` as an owner, and the record that says where `sk` lives.
+#[inline(always)]
+fn owner_of(
+    c: &Config,
+    task: *const u8,
+    sk: *const u8,
+    fd: u32,
+) -> Result<(SeedOwner, SeedRecord), i32> {
+    let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
+    let owner = SeedOwner {
+        pid: unsafe { read(task, c.task_tgid)? },
+        owner_from: OWNER_SOCKET,
+        _pad: [0; 3],
+        comm: unsafe { read(leader, c.task_comm)? },
+    };
+    let net: *const u8 = unsafe { read(sk, c.sk_net)? };
+    let rec = SeedRecord {
+        netns: if net.is_null() {
+            0
+        } else {
+            unsafe { read(net, c.net_ns_inum)? }
+        },
+        pid: owner.pid,
+        fd,
+        how: SEED_INDEXED,
+    };
+    Ok((owner, rec))
+}
+
+/// A listener's queued connections, indexed under its holder (`OWNER_LISTENER`).
+#[inline(always)]
+fn index_queue(
+    c: &Config,
+    seq: *mut c_void,
+    sk: *const u8,
+    owner: &mut SeedOwner,
+    rec: &mut SeedRecord,
+) -> Result<(), i32> {
+    let st: u8 = unsafe { read(sk, c.sk_state)? };
+    if st as i32 != state::LISTEN {
+        return Ok(());
+    }
+    owner.owner_from = OWNER_LISTENER;
+    rec.how = SEED_INDEXED;
+    for_each_queued(c, sk, |child| {
+        index_one(seq, child, owner, rec);
+        Ok(())
+    })
+}
+
+#[inline(always)]
+fn write(seq: *mut c_void, rec: &SeedRecord) {
+    unsafe {
+        bpf_seq_write(
+            seq.cast(),
+            (rec as *const SeedRecord).cast(),
+            core::mem::size_of::<SeedRecord>() as u32,
+        )
+    };
 }
 
 /// `-EEXIST` from a map insert with `BPF_NOEXIST` (include/uapi/asm-generic/errno-base.h).
@@ -103,8 +177,6 @@ pub fn seed_index(ctx: *mut c_void) -> i32 {
     0
 }
 
-// Map keys and values by reference: by value they are copied onto the BPF stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn index_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Result<(), i32> {
     let c = cfg();
@@ -114,48 +186,18 @@ fn index_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Resu
     let Some(sk) = tcp_sock_of_file(c, file)? else {
         return Ok(());
     };
-    let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
-    let mut owner = SeedOwner {
-        pid: unsafe { read(task, c.task_tgid)? },
-        owner_from: OWNER_SOCKET,
-        _pad: [0; 3],
-        comm: unsafe { read(leader, c.task_comm)? },
-    };
-    let net: *const u8 = unsafe { read(sk, c.sk_net)? };
-    let rec = SeedRecord {
-        netns: if net.is_null() {
-            0
-        } else {
-            unsafe { read(net, c.net_ns_inum)? }
-        },
-        pid: owner.pid,
-        fd,
-        _pad: 0,
-    };
+    let (mut owner, mut rec) = owner_of(c, task, sk, fd)?;
     // The first fd of the walk names the socket, as in seed_owners.
     index_one(seq, sk, &owner, &rec);
-    let st: u8 = unsafe { read(sk, c.sk_state)? };
-    if st as i32 == state::LISTEN {
-        owner.owner_from = OWNER_LISTENER;
-        for_each_queued(c, sk, |child| {
-            index_one(seq, child, &owner, &rec);
-            Ok(())
-        })?;
-    }
-    Ok(())
+    index_queue(c, seq, sk, &mut owner, &mut rec)
 }
 
+// Map keys and values by reference: by value they are copied onto the BPF stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn index_one(seq: *mut c_void, sk: *const u8, owner: &SeedOwner, rec: &SeedRecord) {
     match SEED_OWNERS.insert(&(sk as u64), owner, BPF_NOEXIST as u64) {
-        Ok(()) => unsafe {
-            bpf_seq_write(
-                seq.cast(),
-                (rec as *const SeedRecord).cast(),
-                core::mem::size_of::<SeedRecord>() as u32,
-            );
-        },
+        Ok(()) => write(seq, rec),
         // Already indexed (another fd of the socket): nothing to do.
         Err(e) if e == -EEXIST => {}
         Err(_) => count(counter::TABLE_FULL),

@@ -174,6 +174,13 @@ fn exact_pair(ip: &str, mode: &str, conns: usize) {
             let mut want = vec!["listener"; closes];
             want.extend(vec!["socket"; sq.len() - closes]);
             assert_eq!(from, want, "server socket {sock}: {evs:?}");
+            // Its own cookie and 4-tuple from LISTEN -> SYN_RECV on, on every kernel
+            // (before 6.15 the probe defers that transition until they are set).
+            for ev in &evs {
+                assert_eq!(ev["sport"], port, "{ev}");
+                assert_ne!(ev["dport"], 0, "{ev}");
+                assert_eq!(ev["daddr"], ip, "{ev}");
+            }
         }
         // Durations: unknown for a socket's first transition, measured afterwards.
         assert!(evs[0]["prev_ms"].is_null(), "{sock}");
@@ -182,6 +189,18 @@ fn exact_pair(ip: &str, mode: &str, conns: usize) {
         }
     }
     assert_eq!((n_client, n_server, n_listener), (conns, conns, 1));
+}
+
+/// 10N + 2 for N = 100 connections: each one's 5 + 5 transitions, exactly, and the
+/// listener's two.
+#[test]
+fn exact_ten_per_connection_ipv4() {
+    exact_pair("127.0.0.1", "client-close", 100);
+}
+
+#[test]
+fn exact_ten_per_connection_ipv6() {
+    exact_pair("::1", "client-close", 100);
 }
 
 #[test]

@@ -7,17 +7,22 @@
 //! `cargo xtask dist`, `cargo xtask test-dist`.
 
 use std::{
+    collections::BTreeMap,
     env,
     ffi::OsString,
+    fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod cpio;
 mod dist;
+mod matrix;
 
 /// Debian packages that provide a rustc whose LLVM matches bpf-linker's, with a
 /// prebuilt `core` for bpfel-unknown-none (rustup's nightly has no rust-src here).
@@ -49,7 +54,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n  run [--debug] [-- ARGS]  build everything and run `tcpstate ARGS` (root needed)\
-         \n  test                     install what is missing, build, run every test (root needed)\
+         \n  test [--kernels LIST]    install what is missing, build, run every test here and on\
+         \n                           each kernel of the QEMU matrix (LIST: all, host, 6.1,\
+         \n                           6.12, newest; default all) (root needed)\
          \n  build [--debug]          build the probe and the tcpstate binary\
          \n  build-ebpf               build only the kernel probe\
          \n  setup                    install the BPF toolchain and bpf-linker if missing\
@@ -90,7 +97,7 @@ fn run() -> Result<ExitCode> {
             let bin = build_user(release)?;
             exec_tool(&bin, tool_args)
         }
-        Some("test") => test(),
+        Some("test") => test(&rest),
         Some("dist") => dist::dist().map(|_| ExitCode::SUCCESS),
         Some("test-dist") => dist::test_dist().map(|_| ExitCode::SUCCESS),
         Some("bench") => {
@@ -149,7 +156,7 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-fn status(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn status(cmd: &mut Command, what: &str) -> Result<()> {
     let st = cmd
         .status()
         .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
@@ -160,7 +167,7 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 /// `apt-get update`, then installs `packages` (as root).
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     status(
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update",
@@ -347,16 +354,36 @@ fn exec_tool(bin: &Path, args: &[OsString]) -> Result<ExitCode> {
     Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-/// Every test: formatting, lints, unit tests, then the privileged kernel tests.
-fn test() -> Result<ExitCode> {
+/// Every test: formatting, lints, unit tests, the privileged kernel tests on this
+/// machine's kernel, then the kernel matrix in QEMU (`--kernels LIST`: `host`, the
+/// ids of `matrix::KERNELS`, or `all`, the default).
+fn test(args: &[OsString]) -> Result<ExitCode> {
+    let mut kernels = "all".to_string();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kernels" => kernels = it.next().context("--kernels needs a list")?,
+            _ => match a.strip_prefix("--kernels=") {
+                Some(v) => kernels = v.to_string(),
+                None => bail!("test: unknown argument {a:?} (takes --kernels LIST)"),
+            },
+        }
+    }
+    let kernels = matrix::parse_kernels(&kernels)?;
     if !is_root() {
         bail!("the kernel tests load BPF programs: run `sudo cargo xtask test` (or as root)");
     }
+    let started = Instant::now();
     let obj = build_ebpf()?;
     // tests/serve.rs scrapes `tcpstate serve` with a real Prometheus and promtool.
     if !Path::new("/usr/bin/promtool").exists() {
         eprintln!("xtask: installing Debian's prometheus (with promtool) for the serve tests (first run only)");
         apt_install(&["prometheus"])?;
+    }
+    let guests: Vec<&'static matrix::Kernel> =
+        kernels.iter().filter_map(|k| matrix::kernel(k)).collect();
+    if !guests.is_empty() {
+        matrix::ensure_tools(&workspace_root()?)?;
     }
     eprintln!("xtask: checking formatting and lints");
     status(
@@ -379,6 +406,29 @@ fn test() -> Result<ExitCode> {
         "cargo clippy",
     )?;
     let bin = build_user(true)?;
+    let mut outcomes = Vec::new();
+    if kernels.iter().any(|k| k == "host") {
+        outcomes.push(host_tests(&obj, &bin)?);
+    }
+    if !guests.is_empty() {
+        let (tests, tcpkit) = test_binaries(&obj, &bin)?;
+        let root = workspace_root()?;
+        let guest = matrix::build_guest(&root, &bin, &tcpkit, &tests)?;
+        for k in guests {
+            outcomes.push(matrix::run_kernel(&root, k, &guest));
+        }
+    }
+    eprintln!("{}", matrix::report(&outcomes));
+    eprintln!("xtask: test took {:.0} s", started.elapsed().as_secs_f64());
+    if !outcomes.iter().all(matrix::Outcome::ok) {
+        bail!("tests failed (see the kernel matrix above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unit tests and every kernel test on this machine's kernel.
+fn host_tests(obj: &Path, bin: &Path) -> Result<matrix::Outcome> {
+    let started = Instant::now();
     eprintln!("xtask: running unit and kernel tests");
     let mut child = host_cargo()
         .args([
@@ -390,17 +440,24 @@ fn test() -> Result<ExitCode> {
             // Every test binary runs, so one failure does not hide the others.
             "--no-fail-fast",
         ])
-        .env("TCPSTATE_BPF_OBJECT", &obj)
-        .env("TCPSTATE_BIN", &bin)
+        .env("TCPSTATE_BPF_OBJECT", obj)
+        .env("TCPSTATE_BIN", bin)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
     // Echo the output and add up every test binary's counts, so the run ends with one
     // total rather than the last binary's (often a doc-test run of 0).
+    let mut o = matrix::Outcome::new("host");
+    o.release = kernel_release();
+    o.package = "(this machine)".into();
+    o.features = matrix::host_features(bin);
     let (mut passed, mut failed) = (0u64, 0u64);
     for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
         let line = line?;
         println!("{line}");
+        if let Some((name, "FAILED")) = matrix::test_line(&line) {
+            o.failed.push(name.to_string());
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| -> u64 {
                 rest.split(';')
@@ -421,8 +478,60 @@ fn test() -> Result<ExitCode> {
     }
     let st = child.wait()?;
     println!("tests: {passed} passed, {failed} failed");
-    if !st.success() {
-        bail!("cargo test failed ({st})");
+    o.passed = passed as usize;
+    o.secs = started.elapsed().as_secs_f64();
+    if !st.success() && o.failed.is_empty() {
+        o.error = Some(format!("cargo test failed ({st})"));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(o)
+}
+
+/// The kernel tests' executables by name (`tests/NAME.rs`) and tcpkit's, built as
+/// `host_tests` builds them.
+fn test_binaries(obj: &Path, bin: &Path) -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
+    let mut cmd = host_cargo();
+    cmd.args([
+        "test",
+        "--quiet",
+        "--release",
+        "--package",
+        "tcpstate-testkit",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    .env("TCPSTATE_BPF_OBJECT", obj)
+    .env("TCPSTATE_BIN", bin)
+    .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("starting cargo test --no-run")?;
+    let mut tests = BTreeMap::new();
+    let mut tcpkit = None;
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line?) else {
+            continue;
+        };
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        else {
+            continue;
+        };
+        let kinds = msg["target"]["kind"].to_string();
+        if kinds.contains("\"test\"") {
+            tests.insert(name.to_string(), PathBuf::from(exe));
+        } else if name == "tcpkit" && msg["profile"]["test"] == false {
+            // The binary the tests run (CARGO_BIN_EXE_tcpkit), not its unit tests.
+            tcpkit = Some(PathBuf::from(exe));
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the kernel tests failed");
+    }
+    Ok((
+        tests,
+        tcpkit.context("cargo reported no tcpkit executable")?,
+    ))
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

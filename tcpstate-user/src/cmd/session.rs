@@ -20,7 +20,6 @@ use crate::{
     cmd::stdout,
     model::summary::{Received, Summary},
     probe::{
-        kernel_order_warning, kernel_version,
         ring::{event_of, monotonic_ns, Ring},
         seed::Route,
         LoadOptions, Probe,
@@ -68,9 +67,6 @@ impl Session {
         let int = signal(SignalKind::interrupt())?;
         let term = signal(SignalKind::terminate())?;
         let started = Instant::now();
-        if let Some(w) = kernel_version().and_then(kernel_order_warning) {
-            eprintln!("tcpstate: warning: {w}");
-        }
         let (mut probe, ring) = Probe::load(opts)?;
         let ring = Ring::new(ring, opts.ring_bytes)?;
         let attached_ns = monotonic_ns();

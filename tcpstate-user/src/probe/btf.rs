@@ -84,6 +84,13 @@ pub struct Btf {
     named: HashMap<String, Vec<u32>>,
 }
 
+impl Btf {
+    /// Whether the file is mapped (false: the kernel refused mmap, it was read).
+    pub fn mapped(&self) -> bool {
+        matches!(self.bytes, Bytes::Mapped(..))
+    }
+}
+
 /// One struct or union member.
 #[derive(Clone, Copy, Debug)]
 pub struct Member {

@@ -191,6 +191,7 @@ impl Probe {
                 Func("bpf_iter_tcp"),
             ],
         )?;
+        let btf_how = if vmlinux.mapped() { "mapped" } else { "read" };
         drop(vmlinux);
         // aya-log's level in the probe: 0 (off) skips every log statement there, so
         // logging costs nothing unless asked for. Objects without aya-log lack it.
@@ -265,19 +266,47 @@ impl Probe {
                 Ok(()) => seed::Route::Direct,
                 Err(e) => {
                     log::debug!("{} refused: {e}", names::PROG_SEED_OWNERS);
-                    match load_iter(&mut ebpf, names::PROG_SEED_INDEX, "task_file", &btf)
-                        .and_then(|()| load_iter(&mut ebpf, names::PROG_SEED_ADOPT, "tcp", &btf))
-                    {
+                    match load_iter(&mut ebpf, names::PROG_SEED_INDEX, "task_file", &btf) {
                         Ok(()) => seed::Route::Indexed,
                         Err(e) => {
-                            log::debug!("the two-step owner seed was refused too: {e}");
-                            degraded.add(Feature::OwnerSeed);
+                            log::debug!("{} refused: {e}", names::PROG_SEED_INDEX);
                             seed::Route::None
                         }
                     }
                 }
             };
+            // Both routes need it: for a listener's queued connections (no fd), and
+            // for every socket on the indexed route.
+            if seed != seed::Route::None {
+                if let Err(e) = load_iter(&mut ebpf, names::PROG_SEED_ADOPT, "tcp", &btf) {
+                    log::debug!("{} refused: {e}", names::PROG_SEED_ADOPT);
+                    if seed == seed::Route::Indexed {
+                        seed = seed::Route::None;
+                    }
+                    degraded.add(Feature::OwnerSeed);
+                }
+            }
+            if seed == seed::Route::None {
+                degraded.add(Feature::OwnerSeed);
+            }
         }
+        // What this kernel gave, in one line (the kernel matrix reports it).
+        log::info!(
+            "kernel features: BTF {btf_how}; owner seed {}; TIME_WAIT expiry {}",
+            match seed {
+                seed::Route::Direct => "direct",
+                seed::Route::Indexed => "two-step",
+                seed::Route::None if opts.flags & FLAG_OWNERS != 0 => "refused",
+                seed::Route::None => "not needed",
+            },
+            if opts.flags & FLAG_TIMEWAIT == 0 {
+                "not needed"
+            } else if degraded.has(Feature::TimeWaitExpiry) {
+                "refused"
+            } else {
+                "loaded"
+            }
+        );
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)
                 .ok_or(LoadError::Missing(names::COUNTERS))?,
@@ -304,39 +333,6 @@ impl Probe {
             events,
         ))
     }
-}
-
-/// The kernel's release as (major, minor), from uname.
-pub fn kernel_version() -> Option<(u32, u32)> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    // SAFETY: uname NUL-terminates release.
-    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    parse_release(&rel.to_string_lossy())
-}
-
-fn parse_release(rel: &str) -> Option<(u32, u32)> {
-    let mut it = rel.split(|c: char| !c.is_ascii_digit());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// What an older kernel gets wrong, or None from 6.15 on. Before 6.15
-/// (`inet_csk_clone_lock()` consolidated), LISTEN -> SYN_RECV fires on the child
-/// before its 4-tuple and cookie are set.
-pub fn kernel_order_warning(v: (u32, u32)) -> Option<String> {
-    (v < (6, 15)).then(|| {
-        format!(
-            "kernel {}.{} < 6.15: each accepted socket's LISTEN -> SYN_RECV transition \
-             carries its listener's cookie (`sock`) and remote port 0 (the kernel sets the \
-             child's 4-tuple and cookie only after that transition before 6.15); its later \
-             transitions, owners and durations are right",
-            v.0, v.1
-        )
-    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory
@@ -409,19 +405,4 @@ fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTrace
         .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(prog_err(format!("tp_btf {name}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_releases() {
-        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
-        assert_eq!(parse_release("5.10.209"), Some((5, 10)));
-        assert_eq!(parse_release("garbage"), None);
-        assert!(kernel_order_warning((6, 15)).is_none());
-        assert!(kernel_order_warning((7, 0)).is_none());
-        assert!(kernel_order_warning((6, 14)).unwrap().contains("6.15"));
-    }
 }

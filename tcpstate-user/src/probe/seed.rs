@@ -8,7 +8,8 @@
 //! Two routes, the first the kernel's verifier accepts (trying the load is the
 //! feature check, see `Probe::load`):
 //! - [`Route::Direct`]: `seed_owners` (`iter/task_file`) creates each record from
-//!   the socket behind the file.
+//!   the socket behind the file; a listener's queued connections (no file) are
+//!   indexed and adopted as below.
 //! - [`Route::Indexed`], where that socket pointer is untrusted (some 6.18 builds):
 //!   `seed_index` (`iter/task_file`) indexes each owner by socket address in
 //!   `SEED_OWNERS` and says which namespaces it saw, with a socket fd in each; then
@@ -19,7 +20,7 @@
 use std::{collections::HashMap, io};
 
 use aya::programs::Iter;
-use tcpstate_common::{names, SeedRecord};
+use tcpstate_common::{names, SeedRecord, SEED_DIRECT};
 
 use super::{
     maps::{read_file, read_iter},
@@ -77,44 +78,48 @@ impl Probe {
     /// Seeds the owners of existing sockets by this kernel's route; records the
     /// probe already made win.
     pub fn seed_owners(&mut self) -> io::Result<Seeded> {
-        match self.seed {
-            Route::None => Ok(Seeded::default()),
-            Route::Direct => {
-                let mut sockets = 0;
-                read_iter::<8>(&mut self.ebpf, names::PROG_SEED_OWNERS, |_| sockets += 1)?;
-                Ok(Seeded {
-                    sockets,
-                    failed: Vec::new(),
-                })
-            }
-            Route::Indexed => {
-                let r = self.seed_indexed();
-                self.drop_seed_index();
-                r
-            }
-        }
+        let walk = match self.seed {
+            Route::None => return Ok(Seeded::default()),
+            Route::Direct => names::PROG_SEED_OWNERS,
+            Route::Indexed => names::PROG_SEED_INDEX,
+        };
+        let r = self.seed_with(walk);
+        self.drop_seed_index();
+        r
     }
 
-    fn seed_indexed(&mut self) -> io::Result<Seeded> {
-        // Each namespace seen, with a few (pid, fd) of its sockets to enter it by.
-        let mut namespaces: HashMap<u32, Vec<Opener>> = HashMap::new();
-        read_iter::<{ std::mem::size_of::<SeedRecord>() }>(
-            &mut self.ebpf,
-            names::PROG_SEED_INDEX,
-            |c| {
-                // SAFETY: plain old data; each chunk is one whole record.
-                let r = unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SeedRecord>()) };
-                let v = namespaces.entry(r.netns).or_default();
-                if v.len() < 4 {
-                    v.push(Opener::Socket {
-                        pid: r.pid,
-                        fd: r.fd,
-                    });
-                }
-            },
-        )?;
-        let own = netns::current_inode().ok();
+    /// Runs the fd walk `walk`, then `seed_adopt` in each namespace with sockets it
+    /// indexed.
+    fn seed_with(&mut self, walk: &str) -> io::Result<Seeded> {
         let mut seeded = Seeded::default();
+        // Each namespace with indexed sockets, with a few (pid, fd) to enter it by.
+        let mut namespaces: HashMap<u32, Vec<Opener>> = HashMap::new();
+        read_iter::<{ std::mem::size_of::<SeedRecord>() }>(&mut self.ebpf, walk, |c| {
+            // SAFETY: plain old data; each chunk is one whole record.
+            let r = unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SeedRecord>()) };
+            if r.how == SEED_DIRECT {
+                seeded.sockets += 1;
+                return;
+            }
+            let v = namespaces.entry(r.netns).or_default();
+            if v.len() < 4 {
+                v.push(Opener::Socket {
+                    pid: r.pid,
+                    fd: r.fd,
+                });
+            }
+        })?;
+        if namespaces.is_empty() {
+            return Ok(seeded);
+        }
+        let adopt = self
+            .ebpf
+            .program(names::PROG_SEED_ADOPT)
+            .is_some_and(|p| p.fd().is_ok());
+        if !adopt {
+            return Ok(seeded);
+        }
+        let own = netns::current_inode().ok();
         let mut inodes: Vec<u32> = namespaces.keys().copied().collect();
         inodes.sort_unstable();
         for inode in inodes {
@@ -167,10 +172,14 @@ impl Probe {
         Err(last)
     }
 
-    /// Unloads the two-step seed's programs and frees its index (the kernel frees a
-    /// map when nothing refers to it any more).
+    /// Unloads the seed's programs and frees its index (the kernel frees a map when
+    /// nothing refers to it any more): they run once.
     fn drop_seed_index(&mut self) {
-        for name in [names::PROG_SEED_INDEX, names::PROG_SEED_ADOPT] {
+        for name in [
+            names::PROG_SEED_OWNERS,
+            names::PROG_SEED_INDEX,
+            names::PROG_SEED_ADOPT,
+        ] {
             if let Some(p) = self.ebpf.program_mut(name) {
                 let iter: Result<&mut Iter, _> = p.try_into();
                 if let Ok(iter) = iter {

@@ -11,6 +11,7 @@ use crate::{
         events::StateNum,
         metrics::{loss_terms, to_prometheus_buckets, LingerSeries, Snapshot, OTHER},
     },
+    probe::features::Feature,
     render::format::sanitize_comm,
 };
 
@@ -225,6 +226,18 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
     );
     for (reason, n) in loss_terms(&s.summary) {
         w.sample("tcpstate_events_lost_total", &[("reason", reason)], n);
+    }
+    w.family(
+        "tcpstate_degraded",
+        Kind::Gauge,
+        "1 for each optional part of the probe this kernel refused (owner_seed: owners of sockets older than tcpstate unknown; time_wait_expiry: TIME_WAIT expiries not seen).",
+    );
+    for f in Feature::ALL {
+        w.sample(
+            "tcpstate_degraded",
+            &[("feature", f.name())],
+            u64::from(s.summary.degraded.has(f)),
+        );
     }
     w.family(
         "tcpstate_probe_calls_total",
@@ -497,6 +510,10 @@ tcpstate_events_lost_total{reason=\"ringbuf\"} 0
 tcpstate_events_lost_total{reason=\"skipped\"} 0
 tcpstate_events_lost_total{reason=\"read\"} 0
 tcpstate_events_lost_total{reason=\"transit\"} 0
+# HELP tcpstate_degraded 1 for each optional part of the probe this kernel refused (owner_seed: owners of sockets older than tcpstate unknown; time_wait_expiry: TIME_WAIT expiries not seen).
+# TYPE tcpstate_degraded gauge
+tcpstate_degraded{feature=\"owner_seed\"} 0
+tcpstate_degraded{feature=\"time_wait_expiry\"} 0
 # HELP tcpstate_probe_calls_total Transitions the kernel handed to the probe (every protocol, before any filter).
 # TYPE tcpstate_probe_calls_total counter
 tcpstate_probe_calls_total 99
