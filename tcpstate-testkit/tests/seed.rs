@@ -210,3 +210,22 @@ fn refused_timer_probe_degrades_hist() {
         "{s}"
     );
 }
+
+/// A core program refused (here linger's fd walk): the command stops at once with
+/// one line naming the kernel feature it needs and since which kernel it exists.
+#[test]
+fn refused_core_program_stops_with_one_line() {
+    let out = Command::new(tcpstate_bin())
+        .args(["linger", "--duration", "1"])
+        .env("TCPSTATE_TEST_REFUSE", "task_sockets")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("task_sockets") && err.contains("task_file BPF iterator (Linux 5.8)"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -55,11 +55,18 @@ pub enum LoadError {
     Offsets(#[from] offsets::OffsetError),
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] Box<aya::EbpfError>),
-    #[error("{what} failed: {source}{hint}")]
+    #[error("creating BPF map {name} failed ({io_error}): {needs}")]
+    CreateMap {
+        name: String,
+        io_error: std::io::Error,
+        needs: &'static str,
+    },
+    /// One line: the verifier's log goes to `--log-level debug`.
+    #[error("{what} failed: {detail}{hint}")]
     Program {
         what: String,
-        source: ProgramError,
-        hint: &'static str,
+        detail: String,
+        hint: String,
     },
     #[error("the BPF object lacks {0}")]
     Missing(&'static str),
@@ -142,18 +149,54 @@ pub fn check_privileges() -> Result<(), LoadError> {
     }
 }
 
-fn prog_err(what: impl Into<String>) -> impl FnOnce(ProgramError) -> LoadError {
+/// What a core part of the probe needs from the kernel, by program or map name.
+fn needs(name: &str) -> &'static str {
+    match name {
+        names::PROG_SET_STATE | names::PROG_SET_STATE_BACKUP => {
+            "tcpstate needs BTF tracepoints (Linux 5.5) with socket-local storage from tracing programs (Linux 5.11) and a kernel built with CONFIG_DEBUG_INFO_BTF"
+        }
+        names::PROG_TASK_SOCKETS => "the fd walk needs the task_file BPF iterator (Linux 5.8)",
+        names::EVENTS => "tcpstate needs the BPF ring buffer (Linux 5.8)",
+        names::SOCKS => "tcpstate needs socket-local storage (BPF_MAP_TYPE_SK_STORAGE, Linux 5.2) with BTF",
+        _ => "see `--log-level debug`",
+    }
+}
+
+fn prog_err(what: impl Into<String>, name: &str) -> impl FnOnce(ProgramError) -> LoadError {
     let what = what.into();
+    let needs = needs(name);
     move |source| {
-        let hint = match &source {
-            ProgramError::LoadError { io_error, .. }
-                if io_error.raw_os_error() == Some(libc::EPERM) =>
-            {
-                " (EPERM: run as root or grant CAP_BPF and CAP_PERFMON)"
+        let (detail, hint) = match &source {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
+                log::debug!("{what}: the verifier's log:\n{verifier_log}");
+                let hint = if io_error.raw_os_error() == Some(libc::EPERM) {
+                    " (run as root or grant CAP_BPF and CAP_PERFMON)".to_string()
+                } else {
+                    format!("; {needs} (the verifier's log: --log-level debug)")
+                };
+                (format!("the kernel refused it ({io_error})"), hint)
             }
-            _ => "",
+            other => (other.to_string(), format!("; {needs}")),
         };
-        LoadError::Program { what, source, hint }
+        LoadError::Program { what, detail, hint }
+    }
+}
+
+/// The map a load failed to create, named with what it needs.
+fn load_err(e: aya::EbpfError) -> LoadError {
+    match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => {
+            let needs = needs(&name);
+            LoadError::CreateMap {
+                name,
+                io_error,
+                needs,
+            }
+        }
+        e => LoadError::Load(Box::new(e)),
     }
 }
 
@@ -212,7 +255,7 @@ impl Probe {
             .map_max_entries(names::EVENTS, opts.ring_bytes)
             .map_max_entries(names::HIST, opts.hist_keys.max(1))
             .load(BPF_OBJECT)
-            .map_err(Box::new)?;
+            .map_err(load_err)?;
         // Before any program is loaded: they refer to the log map by fd.
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -229,12 +272,12 @@ impl Probe {
         for name in both {
             tp_btf(&mut ebpf, name)?
                 .load("inet_sock_set_state", &btf)
-                .map_err(prog_err(format!("loading tp_btf {name}")))?;
+                .map_err(prog_err(format!("loading tp_btf {name}"), name))?;
         }
         for name in both {
             tp_btf(&mut ebpf, name)?
                 .attach()
-                .map_err(prog_err(format!("attaching tp_btf {name}")))?;
+                .map_err(prog_err(format!("attaching tp_btf {name}"), name))?;
         }
         let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
 
@@ -389,14 +432,14 @@ fn load_iter(
         .program_mut(name)
         .ok_or(LoadError::Missing(name))?
         .try_into()
-        .map_err(prog_err(format!("iterator {name}")))?;
+        .map_err(prog_err(format!("iterator {name}"), name))?;
     let target = match (test_refuses(name), target) {
         (true, "tcp") => "task_file",
         (true, _) => "tcp",
         (false, t) => t,
     };
     iter.load(target, btf)
-        .map_err(prog_err(format!("loading iter/{target} {name}")))
+        .map_err(prog_err(format!("loading iter/{target} {name}"), name))
 }
 
 /// A BTF tracepoint program of the object, by name.
@@ -404,5 +447,5 @@ fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTrace
     ebpf.program_mut(name)
         .ok_or(LoadError::Missing(name))?
         .try_into()
-        .map_err(prog_err(format!("tp_btf {name}")))
+        .map_err(prog_err(format!("tp_btf {name}"), name))
 }
