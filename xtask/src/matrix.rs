@@ -662,12 +662,12 @@ pub fn test_line(line: &str) -> Option<(&str, &str)> {
 pub fn report(outcomes: &[Outcome]) -> String {
     let mut s = String::from("kernel matrix:\n");
     s.push_str(&format!(
-        "{:<8} {:<22} {:<48} {:>6} {:>6} {:>7}\n",
+        "{:<8} {:<28} {:<70} {:>6} {:>6} {:>5}\n",
         "KERNEL", "RELEASE", "PACKAGE", "PASSED", "FAILED", "SECS"
     ));
     for o in outcomes {
         s.push_str(&format!(
-            "{:<8} {:<22} {:<48} {:>6} {:>6} {:>7.0}{}\n",
+            "{:<8} {:<28} {:<70} {:>6} {:>6} {:>5.0}{}\n",
             o.id,
             o.release,
             o.package,
