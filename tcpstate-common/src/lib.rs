@@ -352,7 +352,10 @@ pub struct Config {
     pub flags: u32,
     /// `BY_*`: the histogram key.
     pub hist_by: u32,
-    pub _pad0: u32,
+    /// `SKIP_*`: parts of the transition probe left out, for the bench's per-part
+    /// profile only (0 in every command; the verifier drops the checks, CONFIG being
+    /// frozen).
+    pub skip: u32,
     /// Kernel-side filter (see [`Filter`]); applies to what is sent or aggregated.
     pub filter: Filter,
     /// Wake userspace only once this many bytes wait in the ring buffer; userspace also
@@ -423,7 +426,7 @@ impl Config {
         inode_mode: 0,
         flags: 0,
         hist_by: 0,
-        _pad0: 0,
+        skip: 0,
         filter: Filter::ZERO,
         wakeup_bytes: 0,
         tw_timer: 0,
@@ -453,6 +456,41 @@ impl Config {
         tcp_keepalive_time: 0,
         _pad1: 0,
     };
+}
+
+/// Parts of the transition probe the bench's profile can leave out (`Config::skip`):
+/// what each costs is the difference. The output is wrong without them.
+pub mod skip {
+    /// The per-CPU mark for the backup program (and the backup's check).
+    pub const MARK: u32 = 1;
+    /// The socket cookie (a load, and the helper on a socket's first transition).
+    pub const COOKIE: u32 = 2;
+    /// `bpf_ktime_get_ns()`.
+    pub const CLOCK: u32 = 4;
+    /// The current task as owner (owner-context transitions).
+    pub const OWNER: u32 = 8;
+    /// The socket's record in socket-local storage.
+    pub const STORAGE: u32 = 16;
+    /// The socket's namespace and cgroup.
+    pub const IDENTITY: u32 = 32;
+    /// The socket's addresses and ports.
+    pub const ADDRS: u32 = 64;
+    /// The ring buffer (reserve, copy, submit).
+    pub const RING: u32 = 128;
+    /// The probe's own counters (runs, events submitted).
+    pub const COUNTERS: u32 = 256;
+    /// Every part, by name (the bench's `--profile` rows).
+    pub const ALL: &[(&str, u32)] = &[
+        ("mark", MARK),
+        ("cookie", COOKIE),
+        ("clock", CLOCK),
+        ("owner", OWNER),
+        ("storage", STORAGE),
+        ("identity", IDENTITY),
+        ("addresses", ADDRS),
+        ("ring", RING),
+        ("counters", COUNTERS),
+    ];
 }
 
 /// Send every transition to userspace (`trace`, `linger`).

@@ -25,7 +25,9 @@ pub fn emit(ev: &Event) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(wake.into());
-            count(counter::EMITTED);
+            if c.skip & tcpstate_common::skip::COUNTERS == 0 {
+                count(counter::EMITTED);
+            }
         }
         None => count(counter::RINGBUF_FULL),
     }

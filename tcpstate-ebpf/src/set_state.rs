@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcpstate_common::{
-    counter, hist_addr, hist_owner, owner_is_current, pair_slot, state, Event, AF_INET, AF_INET6,
-    BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM,
+    counter, hist_addr, hist_owner, owner_is_current, pair_slot, skip, state, Event, AF_INET,
+    AF_INET6, BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM,
     FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
     SOCK_SYN_RECV_DEFERRED,
 };
@@ -36,7 +36,9 @@ use crate::{
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-    count(counter::PROBE_RUNS);
+    if cfg().skip & skip::COUNTERS == 0 {
+        count(counter::PROBE_RUNS);
+    }
     if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false) {
         count(counter::READ_FAILED);
         diag::read_failed("inet_sock_set_state", e);
@@ -78,14 +80,18 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     // address has another cookie), so a mark left behind never matches another
     // socket's transition.
     let mut cookie: u64 = 0;
-    if tcp {
+    if tcp && c.skip & skip::COOKIE == 0 {
         cookie = unsafe { load(sk, c.sk_cookie) };
         if cookie == 0 {
             cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
         }
     }
     let code = states_code(old, new);
-    if !backup {
+    if c.skip & skip::MARK != 0 {
+        if backup {
+            return Ok(());
+        }
+    } else if !backup {
         mark(sk, code, cookie);
     } else if take_mark(sk, code, cookie) {
         return Ok(());
@@ -98,9 +104,14 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     if !relevant {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = if c.skip & skip::CLOCK == 0 {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        1
+    };
 
-    let learned = c.flags & FLAG_OWNERS != 0 && owner_is_current(old, new);
+    let learned =
+        c.flags & FLAG_OWNERS != 0 && c.skip & skip::OWNER == 0 && owner_is_current(old, new);
     let (cur_pid, cur_comm) = if learned {
         current_owner(c)
     } else {
@@ -137,7 +148,7 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
     let defer = syn_recv && tcp && unsafe { load::<u16>(sk, c.sk_dport) } == 0;
     // When this transition leaves SYN_RECV with one deferred: its time.
     let mut deferred_at = 0u64;
-    if track || defer || old == state::SYN_RECV {
+    if (track || defer || old == state::SYN_RECV) && c.skip & skip::STORAGE == 0 {
         // A closing socket's record is only updated, never created; without
         // FLAG_TRACK only a deferral makes one.
         let p = sock_rec(sk, (track || defer) && new != state::CLOSE);
@@ -239,7 +250,9 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
     // right in softirq where the current task is anyone's.
     // TIME_WAIT's 4-tuple key holds the namespace too.
     let by_container = hist_sample && c.hist_by == BY_CONTAINER;
-    if stream || by_container || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)) {
+    if (stream || by_container || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)))
+        && c.skip & skip::IDENTITY == 0
+    {
         ev.netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
         let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
         ev.cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
@@ -261,7 +274,7 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
         }
         return Ok(());
     }
-    if need_addrs {
+    if need_addrs && c.skip & skip::ADDRS == 0 {
         ev.family = unsafe { load(sk, c.sk_family) };
         if ev.family == AF_INET {
             let s: u32 = unsafe { load(sk, c.sk_rcv_saddr) };
@@ -303,7 +316,7 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
     if timewait && (tw_candidate || tw_reuse) {
         timewait_step(ev, tw_candidate);
     }
-    if stream {
+    if stream && c.skip & skip::RING == 0 {
         emit(ev);
     }
     Ok(())

@@ -92,6 +92,23 @@ pub fn test_refuses(prog: &str) -> bool {
     std::env::var("TCPSTATE_TEST_REFUSE").is_ok_and(|v| v.split(',').any(|p| p.trim() == prog))
 }
 
+/// Bench hook: `TCPSTATE_PROFILE_SKIP=part,...` (the names of
+/// `tcpstate_common::skip::ALL`) leaves those parts out of the transition probe, for
+/// `cargo xtask bench --profile`'s per-part costs. Its output is wrong then.
+pub fn profile_skip() -> u32 {
+    let Ok(v) = std::env::var("TCPSTATE_PROFILE_SKIP") else {
+        return 0;
+    };
+    v.split(',')
+        .filter_map(|p| {
+            tcpstate_common::skip::ALL
+                .iter()
+                .find(|(n, _)| *n == p.trim())
+                .map(|(_, b)| *b)
+        })
+        .fold(0, |a, b| a | b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

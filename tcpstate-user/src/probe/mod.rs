@@ -224,6 +224,13 @@ impl Probe {
         config.filter = opts.filter;
         config.iter_states = opts.iter_states;
         config.iter_flags = opts.iter_flags;
+        config.skip = features::profile_skip();
+        if config.skip != 0 {
+            log::warn!(
+                "profiling: probe parts left out ({:#x}); output is wrong",
+                config.skip
+            );
+        }
         use offsets::AttachType::{Func, Typedef};
         let btf = offsets::attach_btf(
             &mut vmlinux,

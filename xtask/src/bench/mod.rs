@@ -229,6 +229,8 @@ pub struct Options {
     pub tcpstate: Option<PathBuf>,
     pub compare: Option<PathBuf>,
     pub calib: Option<PathBuf>,
+    /// Also run `trace --json` without each part of the probe (`--profile`).
+    pub profile: bool,
 }
 
 fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
@@ -242,6 +244,7 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
         tcpstate: None,
         compare: None,
         calib: calib.map(Path::to_path_buf),
+        profile: false,
     };
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
@@ -250,6 +253,7 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
             "--secs" => o.secs = it.next().context("--secs S")?.parse()?,
             "--tax-secs" => o.tax_secs = it.next().context("--tax-secs S")?.parse()?,
             "--json" => o.json = true,
+            "--profile" => o.profile = true,
             "--soak" => o.soak = Some(parse_secs(it.next().context("--soak D")?)?),
             "--scale" => {
                 let n = it
@@ -302,6 +306,9 @@ pub fn bench(bin: &Path, tcpkit: &Path, calib: Option<&Path>, args: &[String]) -
     result
 }
 
+/// The command the per-part profile takes apart.
+pub const PROFILED: &str = "trace --json > tmpfs";
+
 /// tcpstate's commands, as the bench runs them (name, arguments, stdout to tmpfs).
 const COMMANDS: &[(&str, &[&str], bool)] = &[
     ("trace --json > tmpfs", &["trace", "--json"], true),
@@ -331,6 +338,36 @@ fn variants(o: &Options) -> Vec<Variant> {
                     bin: bin.map(Path::to_path_buf),
                     args: args.iter().map(|x| x.to_string()).collect(),
                     stdout_file: *stdout_file,
+                    env: Vec::new(),
+                },
+            });
+        }
+    }
+    // The per-part profile: `trace --json` without each part of the probe (its
+    // output is wrong then; only the programs' run time counts), and without all.
+    if o.profile {
+        let all = tcpstate_common::skip::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",");
+        let parts = tcpstate_common::skip::ALL
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .chain(std::iter::once(all));
+        for part in parts {
+            let label = if part.contains(',') {
+                "every part"
+            } else {
+                part.as_str()
+            };
+            v.push(Variant {
+                name: format!("{PROFILED} without {label}"),
+                kind: Kind::Tcpstate {
+                    bin: None,
+                    args: vec!["trace".into(), "--json".into()],
+                    stdout_file: true,
+                    env: vec![("TCPSTATE_PROFILE_SKIP".into(), part.clone())],
                 },
             });
         }

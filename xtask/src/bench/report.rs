@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::PROFILED;
 use super::{
     median,
     scale::Scale,
@@ -208,6 +209,7 @@ pub fn report(r: &Results, json_out: bool) {
                 "syscall_tax": r.syscall.iter().map(tax_json).collect::<Vec<_>>(),
                 "timer_tax": r.timer.map(tax_json),
                 "scale": r.scale.map(scale_json),
+                "profile": profile(&rows).iter().map(|(p, c, w)| json!({"part": p, "cost_ns": c, "ns_per_run_without": w})).collect::<Vec<_>>(),
                 "targets": targets.iter().map(|(w, m, ok)| json!({"target": w, "measured": m, "met": ok})).collect::<Vec<_>>(),
             })
         );
@@ -269,6 +271,16 @@ pub fn report(r: &Results, json_out: bool) {
             list.join("; ")
         );
     }
+    let parts = profile(&rows);
+    if !parts.is_empty() {
+        println!(
+            "\nPROBE PARTS ({PROFILED}'s primary program, ns per run: the full program's time \
+             minus its time without the part, same rounds)"
+        );
+        for (part, cost, without) in &parts {
+            println!("  {part:<24} {cost:>6.0} ns   (without it: {without:.0} ns per run)");
+        }
+    }
     if !r.syscall.is_empty() {
         println!(
             "\n{:<32} {:>14} {:>14} {:>9}",
@@ -314,4 +326,36 @@ pub fn report(r: &Results, json_out: bool) {
             );
         }
     }
+}
+
+/// The per-part profile (`--profile`): (part, its cost, the primary's ns per run
+/// without it), the full program first (its cost: its whole time per run).
+fn profile(rows: &[Value]) -> Vec<(String, f64, f64)> {
+    let primary = |x: &Value| -> Option<f64> {
+        x["programs"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "inet_sock_set_state")?["ns_per_run"]
+            .as_f64()
+    };
+    let Some(full) = rows
+        .iter()
+        .find(|x| x["variant"] == PROFILED)
+        .and_then(primary)
+    else {
+        return Vec::new();
+    };
+    let prefix = format!("{PROFILED} without ");
+    let mut out: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter_map(|x| {
+            let part = x["variant"].as_str()?.strip_prefix(&prefix)?;
+            let without = primary(x)?;
+            Some((part.to_string(), full - without, without))
+        })
+        .collect();
+    if !out.is_empty() {
+        out.insert(0, ("full program".into(), full, 0.0));
+    }
+    out
 }

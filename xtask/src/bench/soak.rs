@@ -24,6 +24,7 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
         bin: None,
         args: ["trace", "--json", "--port", &p].map(String::from).to_vec(),
         stdout_file: true,
+        env: Vec::new(),
     };
     let linger_v = Kind::Tcpstate {
         bin: None,
@@ -31,6 +32,7 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
             .map(String::from)
             .to_vec(),
         stdout_file: false,
+        env: Vec::new(),
     };
     let tools = Tools {
         tcpstate: bin,

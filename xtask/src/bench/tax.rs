@@ -101,6 +101,7 @@ fn interleaved(
                 bin: None,
                 args: args.iter().map(|a| a.to_string()).collect(),
                 stdout_file: false,
+                env: Vec::new(),
             };
             let only = per_timer.then_some(TIMER_PROG);
             let (with, bpf_ns, runs, count) = with_tracer(tools, &kind, loop_args, only)?;

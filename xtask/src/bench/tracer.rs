@@ -29,6 +29,8 @@ pub enum Kind {
         bin: Option<PathBuf>,
         args: Vec<String>,
         stdout_file: bool,
+        /// Extra environment (the per-part profile's `TCPSTATE_PROFILE_SKIP`).
+        env: Vec<(String, String)>,
     },
     Bpftrace,
     /// `tcpkit calib` with this program of the calibration object.
@@ -80,9 +82,9 @@ pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
     let started = Instant::now();
     let mut cmd = match kind {
         Kind::Baseline => bail!("the baseline runs no tracer"),
-        Kind::Tcpstate { bin, args, .. } => {
+        Kind::Tcpstate { bin, args, env, .. } => {
             let mut c = Command::new(bin.as_deref().unwrap_or(tools.tcpstate));
-            c.args(args);
+            c.args(args).envs(env.iter().map(|(k, v)| (k, v)));
             c
         }
         Kind::Bpftrace => {
