@@ -1,115 +1,104 @@
 //! The primary program's marks, with which the backup program tells the transitions
 //! the primary ran for from those the kernel skipped it for (see `set_state`).
 //!
-//! Per CPU, the transitions the primary program has run for and the backup has not
-//! yet looked at. At most the nesting depth (task, softirq) is in flight. A mark whose
-//! backup was skipped (it nested inside a backup run) is cleared when that outer
-//! backup run ends, unless it nested in the few instructions around the run; marks
-//! carry the socket cookie, so such a leftover can never match a later socket at the
-//! same address (slab reuse) and lose its transition.
-
-use aya_ebpf::helpers::bpf_jiffies64;
+//! Per CPU, a small stack. For each transition the kernel calls the primary, then
+//! the backup (attach order, `__DO_TRACE`); another transition can fire in between
+//! or inside either (a softirq on this CPU), always as a whole nested pair. The
+//! primary pushes its transition's mark first thing; the backup finds the mark on
+//! top if and only if the primary ran for its transition:
+//! - nested inside the primary (which the kernel then skips for the nested
+//!   transition: `__bpf_trace_run`'s recursion guard), the top is the outer one's
+//!   mark (or an older one, if the primary had not pushed yet): no match, handled;
+//! - between a primary and its backup, the nested pair pushes and pops its own mark
+//!   on top of the outer one's;
+//! - nested inside a backup, the nested backup is the one skipped: the outer
+//!   backup drops, when it ends, every mark pushed above where it started.
+//!
+//! A mark carries the socket's address, both states and the cookie, never reused,
+//! so a mark left behind (pushed in the few instructions after a backup's last one,
+//! before the kernel's guard is released) can never match another socket's
+//! transition; on overflow only the newest mark is kept.
 
 use crate::maps::RECENT;
 
-const RECENT_SLOTS: usize = 8;
-/// Fallback for marks nothing consumes or clears (transitions between attaching
-/// the primary and the backup): their slots are reused after 20 jiffies (>= 20 ms).
-const MARK_STALE_JIFFIES: u64 = 20;
+/// A power of two (indexes are masked with it).
+const DEPTH: usize = 8;
 
 #[repr(C)]
 pub struct Recent {
-    /// The socket (its address; 0 = free slot) and the transition's `old << 8 | new`.
-    socks: [u64; RECENT_SLOTS],
-    states: [u64; RECENT_SLOTS],
-    cookies: [u64; RECENT_SLOTS],
-    /// When (jiffies) and in which order (`seq`) each mark was made.
-    at: [u64; RECENT_SLOTS],
-    seqs: [u64; RECENT_SLOTS],
-    seq: u64,
-    next: u64,
+    /// Marks, bottom first: the socket (its address), `old << 8 | new`, the cookie.
+    socks: [u64; DEPTH],
+    codes: [u64; DEPTH],
+    cookies: [u64; DEPTH],
+    /// How many marks the stack holds.
+    top: u64,
 }
 
 /// A transition's identity while it is in flight: the socket (alive for the whole
-/// tracepoint call), both states, and for the transitions the probe handles, the
-/// socket's cookie. Every transition is marked, handled or not.
+/// tracepoint call), both states, and its cookie.
 #[inline(always)]
 pub fn states_code(old: i32, new: i32) -> u64 {
     ((old as u64 & 0xff) << 8) | (new as u64 & 0xff)
 }
 
-/// The primary runs for this transition: leave a mark for the backup in a free or
-/// stale slot. (Storing and comparing the socket pointer needs CAP_PERFMON, which
-/// tracing needs anyway; the verifier allows no arithmetic on it.)
+/// The primary runs for this transition: push its mark. (Storing and comparing the
+/// socket pointer needs CAP_PERFMON, which tracing needs anyway.)
 #[inline(always)]
 pub fn mark(sk: *const u8, code: u64, cookie: u64) {
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: per-CPU value; a nested run on this CPU only adds its own mark.
+        // SAFETY: per-CPU value; a backup nested here only reads the top and may
+        // lower it to where it found it.
         let r = unsafe { &mut *r };
-        let now = unsafe { bpf_jiffies64() };
-        let mut slot = RECENT_SLOTS;
-        let mut i = 0;
-        while i < RECENT_SLOTS {
-            if r.socks[i] == 0 || now.wrapping_sub(r.at[i]) > MARK_STALE_JIFFIES {
-                slot = i;
-                break;
-            }
-            i += 1;
+        let mut top = r.top as usize;
+        if top >= DEPTH {
+            // Marks left behind: keep the newest (it may be a pending one).
+            r.socks[0] = r.socks[DEPTH - 1];
+            r.codes[0] = r.codes[DEPTH - 1];
+            r.cookies[0] = r.cookies[DEPTH - 1];
+            top = 1;
         }
-        if slot == RECENT_SLOTS {
-            slot = (r.next as usize) % RECENT_SLOTS;
-            r.next = r.next.wrapping_add(1);
-        }
-        r.seq = r.seq.wrapping_add(1);
-        let slot = core::hint::black_box(slot);
-        if slot < RECENT_SLOTS {
-            r.socks[slot] = sk as u64;
-            r.states[slot] = code;
-            r.cookies[slot] = cookie;
-            r.at[slot] = now;
-            r.seqs[slot] = r.seq;
-        }
+        let top = top & (DEPTH - 1);
+        r.socks[top] = sk as u64;
+        r.codes[top] = code;
+        r.cookies[top] = cookie;
+        r.top = top as u64 + 1;
     }
 }
 
-/// The backup's check: did the primary run for this transition? Consumes the mark.
+/// The backup's check: did the primary run for this transition? Pops its mark when
+/// it did. Returns that, and the stack height to restore when this run ends (see
+/// [`end_backup`]).
 #[inline(always)]
-pub fn take_mark(sk: *const u8, code: u64, cookie: u64) -> bool {
-    if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: per-CPU value.
-        let r = unsafe { &mut *r };
-        let mut i = 0;
-        while i < RECENT_SLOTS {
-            if r.socks[i] == sk as u64 && r.states[i] == code && r.cookies[i] == cookie {
-                r.socks[i] = 0;
-                return true;
-            }
-            i += 1;
-        }
+pub fn take_mark(sk: *const u8, code: u64, cookie: u64) -> (bool, u64) {
+    let Some(r) = RECENT.get_ptr_mut(0) else {
+        return (false, 0);
+    };
+    // SAFETY: per-CPU value.
+    let r = unsafe { &mut *r };
+    let top = core::hint::black_box(r.top as usize);
+    if top == 0 || top > DEPTH {
+        return (false, top as u64);
     }
-    false
+    // Masked (DEPTH is a power of two) so that no bounds check is left to call a
+    // panic handler, which the verifier refuses.
+    let i = (top - 1) & (DEPTH - 1);
+    if r.socks[i] == sk as u64 && r.codes[i] == code && r.cookies[i] == cookie {
+        r.top = i as u64;
+        return (true, i as u64);
+    }
+    (false, top as u64)
 }
 
-/// The mark sequence number now (taken when a backup run starts).
+/// A backup run ends: marks pushed above `level` came from primary runs nested in
+/// it, whose own backup runs the kernel skipped (this one was active). Nothing will
+/// pop them.
 #[inline(always)]
-pub fn mark_seq() -> u64 {
-    RECENT.get(0).map_or(0, |r| r.seq)
-}
-
-/// A backup run ends: marks made since it started were made by primary runs nested
-/// in it, whose own backup runs the kernel skipped (this one was active). Nothing
-/// will consume them.
-#[inline(always)]
-pub fn clear_marks_after(seq: u64) {
+pub fn end_backup(level: u64) {
     if let Some(r) = RECENT.get_ptr_mut(0) {
         // SAFETY: per-CPU value.
         let r = unsafe { &mut *r };
-        let mut i = 0;
-        while i < RECENT_SLOTS {
-            if r.socks[i] != 0 && r.seqs[i].wrapping_sub(seq) as i64 > 0 {
-                r.socks[i] = 0;
-            }
-            i += 1;
+        if r.top > level {
+            r.top = level;
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     diag,
     hist::{add_sample, dest},
     maps::{sock_rec, CGROUPS, PAIRS},
-    marks::{clear_marks_after, mark, mark_seq, states_code, take_mark},
+    marks::{end_backup, mark, states_code, take_mark},
     ring::emit,
     task::current_owner,
     timewait::timewait_step,
@@ -39,7 +39,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if cfg().skip & skip::COUNTERS == 0 {
         count(counter::PROBE_RUNS);
     }
-    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), false) {
+    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), None) {
         count(counter::READ_FAILED);
         diag::read_failed("inet_sock_set_state", e);
     }
@@ -52,17 +52,18 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// no mark for it. Never both, so nothing is counted twice.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: BtfTracePointContext) -> i32 {
-    let seq = mark_seq();
-    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), true) {
+    let mut level = u64::MAX;
+    if let Err(e) = handle(ctx.arg(0), ctx.arg(1), ctx.arg(2), Some(&mut level)) {
         count(counter::READ_FAILED);
         diag::read_failed("inet_sock_set_state_backup", e);
     }
-    clear_marks_after(seq);
+    end_backup(level);
     0
 }
 
 #[inline(always)]
-fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
+/// `backup`: the backup program's run, with where its marks' stack must end.
+fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result<(), i32> {
     let c = cfg();
     let f = &c.filter;
     let track = c.flags & FLAG_TRACK != 0;
@@ -87,19 +88,25 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: bool) -> Result<(), i32> {
         }
     }
     let code = states_code(old, new);
-    if c.skip & skip::MARK != 0 {
-        if backup {
-            return Ok(());
+    match backup {
+        _ if c.skip & skip::MARK != 0 => {
+            if backup.is_some() {
+                return Ok(());
+            }
         }
-    } else if !backup {
-        mark(sk, code, cookie);
-    } else if take_mark(sk, code, cookie) {
-        return Ok(());
-    } else {
-        // The primary was skipped for this transition (relevant or not): userspace
-        // subtracts these from its recursion_misses to count what was lost.
-        count(counter::RECOVERED);
-        diag::recovered(old, new);
+        None => mark(sk, code, cookie),
+        Some(level) => {
+            let (ran, lv) = take_mark(sk, code, cookie);
+            *level = lv;
+            if ran {
+                return Ok(());
+            }
+            // The primary was skipped for this transition (relevant or not):
+            // userspace subtracts these from its recursion_misses to count what was
+            // lost.
+            count(counter::RECOVERED);
+            diag::recovered(old, new);
+        }
     }
     if !relevant {
         return Ok(());
