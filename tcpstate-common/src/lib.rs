@@ -158,10 +158,15 @@ pub struct SockState {
     pub owner_from: u8,
     /// `SOCK_*` bits.
     pub flags: u8,
-    /// Explicit padding (always 0).
-    pub _pad: [u8; 2],
+    /// The last transition a program handled: [`SOCK_HANDLED`] `| old << 8 | new`
+    /// (a socket's consecutive transitions always differ), so that the backup
+    /// program knows whether the primary ran for this one.
+    pub handled: u16,
     pub comm: [u8; 16],
 }
+
+/// Set in `SockState::handled` (a zeroed record matches no transition).
+pub const SOCK_HANDLED: u16 = 0x8000;
 
 /// `SockState::flags`: this socket's LISTEN -> SYN_RECV is yet to be handled, at its
 /// next transition: before 6.15 the kernel traces it before the child has its
@@ -169,12 +174,20 @@ pub struct SockState {
 /// `sk_cookie`; `tcp_v4_syn_recv_sock()` the addresses), so it is handled once they
 /// are set, with the time it happened.
 pub const SOCK_SYN_RECV_DEFERRED: u8 = 1;
+/// `SockState::flags`: the transition probe has handled this socket before (a record
+/// without it, at a transition that no new socket starts with, belongs to a socket
+/// older than tcpstate: its owner may wait in `SEED_OWNERS`).
+pub const SOCK_SEEN: u8 = 2;
 
-/// An existing socket's owner found by the `seed_index` walk, keyed by the socket's
-/// kernel address in `SEED_OWNERS` until `seed_adopt` writes it into `SOCKS`.
+/// An existing socket's owner found by the startup walk, keyed by the socket's kernel
+/// address in `SEED_OWNERS` until the transition probe takes it at the socket's next
+/// transition (or, for a listener, `seed_adopt` writes it into `SOCKS` at startup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeedOwner {
+    /// The socket's cookie when it had one (0: not made yet), so an entry can never
+    /// be taken by another socket at the same address.
+    pub cookie: u64,
     pub pid: u32,
     /// `OWNER_SOCKET` (an fd holds it) or `OWNER_LISTENER` (it waits in the accept
     /// queue of a listener `pid` holds).
@@ -193,14 +206,17 @@ pub struct SeedRecord {
     pub netns: u32,
     pub pid: u32,
     pub fd: u32,
-    /// [`SEED_DIRECT`] (the record was made) or [`SEED_INDEXED`] (it waits in
-    /// `SEED_OWNERS` for `seed_adopt` in namespace `netns`).
+    /// [`SEED_DIRECT`], [`SEED_INDEXED`] or [`SEED_LISTENER`].
     pub how: u32,
 }
 
-/// `SeedRecord::how`.
+/// `SeedRecord::how`: the socket's record was made (a listener, on the direct route)...
 pub const SEED_DIRECT: u32 = 0;
+/// ...its owner waits in `SEED_OWNERS` for its next transition...
 pub const SEED_INDEXED: u32 = 1;
+/// ...or it is a listener whose record `seed_adopt` must make, in namespace `netns`
+/// (every connection it accepts later starts with a copy of it).
+pub const SEED_LISTENER: u32 = 2;
 
 /// One open file descriptor that refers to a TCP socket, written by the `task_file`
 /// iterator: which process holds which socket (by cookie) under which fd, and what
@@ -855,7 +871,7 @@ const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FdRecord>() == 136);
-const _: () = assert!(core::mem::size_of::<SeedOwner>() == 24);
+const _: () = assert!(core::mem::size_of::<SeedOwner>() == 32);
 const _: () = assert!(core::mem::size_of::<SeedRecord>() == 16);
 
 #[cfg(feature = "user")]

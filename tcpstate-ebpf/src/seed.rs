@@ -1,10 +1,14 @@
-//! Owners of the sockets that predate tcpstate, written into their `SOCKS` records at
-//! startup, so their transitions name the process that holds them (as the kernel's
-//! selftest `bpf_iter_bpf_sk_storage_helpers.c` does). Records the probe already
-//! made win. Connections waiting in a held listener's accept queue have no fd: they
-//! get the listener's holder (`OWNER_LISTENER`); their socket pointers come from
-//! checked reads, which `bpf_sk_storage_get` refuses, so they always go through
-//! `SEED_OWNERS` and [`seed_adopt`] (see `tcpstate-user/src/probe/seed.rs`).
+//! Owners of the sockets that predate tcpstate, in the kernel before tcpstate says
+//! "attached": every TCP socket some process holds an fd for, and every connection
+//! waiting in the accept queue of a held listener (no fd: the listener's holder,
+//! `OWNER_LISTENER`), gets its owner in `SEED_OWNERS` under its address; the
+//! transition probe takes it into the socket's record at the socket's next
+//! transition (`set_state`), so a socket that never changes state costs one hash
+//! entry, not a record. A listener gets its record now, since every connection it
+//! accepts later starts with a copy of it (`bpf_sk_storage_clone()`): directly from
+//! the socket behind its file where the verifier allows it (`seed_owners`), else
+//! from `iter/tcp` in its namespace (`seed_index`, then [`seed_adopt`]).
+//! Records the probe already made win.
 
 use core::ffi::c_void;
 
@@ -17,7 +21,7 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     counter, state, Config, SeedOwner, SeedRecord, AF_INET, AF_INET6, IPPROTO_TCP, OWNER_LISTENER,
-    OWNER_SOCKET, SEED_DIRECT, SEED_INDEXED,
+    OWNER_SOCKET, SEED_DIRECT, SEED_INDEXED, SEED_LISTENER,
 };
 
 use crate::{
@@ -27,9 +31,10 @@ use crate::{
 };
 
 /// `iter/task_file`, called for every open file of every process (once per fd
-/// table): each TCP socket gets its record from the socket behind the file. Writes a
-/// [`SeedRecord`] per socket seeded or indexed, so that a read always makes progress
-/// (`bpf_seq_read` gives up after 1M objects without output) and userspace counts.
+/// table): a listener gets its record from the socket behind the file, every other
+/// socket is indexed. Writes a [`SeedRecord`] per socket, so that a read always
+/// makes progress (`bpf_seq_read` gives up after 1M objects without output) and
+/// userspace counts.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub fn seed_owners(ctx: *mut c_void) -> i32 {
@@ -71,23 +76,27 @@ fn seed_direct(
     sk: *const u8,
     fd: u32,
 ) -> Result<(), i32> {
+    let (mut owner, mut rec) = owner_of(c, task, sk, fd)?;
+    let st: u8 = unsafe { read(sk, c.sk_state)? };
+    if st as i32 != state::LISTEN {
+        index_one(seq, sk, &owner, &rec);
+        return Ok(());
+    }
     let p = sock_rec(sk, true);
     if p.is_null() {
         count(counter::TABLE_FULL);
         return Ok(());
     }
     // SAFETY: this socket's own record.
-    let st = unsafe { &mut *p };
-    if st.pid != 0 {
-        return Ok(()); // the probe (or an earlier fd of this walk) named it already
+    let r = unsafe { &mut *p };
+    if r.pid == 0 {
+        r.comm = owner.comm;
+        r.pid = owner.pid;
+        r.owner_from = OWNER_SOCKET;
+        count(counter::SEEDED);
+        rec.how = SEED_DIRECT;
+        write(seq, &rec);
     }
-    let (mut owner, mut rec) = owner_of(c, task, sk, fd)?;
-    st.comm = owner.comm;
-    st.pid = owner.pid;
-    st.owner_from = OWNER_SOCKET;
-    count(counter::SEEDED);
-    rec.how = SEED_DIRECT;
-    write(seq, &rec);
     index_queue(c, seq, sk, &mut owner, &mut rec)
 }
 
@@ -101,6 +110,7 @@ fn owner_of(
 ) -> Result<(SeedOwner, SeedRecord), i32> {
     let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
     let owner = SeedOwner {
+        cookie: unsafe { read(sk, c.sk_cookie)? },
         pid: unsafe { read(task, c.task_tgid)? },
         owner_from: OWNER_SOCKET,
         _pad: [0; 3],
@@ -129,13 +139,10 @@ fn index_queue(
     owner: &mut SeedOwner,
     rec: &mut SeedRecord,
 ) -> Result<(), i32> {
-    let st: u8 = unsafe { read(sk, c.sk_state)? };
-    if st as i32 != state::LISTEN {
-        return Ok(());
-    }
     owner.owner_from = OWNER_LISTENER;
     rec.how = SEED_INDEXED;
     for_each_queued(c, sk, |child| {
+        owner.cookie = unsafe { read(child, c.sk_cookie)? };
         index_one(seq, child, owner, rec);
         Ok(())
     })
@@ -187,9 +194,16 @@ fn index_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Resu
         return Ok(());
     };
     let (mut owner, mut rec) = owner_of(c, task, sk, fd)?;
+    let st: u8 = unsafe { read(sk, c.sk_state)? };
+    if st as i32 == state::LISTEN {
+        // Its record comes from seed_adopt, in its namespace.
+        rec.how = SEED_LISTENER;
+        index_one(seq, sk, &owner, &rec);
+        return index_queue(c, seq, sk, &mut owner, &mut rec);
+    }
     // The first fd of the walk names the socket, as in seed_owners.
     index_one(seq, sk, &owner, &rec);
-    index_queue(c, seq, sk, &mut owner, &mut rec)
+    Ok(())
 }
 
 // Map keys and values by reference: by value they are copied onto the BPF stack.
@@ -204,11 +218,11 @@ fn index_one(seq: *mut c_void, sk: *const u8, owner: &SeedOwner, rec: &SeedRecor
     }
 }
 
-/// Second step, run once in each namespace that `seed_index` found (`iter/tcp`
-/// lists the sockets of the namespace it was opened in, `bpf_iter_tcp` /
+/// Second step, run once in each namespace where `seed_index` found a listener
+/// (`iter/tcp` lists the sockets of the namespace it was opened in, `bpf_iter_tcp` /
 /// `bpf_iter_init_seq_net`): its socket pointer is trusted, so
 /// `bpf_skc_to_tcp_sock` and `bpf_sk_storage_get` take it (as in the kernel's
-/// selftest `bpf_iter_bpf_sk_storage_helpers.c`). Writes 8 bytes per socket seeded.
+/// selftest `bpf_iter_bpf_sk_storage_helpers.c`). Writes 8 bytes per listener.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
@@ -219,9 +233,17 @@ pub fn seed_adopt(ctx: *mut c_void) -> i32 {
     if skc.is_null() {
         return 0;
     }
-    let Some(owner) = (unsafe { SEED_OWNERS.get(&(skc as u64)) }).copied() else {
+    // Only listeners: every other socket takes its owner at its next transition.
+    let c = cfg();
+    let st: u8 = unsafe { load(skc as *const u8, c.sk_state) };
+    if st as i32 != state::LISTEN {
+        return 0;
+    }
+    let key = skc as u64;
+    let Some(owner) = (unsafe { SEED_OWNERS.get(&key) }).copied() else {
         return 0;
     };
+    let _ = SEED_OWNERS.remove(&key);
     // NULL for timewait and request sockets (not full TCP sockets).
     let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
     if tp.is_null() {

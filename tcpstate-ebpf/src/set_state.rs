@@ -10,17 +10,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcpstate_common::{
-    counter, hist_addr, hist_owner, owner_is_current, pair_slot, skip, state, Event, AF_INET,
-    AF_INET6, BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS, FLAG_STREAM,
-    FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET, PREV_UNKNOWN,
-    SOCK_SYN_RECV_DEFERRED,
+    counter, hist_addr, hist_owner, owner_is_current, pair_slot, skip, state, Event, SockState,
+    AF_INET, AF_INET6, BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS,
+    FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET,
+    PREV_UNKNOWN, SOCK_HANDLED, SOCK_SEEN, SOCK_SYN_RECV_DEFERRED,
 };
 
 use crate::{
     config::{add, cfg, count, load, load_in6, read},
     diag,
     hist::{add_sample, dest},
-    maps::{sock_rec, CGROUPS, PAIRS},
+    maps::{sock_rec, CGROUPS, PAIRS, SEED_OWNERS},
     marks::{end_backup, mark, states_code, take_mark},
     ring::emit,
     task::current_owner,
@@ -88,16 +88,40 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
         }
     }
     let code = states_code(old, new);
+    // Which program handles this transition. Where the command keeps socket records,
+    // the record says it: the program that handles a transition tags the record with
+    // it (`handled`), and the socket lock serialises the socket's transitions, so the
+    // backup sees the primary's tag for this transition exactly when the primary
+    // ran for it, whatever ran on this CPU in between (other sockets' transitions,
+    // and from 7.x other tasks: the programs can be preempted there). Sockets with
+    // no record (linger's, a failed allocation, a closing socket seen first) use
+    // the per-CPU marks (`marks`).
+    let tag = SOCK_HANDLED | code as u16;
+    let records = tcp && track && c.skip & skip::STORAGE == 0;
+    let mut rec: *mut SockState = core::ptr::null_mut();
+    if records {
+        rec = sock_rec(sk, backup.is_none() && new != state::CLOSE);
+    }
     match backup {
         _ if c.skip & skip::MARK != 0 => {
             if backup.is_some() {
                 return Ok(());
             }
         }
-        None => mark(sk, code, cookie),
+        None => {
+            if rec.is_null() {
+                mark(sk, code, cookie);
+            }
+        }
         Some(level) => {
-            let (ran, lv) = take_mark(sk, code, cookie);
-            *level = lv;
+            let ran = if rec.is_null() {
+                let (ran, lv) = take_mark(sk, code, cookie);
+                *level = lv;
+                ran
+            } else {
+                // SAFETY: this socket's own storage.
+                unsafe { (*rec).handled == tag }
+            };
             if ran {
                 return Ok(());
             }
@@ -158,7 +182,11 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
     if (track || defer || old == state::SYN_RECV) && c.skip & skip::STORAGE == 0 {
         // A closing socket's record is only updated, never created; without
         // FLAG_TRACK only a deferral makes one.
-        let p = sock_rec(sk, (track || defer) && new != state::CLOSE);
+        let p = if rec.is_null() {
+            sock_rec(sk, (track || defer) && new != state::CLOSE)
+        } else {
+            rec
+        };
         if p.is_null() {
             if track && new != state::CLOSE {
                 count(counter::TABLE_FULL);
@@ -173,6 +201,18 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
             // SAFETY: this socket's own storage; the socket lock (or, for a new
             // child, its not being visible yet) serialises its transitions.
             let st = unsafe { &mut *p };
+            st.handled = tag;
+            if st.flags & SOCK_SEEN == 0 {
+                st.flags |= SOCK_SEEN;
+                // Not a transition a new socket starts with, on a record the probe
+                // never touched: a socket older than tcpstate, whose owner the
+                // startup seed may hold (see `seed`).
+                let birth = syn_recv
+                    || (old == state::CLOSE && (new == state::SYN_SENT || new == state::LISTEN));
+                if c.flags & FLAG_OWNERS != 0 && st.pid == 0 && !birth {
+                    adopt_seeded(sk, cookie, st);
+                }
+            }
             if st.flags & SOCK_SYN_RECV_DEFERRED != 0 {
                 st.flags &= !SOCK_SYN_RECV_DEFERRED;
                 deferred_at = st.since_ns;
@@ -229,6 +269,24 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
         return Ok(());
     }
     finish(sk, &mut ev)
+}
+
+/// Takes the owner the startup seed indexed for this socket, if any.
+// Map keys by reference: by value they are copied onto the BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(never)]
+fn adopt_seeded(sk: *const u8, cookie: u64, st: &mut SockState) {
+    let key = sk as u64;
+    if let Some(o) = unsafe { SEED_OWNERS.get(&key) } {
+        // The cookie, when the walk saw one, rules out another socket at the same
+        // address (there can be none while the entry is live; this is cheap).
+        if o.cookie == 0 || o.cookie == cookie {
+            st.pid = o.pid;
+            st.comm = o.comm;
+            st.owner_from = o.owner_from;
+        }
+        let _ = SEED_OWNERS.remove(&key);
+    }
 }
 
 /// Everything after the socket's record: the filters, then per mode the count, the

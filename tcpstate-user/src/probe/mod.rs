@@ -325,15 +325,11 @@ impl Probe {
                     }
                 }
             };
-            // Both routes need it: for a listener's queued connections (no fd), and
-            // for every socket on the indexed route.
-            if seed != seed::Route::None {
+            // The indexed route's listeners get their records from iter/tcp.
+            if seed == seed::Route::Indexed {
                 if let Err(e) = load_iter(&mut ebpf, names::PROG_SEED_ADOPT, "tcp", &btf) {
                     log::debug!("{} refused: {e}", names::PROG_SEED_ADOPT);
-                    if seed == seed::Route::Indexed {
-                        seed = seed::Route::None;
-                    }
-                    degraded.add(Feature::OwnerSeed);
+                    seed = seed::Route::None;
                 }
             }
             if seed == seed::Route::None {

@@ -1,26 +1,28 @@
 //! Owners of the sockets that predate tcpstate, given to the probe before it says
 //! "attached", in the kernel: every TCP socket some process holds an fd for, and
-//! every connection waiting in the accept queue of a held listener, gets a `SOCKS`
-//! record naming that process (the listener's holder, `owner_from: listener`, for a
-//! queued one). A listener's record is then cloned into each connection it accepts
-//! later, so those have an owner before accept() too.
+//! every connection waiting in the accept queue of a held listener (the listener's
+//! holder, `owner_from: listener`), gets its owner in the probe's `SEED_OWNERS`
+//! index, which the transition probe takes into the socket's record at its next
+//! transition. Listeners get their records at once, so that every connection they
+//! accept later starts with a copy of it (and so has an owner before accept()).
 //!
-//! Two routes, the first the kernel's verifier accepts (trying the load is the
-//! feature check, see `Probe::load`):
-//! - [`Route::Direct`]: `seed_owners` (`iter/task_file`) creates each record from
-//!   the socket behind the file; a listener's queued connections (no file) are
-//!   indexed and adopted as below.
+//! Two routes to a listener's record, the first the kernel's verifier accepts
+//! (trying the load is the feature check, see `Probe::load`):
+//! - [`Route::Direct`]: `seed_owners` (`iter/task_file`) makes it from the socket
+//!   behind the listener's file.
 //! - [`Route::Indexed`], where that socket pointer is untrusted (some 6.18 builds):
-//!   `seed_index` (`iter/task_file`) indexes each owner by socket address in
-//!   `SEED_OWNERS` and says which namespaces it saw, with a socket fd in each; then
-//!   `seed_adopt` (`iter/tcp`, whose socket pointer is trusted) creates the records,
-//!   once per namespace, from a thread inside it (`iter/tcp` lists the namespace its
-//!   fd was opened in). The index is freed afterwards.
+//!   `seed_index` (`iter/task_file`) says which namespaces hold listeners, with a
+//!   socket fd in each; then `seed_adopt` (`iter/tcp`, whose socket pointer is
+//!   trusted) makes their records, once per namespace, from a thread inside it
+//!   (`iter/tcp` lists the namespace its fd was opened in).
+//!
+//! Both walks run once; their programs are unloaded afterwards. The index lives
+//! until tcpstate exits (one entry per socket that has not changed state since).
 
 use std::{collections::HashMap, io};
 
 use aya::programs::Iter;
-use tcpstate_common::{names, SeedRecord, SEED_DIRECT};
+use tcpstate_common::{names, SeedRecord, SEED_LISTENER};
 
 use super::{
     maps::{read_file, read_iter},
@@ -97,7 +99,9 @@ impl Probe {
         read_iter::<{ std::mem::size_of::<SeedRecord>() }>(&mut self.ebpf, walk, |c| {
             // SAFETY: plain old data; each chunk is one whole record.
             let r = unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SeedRecord>()) };
-            if r.how == SEED_DIRECT {
+            if r.how != SEED_LISTENER {
+                // A record made now, or an owner the probe takes at the next
+                // transition.
                 seeded.sockets += 1;
                 return;
             }
@@ -136,14 +140,14 @@ impl Probe {
         Ok(seeded)
     }
 
-    /// Runs `seed_adopt` over the sockets of the calling thread's namespace.
+    /// Runs `seed_adopt` over the listeners of the calling thread's namespace.
     fn adopt_here(&mut self) -> io::Result<usize> {
         let mut n = 0;
         read_iter::<8>(&mut self.ebpf, names::PROG_SEED_ADOPT, |_| n += 1)?;
         Ok(n)
     }
 
-    /// Runs `seed_adopt` over the sockets of namespace `inode`: its iterator fd is
+    /// Runs `seed_adopt` over the listeners of namespace `inode`: its iterator fd is
     /// made on a thread inside it (the namespace is bound when the fd is made),
     /// then read here.
     fn adopt_in(&mut self, inode: u32, openers: &[Opener]) -> io::Result<usize> {
@@ -172,8 +176,8 @@ impl Probe {
         Err(last)
     }
 
-    /// Unloads the seed's programs and frees its index (the kernel frees a map when
-    /// nothing refers to it any more): they run once.
+    /// Unloads the seed's programs: they run once (the index stays: the transition
+    /// probe takes owners from it).
     fn drop_seed_index(&mut self) {
         for name in [
             names::PROG_SEED_OWNERS,
@@ -187,7 +191,6 @@ impl Probe {
                 }
             }
         }
-        drop(self.ebpf.take_map(names::SEED_OWNERS));
     }
 }
 
