@@ -86,6 +86,9 @@ enum Cmd {
         secs: Option<f64>,
         #[arg(long, value_enum, default_value = "client-close")]
         mode: Mode,
+        /// At most this many connections per second (paced), not as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Load a BPF object and attach its BTF tracepoint program NAME on
     /// inet_sock_set_state (the bench's calibration references); prints `attached`,
@@ -400,6 +403,7 @@ fn main() -> Result<()> {
             conns,
             secs,
             mode,
+            rate,
         } => {
             let listeners: Vec<TcpListener> = addr
                 .iter()
@@ -419,7 +423,15 @@ fn main() -> Result<()> {
             let start = Instant::now();
             let limit = secs.map(Duration::from_secs_f64);
             let mut n = 0u64;
+            // Paced: connection n starts no earlier than n / rate s after the start.
+            let gap = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
             while conns.is_none_or(|c| n < c) && limit.is_none_or(|l| start.elapsed() < l) {
+                if let Some(gap) = gap {
+                    let due = start + gap.mul_f64(n as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 client(targets[n as usize % targets.len()], mode, None)?;
                 n += 1;
             }

@@ -63,7 +63,8 @@ fn usage() -> ! {
          \n  dist                     target/dist/tcpstate_<version>_<arch>.deb and its .tar.gz\
          \n  test-dist                build them; check their files, man pages, deploy/ (root)\
          \n  bench [--rounds N] [--secs S] [--tax-secs S] [--scale [N]] [--tcpstate PATH]\
-         \n        [--compare PATH] [--calib-object PATH] [--json] [--soak D]\
+         \n        [--compare PATH] [--calib-object PATH] [--json] [--profile] [--rates LIST|none]\
+         \n        [--soak D [--serve]]\
          \n                           overhead on a loopback churn, side by side (root needed)"
     );
     std::process::exit(2)

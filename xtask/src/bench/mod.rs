@@ -18,7 +18,8 @@
 //! (the tracer variants run that binary), `--compare PATH` (every tcpstate command of
 //! that binary too, in the same rounds, rows marked `[compare]`: an old build against
 //! a new one on the same churn),
-//! `--calib-object PATH`, `--json`, `--soak D`.
+//! `--calib-object PATH`, `--json`, `--soak D [--serve]`, `--rates LIST|none` (paced
+//! rows, transitions/s: 1k,10k,100k).
 
 use std::{
     path::{Path, PathBuf},
@@ -29,8 +30,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bpfstats;
+mod rates;
 mod report;
 mod scale;
+mod scrape;
 mod soak;
 mod tax;
 mod tracer;
@@ -225,12 +228,16 @@ pub struct Options {
     pub tax_secs: f64,
     pub json: bool,
     pub soak: Option<f64>,
+    /// The soak with `serve` too.
+    pub soak_serve: bool,
     pub scale: Option<u64>,
     pub tcpstate: Option<PathBuf>,
     pub compare: Option<PathBuf>,
     pub calib: Option<PathBuf>,
     /// Also run `trace --json` without each part of the probe (`--profile`).
     pub profile: bool,
+    /// Paced rows, in transitions per second (`--rates`; empty: none).
+    pub rates: Vec<u64>,
 }
 
 fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
@@ -240,11 +247,13 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
         tax_secs: 2.0,
         json: false,
         soak: None,
+        soak_serve: false,
         scale: None,
         tcpstate: None,
         compare: None,
         calib: calib.map(Path::to_path_buf),
         profile: false,
+        rates: vec![1_000, 10_000, 100_000],
     };
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
@@ -254,6 +263,8 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
             "--tax-secs" => o.tax_secs = it.next().context("--tax-secs S")?.parse()?,
             "--json" => o.json = true,
             "--profile" => o.profile = true,
+            "--serve" => o.soak_serve = true,
+            "--rates" => o.rates = parse_rates(it.next().context("--rates LIST|none")?)?,
             "--soak" => o.soak = Some(parse_secs(it.next().context("--soak D")?)?),
             "--scale" => {
                 let n = it
@@ -269,6 +280,9 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
             "--calib-object" => o.calib = Some(it.next().context("--calib-object PATH")?.into()),
             other => bail!("bench: unknown argument {other}"),
         }
+    }
+    if o.soak_serve && o.soak.is_none() {
+        bail!("bench: --serve is a part of the soak: --soak D --serve");
     }
     if o.rounds == 0 {
         bail!("bench: --rounds must be at least 1");
@@ -286,13 +300,13 @@ fn parse_options(args: &[String], calib: Option<&Path>) -> Result<Options> {
 pub fn bench(bin: &Path, tcpkit: &Path, calib: Option<&Path>, args: &[String]) -> Result<()> {
     let o = parse_options(args, calib)?;
     let bin = o.tcpstate.as_deref().unwrap_or(bin);
-    if let Some(d) = o.soak {
-        return soak::run(bin, tcpkit, d);
-    }
     catch_signals();
     ensure_tracefs();
     if !ensure_package("/usr/sbin/bpftool", "bpftool", "per-program BPF run time") {
         bail!("bench: bpftool is needed to read the BPF programs' run time");
+    }
+    if let Some(d) = o.soak {
+        return soak::run(bin, tcpkit, d, o.soak_serve);
     }
     let _stats = bpfstats::StatsGuard::enable()?;
     let tools = Tools {
@@ -315,7 +329,11 @@ const COMMANDS: &[(&str, &[&str], bool)] = &[
     ("trace > /dev/null", &["trace"], false),
     ("linger", &["linger", "--interval", "1s"], false),
     ("hist", &["hist"], false),
+    (SERVE, &["serve", "--listen", "127.0.0.1:{port}"], false),
 ];
+
+/// `serve`'s row: always on, scraped every second (see `tracer::PORT`).
+pub const SERVE: &str = "serve, scraped every 1 s";
 
 fn variants(o: &Options) -> Vec<Variant> {
     let mut v = vec![Variant {
@@ -521,6 +539,7 @@ fn run_all(tools: &Tools, o: &Options) -> Result<()> {
             }
         }
     }
+    let rates = rates::run(tools, &variants, &ports, &o.rates, o.rounds, o.secs)?;
     let (syscall, timer) = if o.tax_secs > 0.0 {
         eprintln!("xtask bench: syscall tax (getppid loop) and timer tax (timer-wheel loop)");
         (
@@ -545,10 +564,30 @@ fn run_all(tools: &Tools, o: &Options) -> Result<()> {
             syscall: &syscall,
             timer: timer.as_ref(),
             scale: scale.as_ref(),
+            rates: &rates,
         },
         o.json,
     );
     Ok(())
+}
+
+/// `1k,10k,100k` or `none`.
+fn parse_rates(s: &str) -> Result<Vec<u64>> {
+    if s == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|r| {
+            let (n, mult) = match r.strip_suffix('k') {
+                Some(n) => (n, 1000.0),
+                None => (r, 1.0),
+            };
+            match n.parse::<f64>() {
+                Ok(v) if v * mult >= 10.0 => Ok((v * mult) as u64),
+                _ => bail!("--rates: bad rate {r:?} (transitions/s, at least 10, e.g. 1k,10k)"),
+            }
+        })
+        .collect()
 }
 
 fn parse_secs(s: &str) -> Result<f64> {

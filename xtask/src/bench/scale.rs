@@ -1,7 +1,8 @@
 //! `--scale N`: startup with N sockets already in CLOSE_WAIT (held by `tcpkit
 //! close-wait`, ~10,000 per process): `trace`'s time to attached, then its CPU and
 //! peak RSS over its first 2 s (seeding owners of existing sockets runs then), and
-//! `linger --duration 1 --min-age 0`'s wall time, peak RSS and count.
+//! `linger --duration 1 --min-age 0`'s wall time, peak RSS and count, and `serve`'s
+//! scrape time.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -28,6 +29,12 @@ pub struct Scale {
     pub linger_wall_ms: f64,
     pub linger_peak_rss_kib: u64,
     pub linger_count: Option<u64>,
+    /// `serve`: time to attached, then a scrape's wall time (median and max of 5).
+    pub serve_attach_ms: f64,
+    pub serve_scrape_ms: f64,
+    pub serve_scrape_max_ms: f64,
+    pub serve_series: usize,
+    pub serve_peak_rss_kib: u64,
 }
 
 /// A tcpstate run, killed if an error leaves it running.
@@ -157,8 +164,56 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
             &text[..text.len().min(300)]
         );
     }
+    serve_scrapes(tcpstate, &mut s)?;
     drop(holder);
     Ok(s)
+}
+
+/// `serve` with the sockets held: to attached, then 5 scrapes one second apart (the
+/// first after its first fd walk is done), timed as Prometheus would see them.
+fn serve_scrapes(tcpstate: &Path, s: &mut Scale) -> Result<()> {
+    let addr = format!("127.0.0.1:{}", super::free_port()?);
+    let started = Instant::now();
+    let child = Command::new(tcpstate)
+        .args(["serve", "--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut child = Run(child);
+    let pid = child.0.id();
+    let mut err = BufReader::new(child.0.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("serve exited before attaching");
+        }
+        if line.contains("probe attached") {
+            break;
+        }
+    }
+    s.serve_attach_ms = started.elapsed().as_secs_f64() * 1e3;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+    });
+    // The first scrape may wait for the first walk; it is not one of the five.
+    super::scrape::scrape(&addr)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        let (took, body) = super::scrape::scrape(&addr)?;
+        times.push(took.as_secs_f64() * 1e3);
+        s.serve_series = super::scrape::series(&body);
+    }
+    s.serve_peak_rss_kib = proc_status_kib(pid, "VmHWM:");
+    s.serve_scrape_max_ms = times.iter().copied().fold(0.0, f64::max);
+    s.serve_scrape_ms = super::median(times);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    child.0.wait()?;
+    Ok(())
 }
 
 /// The time (ms) of the last 100 ms window in which the process used more than half

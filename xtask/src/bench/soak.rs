@@ -1,5 +1,7 @@
-//! `cargo xtask bench --soak D`: a long churn with `trace` and `linger` attached, RSS
-//! every 10 s, then the exact count and tracefs's own count of the tracepoint.
+//! `cargo xtask bench --soak D [--serve]`: a long churn with `trace` and `linger`
+//! (and `serve`, scraped every second) attached, RSS every 10 s, then the exact
+//! count, tracefs's own count of the tracepoint, whether each RSS stayed flat and,
+//! with `serve`, whether the series went back to what they were before the churn.
 
 use std::{
     io::Read,
@@ -10,13 +12,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::tracer::{self, vm_rss_kib, Kind, Tools};
+use super::{
+    scrape::{gauge_series, scrape},
+    tracer::{self, vm_rss_kib, Kind, Tools, PORT},
+};
 
 /// Churn for `secs` with `trace` and `linger` attached; RSS every 10 s; at the end,
 /// the exact transition count and the loss counters, and tracefs's own count of the
 /// tracepoint to tell a transition tcpstate lost from one the kernel never handed to
 /// any BPF program.
-pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
+pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()> {
     let port = super::free_port()?;
     let p = port.to_string();
     let out = PathBuf::from("/dev/shm/tcpstate-soak.jsonl");
@@ -40,8 +45,27 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
         calib: None,
         out_file: out.clone(),
     };
+    let serve_v = Kind::Tcpstate {
+        bin: None,
+        args: ["serve", "--listen", &format!("127.0.0.1:{PORT}")]
+            .map(String::from)
+            .to_vec(),
+        stdout_file: false,
+        env: Vec::new(),
+    };
     let trace = tracer::start(&tools, &trace_v)?;
     let linger = tracer::start(&tools, &linger_v)?;
+    let serve = if with_serve {
+        Some(tracer::start(&tools, &serve_v)?)
+    } else {
+        None
+    };
+    // Series before the churn (the first scrape may wait for serve's first walk).
+    let serve_addr = serve.as_ref().and_then(|s| s.listen.clone());
+    let series_before = match &serve_addr {
+        Some(a) => Some(gauge_series(&scrape(a)?.1)),
+        None => None,
+    };
     // Inside trace's attachment, so that everything it counts trace could have seen.
     let kernel_count = TracefsCount::start()
         .map_err(|e| eprintln!("soak: warning: no tracefs cross-check ({e:#})"))
@@ -56,18 +80,28 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
         ])
         .stdout(Stdio::piped())
         .spawn()?;
-    println!("{:>8} {:>14} {:>14}", "ELAPSED", "TRACE RSS", "LINGER RSS");
+    println!(
+        "{:>8} {:>14} {:>14} {:>14}",
+        "ELAPSED", "TRACE RSS", "LINGER RSS", "SERVE RSS"
+    );
     let start = Instant::now();
+    // (elapsed s, trace, linger, serve RSS in KiB)
+    let mut rss: Vec<(f64, [u64; 3])> = Vec::new();
     loop {
         if churn_child.try_wait()?.is_some() {
             break;
         }
-        println!(
-            "{:>7.0}s {:>10} KiB {:>10} KiB",
-            start.elapsed().as_secs_f64(),
+        let now = [
             vm_rss_kib(trace.child.id()),
-            vm_rss_kib(linger.child.id())
+            vm_rss_kib(linger.child.id()),
+            serve.as_ref().map_or(0, |s| vm_rss_kib(s.child.id())),
+        ];
+        let t = start.elapsed().as_secs_f64();
+        println!(
+            "{t:>7.0}s {:>10} KiB {:>10} KiB {:>10} KiB",
+            now[0], now[1], now[2]
         );
+        rss.push((t, now));
         std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs_f64(secs.max(1.0))));
     }
     let mut text = String::new();
@@ -83,8 +117,59 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
         .context("churn printed no count")?;
     std::thread::sleep(Duration::from_millis(500));
     let fired = kernel_count.map(TracefsCount::stop).transpose()?;
+    let mut flat = true;
+    // RSS after the first tenth (warm-up: tables and buffers reach their size) against
+    // the last sample.
+    if let (Some(first), Some(last)) = (rss.iter().find(|(t, _)| *t >= secs / 10.0), rss.last()) {
+        for (i, name) in ["trace", "linger", "serve"].iter().enumerate() {
+            let (a, b) = (first.1[i] as f64, last.1[i] as f64);
+            if a == 0.0 {
+                continue;
+            }
+            let pct = (b / a - 1.0) * 100.0;
+            let ok = pct.abs() <= 5.0;
+            flat &= ok;
+            println!(
+                "soak: {name} RSS {a:.0} KiB at {:.0} s, {b:.0} KiB at {:.0} s: {pct:+.1}% ({})",
+                first.0,
+                last.0,
+                if ok { "flat, within 5%" } else { "NOT flat" }
+            );
+        }
+    }
+    // With serve: the churn's series are gone once its sockets are (TIME_WAIT destroyed).
+    let mut left_behind = 0i64;
+    let mut serve_cost = None;
+    if let (Some(s), Some(addr), Some(before)) = (serve, &serve_addr, series_before) {
+        // The scraper's own connections to serve leave TIME_WAIT sockets too.
+        let serve_port: u16 = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        super::kill_timewaits(&[port, serve_port]);
+        // serve walks every --interval (5 s by default): after its next walk.
+        std::thread::sleep(Duration::from_secs(7));
+        let after = gauge_series(&scrape(addr)?.1);
+        left_behind = after as i64 - before as i64;
+        println!(
+            "soak: serve: {before} gauge series before the churn, {after} after it \
+             ({left_behind:+} left behind)"
+        );
+        serve_cost = Some(tracer::stop(s, &serve_v, Path::new("/dev/null"))?);
+    }
     let t = tracer::stop(trace, &trace_v, &out)?;
     let l = tracer::stop(linger, &linger_v, Path::new("/dev/null"))?;
+    if let Some(c) = &serve_cost {
+        let sc = c.scrapes.clone().unwrap_or_default();
+        println!(
+            "soak: serve scraped {} times, {} failed, slowest {:.1} ms; peak RSS {} KiB",
+            sc.count, sc.failed, sc.max_ms, c.peak_rss_kib
+        );
+        if sc.failed > 0 {
+            bail!("soak: serve scrapes failed");
+        }
+    }
     let _ = std::fs::remove_file(&out);
     let expected = conns * 10 + 2;
     println!(
@@ -117,6 +202,12 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64) -> Result<()> {
             "soak: {short} transitions short, all of them ones the kernel never handed to \
              the probe (README, Overhead)"
         );
+    }
+    if left_behind > 0 {
+        bail!("soak: serve left {left_behind} series behind");
+    }
+    if !flat {
+        bail!("soak: RSS grew or shrank by more than 5%");
     }
     Ok(())
 }

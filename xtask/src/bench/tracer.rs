@@ -11,7 +11,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::bpfstats::{self, ProgStat};
+use super::{
+    bpfstats::{self, ProgStat},
+    scrape::{Scraper, Scrapes},
+};
+
+/// In a tracer's arguments: replaced by a free loopback port at each start.
+pub const PORT: &str = "{port}";
 
 /// The reference the issue defines: bpftrace counting transitions in a map, in the
 /// kernel.
@@ -55,6 +61,10 @@ pub struct Running {
     stderr: Option<BufReader<std::process::ChildStderr>>,
     progs: Vec<u32>,
     progs_at_attach: Vec<(u32, ProgStat)>,
+    /// `serve`: scraped every second while it runs, as Prometheus would.
+    scraper: Option<Scraper>,
+    /// `serve`'s address, where its arguments had [`PORT`].
+    pub listen: Option<String>,
 }
 
 /// What one run of a tracer cost.
@@ -70,6 +80,8 @@ pub struct Cost {
     pub rss_kib: u64,
     pub startup_ms: f64,
     pub progs: Vec<ProgStat>,
+    /// `serve`'s scrapes during the run.
+    pub scrapes: Option<Scrapes>,
 }
 
 impl Cost {
@@ -80,11 +92,21 @@ impl Cost {
 
 pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
     let started = Instant::now();
+    let mut listen = None;
     let mut cmd = match kind {
         Kind::Baseline => bail!("the baseline runs no tracer"),
         Kind::Tcpstate { bin, args, env, .. } => {
             let mut c = Command::new(bin.as_deref().unwrap_or(tools.tcpstate));
-            c.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+            for a in args {
+                if a.contains(PORT) {
+                    let a = a.replace(PORT, &super::free_port()?.to_string());
+                    listen = Some(a.clone());
+                    c.arg(a);
+                } else {
+                    c.arg(a);
+                }
+            }
+            c.envs(env.iter().map(|(k, v)| (k, v)));
             c
         }
         Kind::Bpftrace => {
@@ -124,6 +146,8 @@ pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
         stderr: None,
         progs: Vec::new(),
         progs_at_attach: Vec::new(),
+        scraper: None,
+        listen: listen.clone(),
     };
     match kind {
         Kind::Bpftrace => {
@@ -187,6 +211,7 @@ pub fn start(tools: &Tools, kind: &Kind) -> Result<Running> {
     r.cpu_at_attach_ns = cpu_ns(r.child.id());
     r.stderr = Some(stderr);
     r.progs_at_attach = bpfstats::snapshot(&r.progs)?;
+    r.scraper = listen.map(|addr| Scraper::start(addr, Duration::from_secs(1)));
     Ok(r)
 }
 
@@ -205,6 +230,7 @@ fn holds_attachment(pid: u32) -> bool {
 /// count the pre-exec fork of xtask), then SIGINT and the summary.
 pub fn stop(mut r: Running, kind: &Kind, out_file: &Path) -> Result<Cost> {
     let alive_s = r.started.elapsed().as_secs_f64();
+    let scrapes = r.scraper.take().map(Scraper::stop);
     let after = bpfstats::snapshot(&r.progs)?;
     let pid = r.child.id();
     let hwm = proc_status_kib(pid, "VmHWM:");
@@ -224,6 +250,7 @@ pub fn stop(mut r: Running, kind: &Kind, out_file: &Path) -> Result<Cost> {
         rss_kib: rss,
         startup_ms: r.startup_ms,
         progs: bpfstats::delta(&r.progs_at_attach, &after),
+        scrapes,
         ..Default::default()
     };
     match kind {
