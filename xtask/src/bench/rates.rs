@@ -34,6 +34,9 @@ impl RateRow {
     }
 }
 
+/// One run: (made/s, BPF ns/tr, tracer CPU ns/tr, tracer CPU % of a core).
+type Run = (f64, f64, f64, f64);
+
 /// Paced churn for `secs`: (connections, seconds).
 fn paced(tcpkit: &Path, ports: &[u16], conns_per_s: f64, secs: f64) -> Result<(u64, f64)> {
     let mut cmd = std::process::Command::new(tcpkit);
@@ -79,8 +82,8 @@ pub fn run(
     let mut rows = Vec::new();
     for &target in rates {
         eprintln!("xtask bench: {target} transitions/s, paced");
-        // Per variant: (made/s, bpf ns/tr, cpu ns/tr, cpu %) per round.
-        let mut got: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); chosen.len()];
+        // Per variant, one `Run` per round.
+        let mut got: Vec<Vec<Run>> = vec![Vec::new(); chosen.len()];
         for round in 0..rounds {
             for k in 0..chosen.len() {
                 check_interrupted()?;
@@ -110,8 +113,7 @@ pub fn run(
         let reference = chosen.iter().position(|v| matches!(v.kind, Kind::Bpftrace));
         // Ratios per round, then their median, as the main table does.
         for (i, v) in chosen.iter().enumerate() {
-            let m =
-                |f: &dyn Fn(&(f64, f64, f64, f64)) -> f64| median(got[i].iter().map(f).collect());
+            let m = |f: &dyn Fn(&Run) -> f64| median(got[i].iter().map(f).collect());
             let vs = reference.map_or(f64::NAN, |r| {
                 median(
                     got[i]
