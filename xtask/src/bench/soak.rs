@@ -54,6 +54,11 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         env: Vec::new(),
     };
     let trace = tracer::start(&tools, &trace_v)?;
+    // Right after trace's attachment, so that everything it counts trace could have
+    // seen, and trace's probe saw everything it counts (serve's scrapes included).
+    let kernel_count = TracefsCount::start()
+        .map_err(|e| eprintln!("soak: warning: no tracefs cross-check ({e:#})"))
+        .ok();
     let linger = tracer::start(&tools, &linger_v)?;
     let serve = if with_serve {
         Some(tracer::start(&tools, &serve_v)?)
@@ -66,10 +71,6 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         Some(a) => Some(gauge_series(&scrape(a)?.1)),
         None => None,
     };
-    // Inside trace's attachment, so that everything it counts trace could have seen.
-    let kernel_count = TracefsCount::start()
-        .map_err(|e| eprintln!("soak: warning: no tracefs cross-check ({e:#})"))
-        .ok();
     let mut churn_child = Command::new(tcpkit)
         .args([
             "churn",
@@ -117,6 +118,8 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         .context("churn printed no count")?;
     std::thread::sleep(Duration::from_millis(500));
     let fired = kernel_count.map(TracefsCount::stop).transpose()?;
+    // Right after: serve's scrapes go on, and both counts must cover the same span.
+    let t = tracer::stop(trace, &trace_v, &out)?;
     let mut flat = true;
     // RSS after the first tenth (warm-up: tables and buffers reach their size) against
     // the last sample.
@@ -158,7 +161,6 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         );
         serve_cost = Some(tracer::stop(s, &serve_v, Path::new("/dev/null"))?);
     }
-    let t = tracer::stop(trace, &trace_v, &out)?;
     let l = tracer::stop(linger, &linger_v, Path::new("/dev/null"))?;
     if let Some(c) = &serve_cost {
         let sc = c.scrapes.clone().unwrap_or_default();
