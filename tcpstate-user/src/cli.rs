@@ -58,6 +58,12 @@ pub enum Command {
     /// nothing above info, 1 a warning or critical finding, 2 bad input, 3 could not
     /// check (missing privilege or kernel feature, said on stderr).
     Doctor(DoctorArgs),
+    /// A live screen, refreshed every --interval: one row per process (or container)
+    /// holding TCP sockets, sorted by CLOSE_WAIT, with growth, oldest age, fd
+    /// headroom and what the program did wrong; Enter opens a process (its sockets,
+    /// a sparkline of its CLOSE_WAIT count, its transitions). Needs a terminal: for
+    /// scripts use `linger`, for monitoring `serve`.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +152,59 @@ pub struct LingerArgs {
     /// checks).
     #[arg(long)]
     pub fail_if_any: bool,
+}
+
+/// `top --by`: what a row stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopBy {
+    /// The process holding the sockets.
+    Process,
+    /// The holder's container (host processes: one `-` row).
+    Container,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh every D.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_top_interval, allow_hyphen_values = true)]
+    pub interval: Duration,
+    /// One row per process or per container.
+    #[arg(long, value_enum, default_value = "process")]
+    pub by: TopBy,
+}
+
+impl TopArgs {
+    pub fn grouping(&self) -> crate::model::top::Grouping {
+        match self.by {
+            TopBy::Process => crate::model::top::Grouping::Process,
+            TopBy::Container => crate::model::top::Grouping::Container,
+        }
+    }
+
+    /// A screen needs a terminal on both sides: keys in, the screen out.
+    pub fn check(&self) -> Result<(), String> {
+        use std::io::IsTerminal;
+        if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+            return Err(
+                "tcpstate top needs a terminal (stdin and stdout are not one): \
+                 use `tcpstate linger` for text or JSON reports, `tcpstate serve` for metrics"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A refresh interval for `top`: 100ms to 1h (below that the screen only flickers,
+/// and the fd walk would run flat out).
+pub fn parse_top_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("invalid interval '{s}': must be from 100ms to 1h"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -474,6 +533,7 @@ impl Cli {
             Some(Command::Hist(h)) => h.check(),
             Some(Command::Serve(s)) => s.check(),
             Some(Command::Doctor(d)) => d.check(),
+            Some(Command::Top(t)) => t.check(),
             _ => Ok(()),
         }
     }

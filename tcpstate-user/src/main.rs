@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Some(Command::Trace(t)) => cmd::trace::run(t).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Hist(h)) => cmd::hist::run(h).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Serve(s)) => cmd::serve::run(s).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Top(t)) => cmd::top::run(t).await.map(|()| ExitCode::SUCCESS),
             // 0 nothing above info, 1 a warning or worse, 3 could not check.
             Some(Command::Doctor(d)) => cmd::doctor::run(d).await.map(ExitCode::from),
             Some(Command::Linger(l)) => {
@@ -127,6 +128,9 @@ mod tests {
             &["tcpstate", "--port", "0"],
             &["tcpstate", "linger", "--bogus"],
             &["tcpstate", "--duration", "abc"],
+            &["tcpstate", "top", "--interval", "0"],
+            &["tcpstate", "top", "--interval", "10ms"],
+            &["tcpstate", "top", "--interval", "fast"],
         ] {
             let e = Cli::try_parse_from(args).expect_err("bad input must fail");
             let line = one_line(&e.render().to_string());

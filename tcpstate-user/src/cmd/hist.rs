@@ -32,11 +32,7 @@ use crate::{
     },
 };
 
-/// A candidate still recorded this long after its hand-over ended unseen: its timer
-/// would have fired by now. TCP_TIMEWAIT_LEN is 60 s, and the timer wheel rounds a
-/// 60 s timer up by up to one granule of its level: 512 jiffies at HZ=100 and 250
-/// (5.1 s and 2 s), 4096 at HZ=1000 (4.1 s).
-const TW_UNSEEN_AFTER: Duration = Duration::from_secs(66);
+use crate::model::hist::TW_UNSEEN_AFTER;
 
 struct Hist<W: Write> {
     args: HistArgs,

@@ -18,15 +18,15 @@ use crate::{
     cmd::{
         ident::Resolver,
         session::{Consumer, Session},
+        walk,
     },
     model::{
         events::TcpState,
         filter::Filter,
-        holders::Holders,
         linger::{build, set_fd_headroom, state_mask, watched_states, Clocks, Rates},
-        sockets::{Lingering, SocketTable},
+        sockets::SocketTable,
     },
-    probe::{netns, procfs, ring::monotonic_ns, LoadOptions, Probe},
+    probe::{procfs, ring::monotonic_ns, LoadOptions, Probe},
     render::{
         clock::Clock,
         format::fmt_min_age,
@@ -57,24 +57,7 @@ struct Linger<W: Write> {
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
         // The probe keeps only sockets in the watched states (and listeners' queues).
-        // --netns, --container and --cgroup select holders here (the fd walk crosses
-        // namespaces; a process's container is its /proc/PID/cgroup).
-        let mut holders = Holders::default();
-        let f = &self.filter;
-        let resolver = &mut self.resolver;
-        resolver.forget_processes();
-        resolver.refresh_filter(f, probe);
-        probe.scan_fds(|r| {
-            if f.matches_netns(r.netns)
-                && (!f.by_cgroup() || {
-                    let i = resolver.process(r.pid);
-                    f.matches_cgroup(i.cgroup.as_deref(), i.container_id.as_deref())
-                })
-            {
-                holders.add(r)
-            }
-        })?;
-        holders.finish();
+        let mut holders = walk::holders(probe, &self.filter, &mut self.resolver)?;
         let now = monotonic_ns();
         let clk = Clocks {
             now_ns: now,
@@ -191,29 +174,13 @@ pub async fn run(args: LingerArgs) -> anyhow::Result<bool> {
     // fd walk brings their lower bound (`rcv_tstamp`) itself, and 500k entries for
     // them would be most of tcpstate's memory.
     if tracked != 0 {
-        let mut held = Vec::new();
-        session.probe.scan_fds(|f| held.push(f.cookie))?;
-        held.sort_unstable();
-        // sock_diag lists only the caller's namespace: dump each one from inside it.
-        // Orphans have no holder to name a container: a container filter drops them.
-        let mut registry = netns::Registry::default();
-        registry.add_discovered(netns::discover());
-        let (table, filter, attached) = (&mut linger.table, &linger.filter, session.attached_ns);
-        let scan = registry.scan(tracked, |ns, s| {
-            if filter.matches_netns(ns.inode)
-                && !filter.by_cgroup()
-                && held.binary_search(&s.cookie).is_err()
-                && !table.contains(s.cookie)
-            {
-                table.seed(s.cookie, Lingering::seeded(s, attached));
-            }
-        });
-        log::debug!("namespace scan: {scan:?}");
-        log::debug!(
-            "{} sockets held at start, {} seeded unheld",
-            held.len(),
-            linger.table.len()
-        );
+        walk::seed_unheld(
+            &mut session.probe,
+            &mut linger.table,
+            &linger.filter,
+            tracked,
+            session.attached_ns,
+        )?;
     }
     let (duration, interval) = (linger.args.duration, linger.args.interval);
     // With --duration: one final report; otherwise one every --interval.

@@ -9,4 +9,6 @@ pub mod linger;
 pub mod serve;
 pub mod session;
 pub mod stdout;
+pub mod top;
 pub mod trace;
+pub mod walk;

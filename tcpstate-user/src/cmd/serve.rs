@@ -16,13 +16,7 @@ mod http;
 mod procinfo;
 mod web;
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    rc::Rc,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{cell::RefCell, collections::HashMap, rc::Rc, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use tcpstate_common::{
@@ -35,7 +29,7 @@ use crate::{
     cli::ServeArgs,
     cmd::session::Session,
     model::{
-        events::{family_of, unmap, TcpState},
+        events::TcpState,
         filter::Filter,
         hist::{Gauge, Interval, Key},
         holders::Holders,
@@ -50,9 +44,7 @@ use crate::{
     },
 };
 
-/// A TIME_WAIT candidate still recorded this long after its hand-over ended unseen
-/// (as `hist`'s TW_UNSEEN_AFTER: 60 s plus the timer wheel's rounding).
-const TW_UNSEEN_AFTER: Duration = Duration::from_secs(66);
+use crate::model::hist::TW_UNSEEN_AFTER;
 
 /// Most CLOSE_WAIT sockets one walk tracks.
 const TABLE_CAPACITY: usize = 1 << 20;
@@ -152,40 +144,8 @@ impl Walker {
         });
         drop(reports);
 
-        // TIME_WAIT sockets have no fd: dumped inside every namespace, each with its
-        // own ip_local_port_range (a /proc/sys/net file shows the opener's namespace,
-        // net_ctl_header_lookup()): read on the scan's thread, inside the namespace.
-        let filter = &self.filter;
-        let mut gauges: HashMap<u32, Gauge> = HashMap::new();
-        let own = self.own_netns;
-        if filter.matches_netns(own) {
-            gauges.insert(own, Gauge::new(procfs::local_port_range()));
-        }
-        let add = |g: &mut Gauge, s: &sockdiag::DiagSocket| {
-            let daddr = unmap(s.daddr);
-            if filter.matches_endpoints(family_of(unmap(s.saddr), daddr), s.sport, s.dport) {
-                g.add(daddr, s.dport);
-            }
-        };
-        self.netns.add_discovered(netns::discover());
-        let scan = self.netns.scan(1 << state::TIME_WAIT, |ns, s| {
-            if filter.matches_netns(ns.inode) {
-                let g = gauges
-                    .entry(ns.inode)
-                    .or_insert_with(|| Gauge::new(procfs::local_port_range()));
-                add(g, s);
-            }
-        });
-        log::debug!("TIME_WAIT scan: {scan:?}");
-        if let Some(g) = gauges.get_mut(&own) {
-            // Our own namespace needs no setns: dump it here if entering it failed.
-            if scan.failed.iter().any(|(i, _)| *i == own) {
-                *g = Gauge::new(procfs::local_port_range());
-                sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| add(g, s))?;
-            }
-        }
-        let mut gauges: Vec<(u32, Gauge)> = gauges.into_iter().collect();
-        gauges.sort_unstable_by_key(|(ns, _)| *ns);
+        let gauges =
+            crate::cmd::walk::timewait_gauges(&self.filter, &mut self.netns, self.own_netns)?;
         log::debug!("fd walk took {:?}", t0.elapsed());
         Ok(Walked {
             lingering,

@@ -46,6 +46,10 @@ pub trait Consumer {
     fn interval(&mut self, _probe: &mut Probe) -> io::Result<()> {
         Ok(())
     }
+    /// Checked after each drain: true ends the run as a signal would (`top`'s `q`).
+    fn finished(&self) -> bool {
+        false
+    }
 }
 
 pub struct Session {
@@ -160,6 +164,9 @@ impl Session {
                 _ = self.int.recv() => break,
                 _ = self.term.recv() => break,
                 _ = &mut stop => break,
+            }
+            if c.finished() {
+                break;
             }
         }
         // Whatever the probe wrote before we stopped still counts. Everything it

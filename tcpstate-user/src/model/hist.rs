@@ -173,6 +173,13 @@ impl Interval {
     }
 }
 
+/// A TIME_WAIT candidate still recorded this long after its hand-over ended unseen:
+/// its timer would have fired by now (`hist`, `serve` and `top` alike).
+/// TCP_TIMEWAIT_LEN is 60 s, and the timer wheel rounds a 60 s timer up by up to one
+/// granule of its level: 512 jiffies at HZ=100 and 250 (5.1 s and 2 s), 4096 at
+/// HZ=1000 (4.1 s).
+pub const TW_UNSEEN_AFTER: std::time::Duration = std::time::Duration::from_secs(66);
+
 /// TIME_WAIT sockets now, by destination (from one sock_diag listing).
 #[derive(Debug, Default)]
 pub struct Gauge {

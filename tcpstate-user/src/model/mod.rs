@@ -16,3 +16,4 @@ pub mod linger;
 pub mod metrics;
 pub mod sockets;
 pub mod summary;
+pub mod top;

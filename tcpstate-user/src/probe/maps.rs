@@ -247,6 +247,28 @@ impl Probe {
         Ok((open, stale))
     }
 
+    /// TIME_WAIT candidates younger than `max_age_ns` at `now_ns` (read only: the
+    /// sweep of [`Self::sweep_timewaits`] removes the stale ones).
+    pub fn timewaits(
+        &self,
+        now_ns: u64,
+        max_age_ns: u64,
+        mut each: impl FnMut(&TwKey, &TwLive),
+    ) -> io::Result<()> {
+        let map = self
+            .ebpf
+            .map(names::TWS)
+            .ok_or_else(|| io::Error::other("no TWS map"))?;
+        let tws =
+            aya::maps::HashMap::<_, TwKey, TwLive>::try_from(map).map_err(io::Error::other)?;
+        for (k, v) in tws.iter().filter_map(Result::ok) {
+            if now_ns.saturating_sub(v.start_ns) <= max_age_ns {
+                each(&k, &v);
+            }
+        }
+        Ok(())
+    }
+
     /// How many entries map `name` can hold (`max_entries`), for the hash maps whose
     /// fill matters (`TWS`, `HIST`); `None` for other maps.
     pub fn map_capacity(&self, name: &str) -> Option<u64> {

@@ -112,3 +112,14 @@ mod tests {
         assert!(super::local_port_range() > 0);
     }
 }
+
+/// The inode of our network namespace, as `readlink /proc/self/ns/net` shows it.
+pub fn netns_inode() -> u32 {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|p| {
+            let s = p.to_string_lossy().into_owned();
+            s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
+}

@@ -10,4 +10,5 @@ pub mod hist;
 pub mod linger;
 pub mod prometheus;
 pub mod summary;
+pub mod top;
 pub mod trace;

@@ -16,15 +16,9 @@ fn soft_nofile(limits: &str) -> Option<u64> {
     soft.parse().ok().filter(|&n| n > 0)
 }
 
-/// The inode of our network namespace, as `readlink /proc/self/ns/net` shows it.
+/// The inode of our network namespace (`probe::procfs`'s, shared with `top`).
 pub fn netns_inode() -> u64 {
-    std::fs::read_link("/proc/self/ns/net")
-        .ok()
-        .and_then(|p| {
-            let s = p.to_string_lossy().into_owned();
-            s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .unwrap_or(0)
+    crate::probe::procfs::netns_inode().into()
 }
 
 /// The running kernel's release (`uname -r`).
