@@ -14,7 +14,7 @@
 //! hook, so the shell gets back the terminal it had.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     io::{self, Stdout},
     sync::mpsc,
     time::{Duration, Instant},
@@ -69,6 +69,10 @@ const WALK_AT_LEAST: Duration = Duration::from_secs(10);
 const TW_DESTS: usize = 3;
 /// Transitions kept for the process view.
 const TRANSITIONS_KEPT: usize = 500;
+/// Recent transitions of every socket, kept so that a socket the next walk finds
+/// in the open process still shows the transitions that brought it there (the
+/// kernel's owner of a passive socket's early transitions is not its holder yet).
+const RECENT_KEPT: usize = 8192;
 
 /// Puts the terminal back as it was: raw mode off, alternate screen left, cursor
 /// shown. Idempotent: the guard and the panic hook may both run it.
@@ -147,6 +151,8 @@ struct Top {
     pv: ProcessView,
     /// Cookies of the open row's sockets, for its transitions.
     open_cookies: HashSet<u64>,
+    /// The last [`RECENT_KEPT`] transitions, oldest first.
+    recent: VecDeque<Event>,
     events: u64,
     events_at_tick: (Instant, u64),
     quit: bool,
@@ -273,6 +279,23 @@ impl Top {
         if let View::Process(key) = &self.app.view {
             self.pv.row = self.shown.iter().find(|r| r.key == *key).cloned();
             self.pv.history = self.history.of(key);
+            let pid = match key {
+                RowKey::Pid(p) => Some(*p),
+                _ => None,
+            };
+            let mine: Vec<Event> = self
+                .recent
+                .iter()
+                .filter(|e| Some(e.pid) == pid || self.open_cookies.contains(&e.cookie))
+                .rev()
+                .take(TRANSITIONS_KEPT)
+                .copied()
+                .collect();
+            self.pv.transitions = mine
+                .iter()
+                .rev()
+                .map(|e| transition_line(&mut self.clock, e))
+                .collect();
         }
     }
 
@@ -282,24 +305,25 @@ impl Top {
         self.term.draw(|f| draw(f, h, rows, app, pv))?;
         Ok(())
     }
+}
 
-    fn transition_line(&mut self, ev: &Event) -> String {
-        let mut t = String::new();
-        self.clock.local_hms(ev.ts_ns, &mut t);
-        let name = |s: u8| {
-            TcpState::try_from(i32::from(s))
-                .map(|s| s.name().to_string())
-                .unwrap_or_else(|_| format!("UNKNOWN({s})"))
-        };
-        format!(
-            "{t}  {} -> {}  {} > {}  pid {}",
-            name(ev.oldstate),
-            name(ev.newstate),
-            endpoint(addr(ev.family, &ev.saddr), ev.sport),
-            endpoint(addr(ev.family, &ev.daddr), ev.dport),
-            ev.pid
-        )
-    }
+/// One line of the process view's transitions.
+fn transition_line(clock: &mut Clock, ev: &Event) -> String {
+    let mut t = String::new();
+    clock.local_hms(ev.ts_ns, &mut t);
+    let name = |s: u8| {
+        TcpState::try_from(i32::from(s))
+            .map(|s| s.name().to_string())
+            .unwrap_or_else(|_| format!("UNKNOWN({s})"))
+    };
+    format!(
+        "{t}  {} -> {}  {} > {}  pid {}",
+        name(ev.oldstate),
+        name(ev.newstate),
+        endpoint(addr(ev.family, &ev.saddr), ev.sport),
+        endpoint(addr(ev.family, &ev.daddr), ev.dport),
+        ev.pid
+    )
 }
 
 impl Consumer for Top {
@@ -307,18 +331,10 @@ impl Consumer for Top {
         self.events += 1;
         self.changed = true;
         self.table.apply(ev);
-        let mine = match &self.app.view {
-            View::Process(RowKey::Pid(p)) => ev.pid == *p || self.open_cookies.contains(&ev.cookie),
-            View::Process(_) => self.open_cookies.contains(&ev.cookie),
-            View::Table => false,
-        };
-        if mine {
-            let line = self.transition_line(ev);
-            self.pv.transitions.push_back(line);
-            while self.pv.transitions.len() > TRANSITIONS_KEPT {
-                self.pv.transitions.pop_front();
-            }
+        if self.recent.len() == RECENT_KEPT {
+            self.recent.pop_front();
         }
+        self.recent.push_back(*ev);
         Ok(())
     }
 
@@ -456,6 +472,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         history: History::default(),
         pv: ProcessView::default(),
         open_cookies: HashSet::new(),
+        recent: VecDeque::with_capacity(RECENT_KEPT),
         events: 0,
         events_at_tick: (Instant::now(), 0),
         quit: false,
