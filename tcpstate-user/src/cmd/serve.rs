@@ -302,7 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             250
         }),
         netns: netns::Registry::default(),
-        own_netns: procinfo::netns_inode() as u32,
+        own_netns: crate::probe::procfs::netns_inode(),
     };
     let (mut walker, first) = walk_off_thread(walker, session.clone()).await;
     let shared = Rc::new(Shared {

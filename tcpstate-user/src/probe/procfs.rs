@@ -70,6 +70,17 @@ fn hz_of_tick(tick_ns: u64) -> Option<u32> {
     Some(((1_000_000_000 + tick_ns / 2) / tick_ns) as u32)
 }
 
+/// The inode of our network namespace, as `readlink /proc/self/ns/net` shows it.
+pub fn netns_inode() -> u32 {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|p| {
+            let s = p.to_string_lossy().into_owned();
+            s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -111,15 +122,4 @@ mod tests {
         assert_eq!(&super::comm(u32::MAX)[..2], b"?\0");
         assert!(super::local_port_range() > 0);
     }
-}
-
-/// The inode of our network namespace, as `readlink /proc/self/ns/net` shows it.
-pub fn netns_inode() -> u32 {
-    std::fs::read_link("/proc/self/ns/net")
-        .ok()
-        .and_then(|p| {
-            let s = p.to_string_lossy().into_owned();
-            s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .unwrap_or(0)
 }

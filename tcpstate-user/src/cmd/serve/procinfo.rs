@@ -1,5 +1,5 @@
-//! What `/proc` says that only `serve` needs: a process's fd usage, the network
-//! namespace's inode, the kernel release.
+//! What `/proc` says that only `serve` needs: a process's fd usage, the kernel
+//! release.
 
 /// Open fds over the soft RLIMIT_NOFILE (`None`: gone, unreadable, or no limit).
 pub fn fd_usage(pid: u32) -> Option<f64> {
@@ -14,11 +14,6 @@ fn soft_nofile(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let soft = line["Max open files".len()..].split_whitespace().next()?;
     soft.parse().ok().filter(|&n| n > 0)
-}
-
-/// The inode of our network namespace (`probe::procfs`'s, shared with `top`).
-pub fn netns_inode() -> u64 {
-    crate::probe::procfs::netns_inode().into()
 }
 
 /// The running kernel's release (`uname -r`).
@@ -45,7 +40,6 @@ mod tests {
         let me = fd_usage(std::process::id()).unwrap();
         assert!(me > 0.0 && me < 1.0, "{me}");
         assert_eq!(fd_usage(u32::MAX), None);
-        assert!(netns_inode() > 0);
         assert!(!kernel_release().is_empty());
     }
 }
