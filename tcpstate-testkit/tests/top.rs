@@ -87,9 +87,10 @@ impl Tmux {
             .to_string()
     }
 
-    /// Polls the screen until `ok` holds (up to 20 s); panics with the last screen.
+    /// Polls the screen until `ok` holds (up to 60 s: QEMU guests are slow); panics with
+    /// the last screen.
     fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = self.screen();
             if ok(&s) {

@@ -381,6 +381,12 @@ fn test(args: &[OsString]) -> Result<ExitCode> {
         eprintln!("xtask: installing Debian's prometheus (with promtool) for the serve tests (first run only)");
         apt_install(&["prometheus"])?;
     }
+    // tests/top.rs runs `tcpstate top` in a real terminal, a tmux pane (here and in
+    // every guest of the matrix).
+    if !Path::new("/usr/bin/tmux").exists() {
+        eprintln!("xtask: installing Debian's tmux for the top tests (first run only)");
+        apt_install(&["tmux"])?;
+    }
     let guests: Vec<&'static matrix::Kernel> =
         kernels.iter().filter_map(|k| matrix::kernel(k)).collect();
     if !guests.is_empty() {

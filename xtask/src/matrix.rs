@@ -95,7 +95,7 @@ pub fn parse_kernels(list: &str) -> Result<Vec<String>> {
 /// program (both `inet_sock_set_state` programs, `tw_timer_expire`, `task_sockets`,
 /// both seed routes), every map, and each kernel-version branch (kernel BTF mapped
 /// or read; LISTEN -> SYN_RECV deferred before 6.15 or not), IPv4 and IPv6, in
-/// namespaces, and each command (`trace`, `linger`, `hist`, `serve`, `doctor`). The
+/// namespaces, and each command (`trace`, `linger`, `hist`, `serve`, `doctor`, `top`). The
 /// host runs every test.
 pub const GUEST_TESTS: &[(&str, &[&str])] = &[
     (
@@ -149,6 +149,10 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("pipe", &["trace_head_exits_without_further_traffic"]),
+    (
+        "top",
+        &["leaking_process_first_ipv4", "leaking_process_first_ipv6"],
+    ),
 ];
 
 /// Programs the guest needs besides busybox, (guest path, host path): the tests run
@@ -157,9 +161,15 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
 const GUEST_COMMANDS: &[(&str, &str)] = &[
     ("/usr/bin/ip", "/usr/bin/ip"),
     ("/usr/bin/ss", "/usr/bin/ss"),
+    // tests/top.rs runs `tcpstate top` in a tmux pane.
+    ("/usr/bin/tmux", "/usr/bin/tmux"),
     ("/bin/sh", "/usr/bin/dash"),
 ];
 const BUSYBOX: &str = "/bin/busybox";
+/// Data files (or directories of them) copied as they are: tmux refuses to start
+/// without a UTF-8 locale (glibc's C.UTF-8 is a file, not built in) and looks up
+/// its panes' terminal, `screen`.
+const GUEST_DATA: &[&str] = &["/usr/lib/locale/C.utf8", "/lib/terminfo/s/screen"];
 
 /// How long one guest may take before it is killed.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
@@ -433,6 +443,7 @@ fn init_script(tcpstate: &str, tests: &[(String, String)]) -> String {
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
+         mkdir -p /dev/pts && mount -t devpts devpts /dev/pts\n\
          mount -t tmpfs tmp /tmp\n\
          mount -t tmpfs run /run\n\
          mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
@@ -512,6 +523,9 @@ pub fn build_guest(
         let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
         c.file(&path_str(&lib), 0o755, &data)?;
     }
+    for d in GUEST_DATA {
+        copy_tree(&mut c, Path::new(d))?;
+    }
     c.file(
         "/init",
         0o755,
@@ -519,6 +533,23 @@ pub fn build_guest(
     )?;
     c.finish()?;
     Ok(out)
+}
+
+/// `path` (a file, or a directory with everything under it) at the same path.
+fn copy_tree<W: Write>(c: &mut Cpio<W>, path: &Path) -> Result<()> {
+    // The real file behind a symlink (terminfo entries are often links).
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        c.dir(&path_str(path))?;
+        let mut entries: Vec<_> = fs::read_dir(path)?.collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            copy_tree(c, &e.path())?;
+        }
+    } else {
+        c.file(&path_str(path), 0o644, &fs::read(path)?)?;
+    }
+    Ok(())
 }
 
 fn path_str(p: &Path) -> String {

@@ -54,7 +54,7 @@ use crate::{
     probe::{netns, procfs, ring::monotonic_ns, LoadOptions, Probe},
     render::{
         clock::Clock,
-        format::endpoint,
+        format::{comm_text, endpoint},
         summary::summary_text,
         top::{draw, Header, ProcessView, Totals},
     },
@@ -316,13 +316,17 @@ fn transition_line(clock: &mut Clock, ev: &Event) -> String {
             .map(|s| s.name().to_string())
             .unwrap_or_else(|_| format!("UNKNOWN({s})"))
     };
+    // pid 0: the kernel had no owner for it yet (a passive socket before accept()).
+    let owner = match ev.pid {
+        0 => "-".to_string(),
+        p => format!("pid {p} {}", comm_text(&clean_comm(&ev.comm))),
+    };
     format!(
-        "{t}  {} -> {}  {} > {}  pid {}",
+        "{t}  {} -> {}  {} > {}  {owner}",
         name(ev.oldstate),
         name(ev.newstate),
         endpoint(addr(ev.family, &ev.saddr), ev.sport),
         endpoint(addr(ev.family, &ev.daddr), ev.dport),
-        ev.pid
     )
 }
 

@@ -138,6 +138,32 @@ pub const COLUMNS: [(&str, u16); 13] = [
     ("DIAGNOSIS", 22),
 ];
 
+/// Columns left out first when the screen is too narrow for all of them (indexes
+/// into [`COLUMNS`]): a cell is never cut short, the least telling column goes.
+const DROP_FIRST: [usize; 8] = [2, 5, 11, 3, 7, 6, 9, 10];
+
+/// The columns that fit `width` (indexes into [`COLUMNS`]); CONTAINER only when it
+/// names the rows or some row has one.
+pub fn fitting(width: u16, container: bool) -> Vec<usize> {
+    let mut shown: Vec<usize> = (0..COLUMNS.len())
+        .filter(|&i| i != 2 || container)
+        .collect();
+    // DIAGNOSIS may be cut to "stopped reading" (15); the rest need their width.
+    let need = |cols: &[usize]| -> u16 {
+        cols.iter()
+            .map(|&i| if i == 12 { 15 } else { COLUMNS[i].1 } + 1)
+            .sum::<u16>()
+            - 1
+    };
+    for drop in DROP_FIRST {
+        if need(&shown) <= width {
+            break;
+        }
+        shown.retain(|&i| i != drop);
+    }
+    shown
+}
+
 fn header_lines(h: &Header, app: &App) -> Vec<Line<'static>> {
     let t = &h.totals;
     let filter = match (&app.editing, app.filter.is_empty()) {
@@ -221,13 +247,13 @@ pub fn draw(f: &mut Frame, h: &Header, rows: &[Row], app: &mut App, pv: Option<&
             f.render_widget(Paragraph::new(HELP_PROCESS), foot);
         }
         _ => {
-            draw_table(f, body, rows, app);
+            draw_table(f, body, rows, app, h.by);
             f.render_widget(Paragraph::new(HELP_TABLE), foot);
         }
     }
 }
 
-fn draw_table(f: &mut Frame, area: Rect, rows: &[Row], app: &mut App) {
+fn draw_table(f: &mut Frame, area: Rect, rows: &[Row], app: &mut App, by: Grouping) {
     // Header line and one row per line.
     app.page = usize::from(area.height.saturating_sub(1)).max(1);
     if !rows.is_empty() {
@@ -245,16 +271,25 @@ fn draw_table(f: &mut Frame, area: Rect, rows: &[Row], app: &mut App) {
         SortKey::Age => 9,
         SortKey::Eta => 11,
     };
-    let header = TRow::new(COLUMNS.iter().enumerate().map(|(i, (name, _))| {
+    let container = by == Grouping::Container || rows.iter().any(|r| r.container != "-");
+    let cols = fitting(area.width, container);
+    let header = TRow::new(cols.iter().map(|&i| {
         let style = if i == sorted_col {
             Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)
         } else {
             Style::new().add_modifier(Modifier::BOLD)
         };
-        Cell::from(*name).style(style)
+        Cell::from(COLUMNS[i].0).style(style)
     }));
-    let body = rows.iter().map(|r| TRow::new(cells(r).map(Cell::from)));
-    let table = Table::new(body, COLUMNS.iter().map(|(_, w)| Constraint::Length(*w)))
+    let body = rows.iter().map(|r| {
+        let c = cells(r);
+        TRow::new(cols.iter().map(|&i| Cell::from(c[i].clone())))
+    });
+    let widths = cols.iter().map(|&i| match i {
+        12 => Constraint::Min(15),
+        _ => Constraint::Length(COLUMNS[i].1),
+    });
+    let table = Table::new(body, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default().with_selected((!rows.is_empty()).then_some(app.selected));
@@ -325,9 +360,25 @@ fn draw_process(f: &mut Frame, area: Rect, pv: &ProcessView) {
             .data(hist),
         spark,
     );
+    // As wide as the longest endpoint shown (IPv4 ~21, IPv6 up to 47).
+    let ep = |s: &SockLine, local: bool| {
+        if local {
+            endpoint(s.saddr, s.sport).len()
+        } else {
+            endpoint(s.daddr, s.dport).len()
+        }
+    };
+    let wide = |local: bool| {
+        pv.sockets
+            .iter()
+            .map(|s| ep(s, local))
+            .max()
+            .unwrap_or(0)
+            .clamp(6, 47) as u16
+    };
     let widths = [
-        Constraint::Length(47),
-        Constraint::Length(47),
+        Constraint::Length(wide(true)),
+        Constraint::Length(wide(false)),
         Constraint::Length(11),
         Constraint::Length(9),
         Constraint::Length(7),
@@ -431,6 +482,29 @@ mod tests {
             t.draw(|f| draw(f, &header(), &rows(), &mut app, Some(&pv)))
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn narrow_screens_drop_columns_not_digits() {
+        let all = fitting(200, true);
+        assert_eq!(all.len(), COLUMNS.len());
+        // No container in sight: no CONTAINER column, even on a wide screen.
+        assert!(!fitting(200, false).contains(&2));
+        for w in [80u16, 100, 120, 140] {
+            let cols = fitting(w, false);
+            let need: u16 = cols
+                .iter()
+                .map(|&i| if i == 12 { 15 } else { COLUMNS[i].1 } + 1)
+                .sum::<u16>()
+                - 1;
+            assert!(need <= w, "{w}: {cols:?}");
+            // What the screen is for stays: PID, COMM, CLOSE_WAIT, growth, diagnosis.
+            for keep in [0, 1, 4, 8, 12] {
+                assert!(cols.contains(&keep), "{w}: {cols:?}");
+            }
+        }
+        assert_eq!(fitting(125, false).len(), 12);
+        assert_eq!(fitting(124, false).len(), 11);
     }
 
     #[test]
