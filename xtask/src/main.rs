@@ -106,6 +106,7 @@ fn run() -> Result<ExitCode> {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
             let (_, calib) = build_ebpf_all()?;
+            ensure_tmux()?;
             let bin = build_user(true)?;
             let mut cmd = host_cargo();
             cmd.args([
@@ -163,6 +164,18 @@ pub(crate) fn status(cmd: &mut Command, what: &str) -> Result<()> {
         .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     if !st.success() {
         bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+/// tmux, for `tcpstate top` on a real terminal: tests/top.rs (here and in every guest
+/// of the matrix) and the bench's `--scale` row.
+fn ensure_tmux() -> Result<()> {
+    if !Path::new("/usr/bin/tmux").exists() {
+        eprintln!(
+            "xtask: installing Debian's tmux to run `tcpstate top` in a terminal (first run only)"
+        );
+        apt_install(&["tmux"])?;
     }
     Ok(())
 }
@@ -381,12 +394,7 @@ fn test(args: &[OsString]) -> Result<ExitCode> {
         eprintln!("xtask: installing Debian's prometheus (with promtool) for the serve tests (first run only)");
         apt_install(&["prometheus"])?;
     }
-    // tests/top.rs runs `tcpstate top` in a real terminal, a tmux pane (here and in
-    // every guest of the matrix).
-    if !Path::new("/usr/bin/tmux").exists() {
-        eprintln!("xtask: installing Debian's tmux for the top tests (first run only)");
-        apt_install(&["tmux"])?;
-    }
+    ensure_tmux()?;
     let guests: Vec<&'static matrix::Kernel> =
         kernels.iter().filter_map(|k| matrix::kernel(k)).collect();
     if !guests.is_empty() {

@@ -4,7 +4,10 @@
 //! process view's sparkline, and the key handling as a plain state machine. Pure:
 //! unit-tested with synthetic reports and keys; `cmd::top` draws and reads the keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use crate::model::{
     container::Ident,
@@ -24,6 +27,24 @@ pub const TOP_STATES: [TcpState; 4] = [
 
 /// Samples of CLOSE_WAIT count kept per row for the sparkline (one per refresh).
 pub const HISTORY_LEN: usize = 600;
+
+/// A walk costs at most 1/WALK_COST_SHARE of the time between walks (1% of a core):
+/// with 100k sockets a walk takes ~0.5 s, so walks come at most every ~50 s, while
+/// a host with a few hundred sockets is walked every refresh.
+pub const WALK_COST_SHARE: u32 = 100;
+/// With nothing moving, walk at least this often anyway: an fd passed over a unix
+/// socket or inherited by a child changes the holder and no socket's state.
+pub const WALK_AT_LEAST: Duration = Duration::from_secs(60);
+
+/// Whether to walk the fds now: `since` the last walk (None: never walked), which
+/// took `cost`; `changed`: a transition arrived (or a process was opened) since.
+pub fn walk_due(changed: bool, since: Option<Duration>, cost: Duration) -> bool {
+    let Some(since) = since else { return true };
+    if since < cost * WALK_COST_SHARE {
+        return false;
+    }
+    changed || since >= WALK_AT_LEAST
+}
 
 /// What a row stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -588,6 +609,21 @@ mod tests {
         // The process nearest its limit speaks for the row.
         assert_eq!(host.headroom(), Some(24));
         assert_eq!(host.pid, None);
+    }
+
+    #[test]
+    fn walks_cost_at_most_their_share() {
+        let ms = Duration::from_millis;
+        assert!(walk_due(false, None, ms(0)));
+        // Cheap walks: every refresh that follows a transition.
+        assert!(walk_due(true, Some(ms(1000)), ms(5)));
+        assert!(!walk_due(false, Some(ms(1000)), ms(5)));
+        // A 500 ms walk: not again within 50 s, whatever moved.
+        assert!(!walk_due(true, Some(ms(49_000)), ms(500)));
+        assert!(walk_due(true, Some(ms(50_000)), ms(500)));
+        // Nothing moved: once a minute.
+        assert!(!walk_due(false, Some(ms(59_000)), ms(200)));
+        assert!(walk_due(false, Some(ms(60_000)), ms(200)));
     }
 
     #[test]

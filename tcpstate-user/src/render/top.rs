@@ -4,7 +4,7 @@
 //! CLOSE_WAIT count, its sockets, its transitions). No terminal I/O here: tests draw
 //! into ratatui's `TestBackend`.
 
-use std::{collections::VecDeque, net::IpAddr};
+use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
 use ratatui::{
     layout::{Constraint, Layout, Rect},
@@ -47,6 +47,9 @@ pub struct Header {
     pub losses: Vec<(&'static str, u64)>,
     pub untracked: u64,
     pub by: Grouping,
+    /// How long ago the holders were walked, and what that walk took, when it is
+    /// more than two refreshes ago (walks are spaced by their cost).
+    pub walked: Option<(Duration, Duration)>,
 }
 
 /// The open process (or container).
@@ -205,9 +208,14 @@ fn header_lines(h: &Header, app: &App) -> Vec<Line<'static>> {
         .collect();
     vec![
         Line::from(format!(
-            "tcpstate top {}  by {by}  sort: {}{filter}",
+            "tcpstate top {}  by {by}  sort: {}{filter}{}",
             h.time,
-            app.sort.name()
+            app.sort.name(),
+            h.walked.map_or(String::new(), |(ago, cost)| format!(
+                "  holders as of {:.0}s ago (a walk takes {} ms)",
+                ago.as_secs_f64(),
+                cost.as_millis()
+            ))
         )),
         Line::from(format!(
             "ESTABLISHED {}  CLOSE_WAIT {}  FIN_WAIT2 {}  TIME_WAIT {}  NOT_ACCEPTED {}  transitions {:.1}/s",

@@ -142,6 +142,11 @@ fn scale_json(s: &Scale) -> Value {
         "serve_scrape_max_ms": num(s.serve_scrape_max_ms, 1),
         "serve_series": s.serve_series,
         "serve_peak_rss_kib": s.serve_peak_rss_kib,
+        "top_first_screen_ms": num(s.top_first_screen_ms, 0),
+        "top_cpu_pct": num(s.top_cpu_pct, 2),
+        "top_busy_cpu_pct": num(s.top_busy_cpu_pct, 2),
+        "top_peak_rss_kib": s.top_peak_rss_kib,
+        "top_close_wait": s.top_close_wait,
     })
 }
 
@@ -240,6 +245,16 @@ fn targets(rows: &[Value], r: &Results) -> Vec<(String, String, bool)> {
             ),
             s.serve_scrape_max_ms <= limit,
         ));
+        if n >= 100_000 {
+            t.push((
+                format!("{n} sockets: top's CPU < 2% of a core (issue 23), idle and with churn"),
+                format!(
+                    "{:.2}% idle, {:.2}% with churn",
+                    s.top_cpu_pct, s.top_busy_cpu_pct
+                ),
+                s.top_cpu_pct < 2.0 && s.top_busy_cpu_pct < 2.0,
+            ));
+        }
     }
     t
 }
@@ -417,6 +432,18 @@ pub fn report(r: &Results, json_out: bool) {
             s.serve_scrape_max_ms,
             s.serve_series,
             s.serve_peak_rss_kib as f64 / 1024.0
+        );
+        println!(
+            "  top: first screen with the {} sockets in {:.0} ms; then {:.2}% of a core over {} s \
+             left open with nothing moving, {:.2}% over {} s of {} connections/s, {:.1} MiB peak",
+            s.top_close_wait.map_or("?".to_string(), |n| n.to_string()),
+            s.top_first_screen_ms,
+            s.top_cpu_pct,
+            super::scale::TOP_IDLE_S,
+            s.top_busy_cpu_pct,
+            super::scale::TOP_BUSY_S,
+            super::scale::TOP_BUSY_RATE,
+            s.top_peak_rss_kib as f64 / 1024.0
         );
     }
     if !targets.is_empty() {

@@ -1,8 +1,8 @@
 //! `--scale N`: startup with N sockets already in CLOSE_WAIT (held by `tcpkit
 //! close-wait`, ~10,000 per process): `trace`'s time to attached, then its CPU and
 //! peak RSS over its first 2 s (seeding owners of existing sockets runs then), and
-//! `linger --duration 1 --min-age 0`'s wall time, peak RSS and count, and `serve`'s
-//! scrape time.
+//! `linger --duration 1 --min-age 0`'s wall time, peak RSS and count, `serve`'s
+//! scrape time, and `top`'s CPU share on a screen (a tmux pane) left open.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -35,7 +35,21 @@ pub struct Scale {
     pub serve_scrape_max_ms: f64,
     pub serve_series: usize,
     pub serve_peak_rss_kib: u64,
+    /// `top` in a 160x40 tmux pane: until its first screen shows the sockets, then
+    /// its CPU as a share of one core over [`TOP_IDLE_S`] with nothing moving (two
+    /// of its once-a-minute walks), then over [`TOP_BUSY_S`] with a churn of
+    /// [`TOP_BUSY_RATE`] connections/s elsewhere (walks spaced by their cost), peak
+    /// RSS, and the CLOSE_WAIT total its header showed.
+    pub top_first_screen_ms: f64,
+    pub top_cpu_pct: f64,
+    pub top_busy_cpu_pct: f64,
+    pub top_peak_rss_kib: u64,
+    pub top_close_wait: Option<u64>,
 }
+
+pub const TOP_IDLE_S: u64 = 121;
+pub const TOP_BUSY_S: u64 = 60;
+pub const TOP_BUSY_RATE: u32 = 100;
 
 /// A tcpstate run, killed if an error leaves it running.
 struct Run(std::process::Child);
@@ -165,6 +179,7 @@ pub fn run(tcpstate: &Path, tcpkit: &Path, n: u64) -> Result<Scale> {
         );
     }
     serve_scrapes(tcpstate, &mut s)?;
+    top_cpu(tcpstate, tcpkit, &mut s)?;
     drop(holder);
     Ok(s)
 }
@@ -213,6 +228,101 @@ fn serve_scrapes(tcpstate: &Path, s: &mut Scale) -> Result<()> {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     child.0.wait()?;
+    Ok(())
+}
+
+/// A tmux server of the bench's own, killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("tmux")
+            .args(["-L", &self.0, "-f", "/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running tmux")?;
+        if !out.status.success() {
+            bail!("tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `top` on a real terminal with the sockets held and nothing moving: what it costs
+/// to leave the screen open.
+fn top_cpu(tcpstate: &Path, tcpkit: &Path, s: &mut Scale) -> Result<()> {
+    let tmux = Tmux(format!("tcpstate-bench-{}", std::process::id()));
+    let started = Instant::now();
+    tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &format!("exec {} top", tcpstate.display()),
+    ])?;
+    let pid: u32 = tmux
+        .cmd(&["display", "-p", "-t", "top", "#{pane_pid}"])?
+        .trim()
+        .parse()
+        .context("top's pid")?;
+    // The header's "CLOSE_WAIT N" once the first walk has counted them.
+    let close_wait = |screen: &str| -> Option<u64> {
+        let l = screen.lines().find(|l| l.starts_with("ESTABLISHED "))?;
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let i = w.iter().position(|x| *x == "CLOSE_WAIT")?;
+        w.get(i + 1)?.replace(',', "").parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let screen = tmux.cmd(&["capture-pane", "-p", "-t", "top"])?;
+        if let Some(n) = close_wait(&screen).filter(|&n| n >= s.sockets) {
+            s.top_close_wait = Some(n);
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "top never showed the {} sockets; screen:\n{screen}",
+                s.sockets
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.top_first_screen_ms = started.elapsed().as_secs_f64() * 1e3;
+    let share = |t0: Instant, c0: u64| {
+        cpu_ns(pid).saturating_sub(c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0
+    };
+    let (t0, c0) = (Instant::now(), cpu_ns(pid));
+    std::thread::sleep(Duration::from_secs(TOP_IDLE_S));
+    s.top_cpu_pct = share(t0, c0);
+    eprintln!(
+        "xtask bench: scale: top idle {:.2}% of a core; now with {TOP_BUSY_RATE} connections/s",
+        s.top_cpu_pct
+    );
+    let (t0, c0) = (Instant::now(), cpu_ns(pid));
+    let churn = Command::new(tcpkit)
+        .args(["churn", "--addr", "127.0.0.1:0", "--secs"])
+        .arg(TOP_BUSY_S.to_string())
+        .arg("--rate")
+        .arg(TOP_BUSY_RATE.to_string())
+        .stdout(Stdio::null())
+        .status()?;
+    if !churn.success() {
+        bail!("tcpkit churn failed: {churn}");
+    }
+    s.top_busy_cpu_pct = share(t0, c0);
+    s.top_peak_rss_kib = proc_status_kib(pid, "VmHWM:");
+    tmux.cmd(&["send-keys", "-t", "top", "q"])?;
     Ok(())
 }
 
