@@ -208,23 +208,23 @@ fn header_lines(h: &Header, app: &App) -> Vec<Line<'static>> {
         .collect();
     vec![
         Line::from(format!(
-            "tcpstate top {}  by {by}  sort: {}{filter}{}",
+            "tcpstate top {}  {:.1} transitions/s  by {by}  sort: {}{filter}{}",
             h.time,
+            h.transitions_per_s,
             app.sort.name(),
             h.walked.map_or(String::new(), |(ago, cost)| format!(
-                "  holders as of {:.0}s ago (a walk takes {} ms)",
+                "  holders {:.0}s old (walk {} ms)",
                 ago.as_secs_f64(),
                 cost.as_millis()
             ))
         )),
         Line::from(format!(
-            "ESTABLISHED {}  CLOSE_WAIT {}  FIN_WAIT2 {}  TIME_WAIT {}  NOT_ACCEPTED {}  transitions {:.1}/s",
+            "ESTABLISHED {}  CLOSE_WAIT {}  FIN_WAIT2 {}  TIME_WAIT {}  NOT_ACCEPTED {}",
             thousands(t.established as usize),
             thousands(t.close_wait as usize),
             thousands(t.fin_wait2 as usize),
             thousands(t.time_wait as usize),
             thousands(t.not_accepted as usize),
-            h.transitions_per_s
         )),
         Line::from(tw),
         Line::from(format!(
