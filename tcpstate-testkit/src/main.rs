@@ -16,6 +16,7 @@ mod calib;
 mod closewait;
 mod leak;
 mod loops;
+mod nshold;
 mod owners;
 
 #[derive(Parser)]
@@ -155,6 +156,17 @@ enum Cmd {
         /// Internal: run as one worker holding COUNT sockets.
         #[arg(long, hide = true)]
         worker: bool,
+    },
+    /// Enter the network namespace at NETNS (an nsfs path such as /run/netns/X), make
+    /// CONNS sockets in CLOSE_WAIT (held) and TIME_WAIT sockets there on 127.0.0.1,
+    /// return to our own namespace, print `ready port P`, hold until stdin closes.
+    NetnsHold {
+        #[arg(long)]
+        netns: std::path::PathBuf,
+        #[arg(long, default_value_t = 3)]
+        conns: u32,
+        #[arg(long, default_value_t = 4)]
+        time_wait: u32,
     },
     /// A buggy server for `linger`'s diagnosis: listen on ADDR, print `ready PORT`,
     /// serve CONNS connections as BEHAVE says, print `held N fds F,...` (or
@@ -467,6 +479,11 @@ fn main() -> Result<()> {
             reply,
             reset,
         } => leak::client(addr, conns, send, reply, reset)?,
+        Cmd::NetnsHold {
+            netns,
+            conns,
+            time_wait,
+        } => nshold::run(&netns, conns, time_wait)?,
         Cmd::CloseWait { count, worker } => {
             raise_nofile();
             if worker {

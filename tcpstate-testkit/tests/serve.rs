@@ -339,7 +339,12 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("tcpstate-serve-{}", std::process::id());
+        Netns::named("")
+    }
+
+    /// `tag` tells apart the namespaces of one test.
+    fn named(tag: &str) -> Netns {
+        let name = format!("tcpstate-serve{tag}-{}", std::process::id());
         let ip = |args: &[&str]| {
             let st = Command::new("ip").args(args).status().unwrap();
             assert!(st.success(), "ip {args:?}");
@@ -348,6 +353,58 @@ impl Netns {
         let ns = Netns(name);
         ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
         ns
+    }
+
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.0))
+            .unwrap()
+            .ino()
+    }
+
+    /// TIME_WAIT sockets in it, as `ss` lists them from inside.
+    fn ss_time_wait(&self) -> usize {
+        let out = self
+            .cmd("ss")
+            .args(["-Htan", "state", "time-wait"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// `conns` connections on `port` that the server closes first: its side of each
+    /// waits in TIME_WAIT.
+    fn time_waits(&self, port: u16, conns: u32) {
+        let a = format!("127.0.0.1:{port}");
+        let n = conns.to_string();
+        let mut s = NsKit::spawn(
+            self,
+            &[
+                "server",
+                "--addr",
+                &a,
+                "--conns",
+                &n,
+                "--mode",
+                "server-close",
+            ],
+        );
+        assert!(s.line().starts_with("ready"));
+        let mut c = NsKit::spawn(
+            self,
+            &[
+                "client",
+                "--addr",
+                &a,
+                "--conns",
+                &n,
+                "--mode",
+                "server-close",
+            ],
+        );
+        assert!(c.child.wait().unwrap().success());
+        assert!(s.child.wait().unwrap().success());
     }
 
     fn cmd(&self, prog: &str) -> Command {
@@ -397,6 +454,127 @@ impl Drop for NsKit {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The capability sets of process `pid` (`CapEff`, `CapPrm`, `CapBnd`).
+fn cap_sets(pid: u32) -> Vec<(String, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    ["CapEff:", "CapPrm:", "CapBnd:"]
+        .iter()
+        .map(|k| {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {status}"));
+            (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap())
+        })
+        .collect()
+}
+
+/// Whether any process is in the namespace `inode` now.
+fn any_task_in(inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| m.ino() == inode))
+}
+
+/// After attaching, serve holds no CAP_SYS_ADMIN in any set, and still counts
+/// TIME_WAIT exactly in three namespaces: one made before it started (its sockets
+/// older than serve), one made after (a new pod, which serve can no longer enter),
+/// and one that no process is in and no mount names, kept alive by sockets alone,
+/// whose CLOSE_WAIT sockets are reported under their holder too. Checked with a real
+/// Prometheus scrape and against `ss` inside each namespace.
+#[test]
+fn no_sys_admin_and_time_wait_in_every_namespace() {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    let port = 23000 + (std::process::id() % 500) as u16;
+    let before = Netns::named("-tw-before");
+    before.time_waits(port, 3);
+    let (t, listen) = serve(&[]);
+    let pid = t.pid();
+    // The drop follows the startup scan, just after "probe attached".
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cap_sets(pid).iter().any(|(_, v)| v & CAP_SYS_ADMIN != 0) {
+        assert!(Instant::now() < deadline, "still: {:?}", cap_sets(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let caps = cap_sets(pid);
+    for (k, v) in &caps {
+        assert_eq!(v & CAP_SYS_ADMIN, 0, "{k} {v:x}");
+    }
+    // What the walks still need is kept (CAP_BPF 39, CAP_PERFMON 38).
+    assert_ne!(caps[0].1 & (1 << 38), 0, "{caps:?}");
+
+    let after = Netns::named("-tw-after");
+    after.time_waits(port, 4);
+    let orphan = Netns::named("-tw-orphan");
+    let orphan_ino = orphan.inode();
+    let mut holder = Kit::spawn(&[
+        "--comm",
+        "ns-holder",
+        "netns-hold",
+        "--netns",
+        &format!("/run/netns/{}", orphan.0),
+        "--conns",
+        "3",
+        "--time-wait",
+        "5",
+    ]);
+    assert!(holder.line().starts_with("ready"), "tcpkit netns-hold");
+    assert_eq!(orphan.ss_time_wait(), 5);
+    // Its bind mount gone and no task in it: only the sockets keep it alive.
+    let st = Command::new("ip")
+        .args(["netns", "delete", &orphan.0])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!any_task_in(orphan_ino), "a task is still in the namespace");
+    assert_eq!(before.ss_time_wait(), 3);
+    assert_eq!(after.ss_time_wait(), 4);
+
+    let prom = Prometheus::start(&listen, "");
+    eprintln!(
+        "namespaces: before {} after {} orphan {orphan_ino}",
+        before.inode(),
+        after.inode()
+    );
+    for (ns, n) in [
+        (before.inode(), 3.0),
+        (after.inode(), 4.0),
+        (orphan_ino, 5.0),
+    ] {
+        let q = format!("sum(tcpstate_time_wait_sockets{{netns=\"{ns}\"}})");
+        assert_eq!(prom.wait_for(&q, |v| v == Some(n)), Some(n), "{q}");
+        let q = format!("tcpstate_local_port_range_size{{netns=\"{ns}\"}}");
+        assert!(prom.wait_for(&q, |v| v.is_some()).unwrap() > 0.0, "{q}");
+    }
+    let q = "tcpstate_lingering_sockets{state=\"close_wait\",comm=\"ns-holder\"}";
+    assert_eq!(prom.wait_for(q, |v| v == Some(3.0)), Some(3.0));
+    // Every family is still there, and nothing was lost.
+    let (st, body) = http_get(&listen, "/metrics");
+    assert_eq!(st, 200);
+    for family in [
+        "tcpstate_state_duration_seconds histogram",
+        "tcpstate_time_wait_ended_total counter",
+        "tcpstate_transitions_total counter",
+        "tcpstate_lingering_sockets gauge",
+        "tcpstate_process_fd_usage_ratio gauge",
+        "tcpstate_time_wait_sockets gauge",
+        "tcpstate_local_port_range_size gauge",
+        "tcpstate_events_lost_total counter",
+        "tcpstate_map_entries gauge",
+    ] {
+        assert!(body.contains(&format!("# TYPE {family}\n")), "{family}");
+    }
+    promtool_check(&body);
+    assert_eq!(
+        prom.wait_for("sum(tcpstate_events_lost_total)", |v| v.is_some()),
+        Some(0.0)
+    );
+    holder.finish();
+    sigterm_exits_cleanly(t);
 }
 
 #[test]

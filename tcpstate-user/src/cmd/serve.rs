@@ -2,8 +2,9 @@
 //! in the kernel (`hist`'s machinery, TIME_WAIT included: read at each scrape and
 //! added up, never reset); an fd walk at most every `--interval` (`linger`'s model:
 //! the socket table, holders, reports) gives the CLOSE_WAIT sockets by holding
-//! process, and a TIME_WAIT listing their destinations. Nothing is streamed: the
-//! probe sends no events at all.
+//! process, and the probe's TIME_WAIT records their destinations per namespace (no
+//! namespace is entered after startup: CAP_SYS_ADMIN is dropped once attached).
+//! Nothing is streamed: the probe sends no events at all.
 //!
 //! The probe keeps one state filter for everything it does, so streaming only
 //! CLOSE_WAIT transitions while aggregating every state needs a probe change; until
@@ -60,8 +61,9 @@ struct Walker {
     first_seen: HashMap<u64, u64>,
     attached_ns: u64,
     hz: u32,
-    /// Namespaces to dump TIME_WAIT sockets from (rediscovered at each walk).
-    netns: netns::Registry,
+    /// The TIME_WAIT sockets older than the probe and each namespace's port range,
+    /// read once at startup (the last time serve may enter a namespace).
+    tw_seed: crate::cmd::walk::TimewaitSeed,
     /// serve's own namespace (its inode).
     own_netns: u32,
 }
@@ -93,12 +95,21 @@ impl Walker {
         // map: here, not at each scrape (unseen ones are only decided 66 s after their
         // hand-over anyway).
         let mut holders = Holders::default();
-        let (tws_open, unseen) = {
+        let (tws_open, unseen, gauges) = {
             let mut session = session.blocking_lock();
             session.probe.scan_fds(|f| holders.add(f))?;
-            session
+            // TIME_WAIT by namespace and destination: the probe's records, no setns.
+            let gauges = crate::cmd::walk::timewait_from_probe(
+                &session.probe,
+                &self.filter,
+                &mut self.tw_seed,
+                self.own_netns,
+                monotonic_ns(),
+            )?;
+            let (open, unseen) = session
                 .probe
-                .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?
+                .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
+            (open, unseen, gauges)
         };
         holders.finish();
         // CLOSE_WAIT sockets no fd or queue holds (orphans) come from sock_diag, aged
@@ -144,8 +155,6 @@ impl Walker {
         });
         drop(reports);
 
-        let gauges =
-            crate::cmd::walk::timewait_gauges(&self.filter, &mut self.netns, self.own_netns)?;
         log::debug!("fd walk took {:?}", t0.elapsed());
         Ok(Walked {
             lingering,
@@ -282,9 +291,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &opts,
         false,
     )?;
+    // The last use of CAP_SYS_ADMIN: entering each namespace for the TIME_WAIT
+    // sockets older than the probe and its port range. From here on the probe's
+    // records cover TIME_WAIT, in namespaces made later too.
+    let own_netns = crate::probe::procfs::netns_inode();
+    let tw_seed = crate::cmd::walk::TimewaitSeed::read(
+        &filter,
+        &mut netns::Registry::default(),
+        own_netns,
+        monotonic_ns(),
+    )?;
     let kept = caps::drop_unneeded().context("dropping capabilities")?;
     eprintln!(
-        "tcpstate: capabilities kept: {} (fd walks, fd counts, entering network namespaces); TLS {}, basic auth {}",
+        "tcpstate: capabilities kept: {} (fd walks, fd counts); TLS {}, basic auth {}",
         caps::names(kept).join(", "),
         if tls.is_some() { "on" } else { "off" },
         if auth.enabled() { "on" } else { "off" },
@@ -301,8 +320,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             log::warn!("cannot tell the kernel's HZ; assuming 250");
             250
         }),
-        netns: netns::Registry::default(),
-        own_netns: crate::probe::procfs::netns_inode(),
+        tw_seed,
+        own_netns,
     };
     let (mut walker, first) = walk_off_thread(walker, session.clone()).await;
     let shared = Rc::new(Shared {

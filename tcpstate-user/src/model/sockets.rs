@@ -207,6 +207,7 @@ mod tests {
             sport: 80,
             daddr: Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().into(),
             dport: 5000,
+            expires_ms: 0,
         };
         let l = Lingering::seeded(&d, 9);
         assert_eq!((l.family, l.since_ns, l.lower_bound), (4, 9, true));

@@ -22,6 +22,9 @@ pub struct DiagSocket {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// `idiag_expires`: ms until the socket's pending timer fires (for TIME_WAIT,
+    /// its end), 0 when none is pending.
+    pub expires_ms: u32,
 }
 
 /// Dumps IPv4 and IPv6 TCP sockets whose state bit is set in `states`
@@ -126,6 +129,8 @@ fn parse_inet_diag_msg(m: &[u8]) -> DiagSocket {
         sport: be16(4),
         daddr: addr(24),
         dport: be16(6),
+        // struct inet_diag_msg: idiag_expires follows the 48-byte id.
+        expires_ms: u32_at(52),
     }
 }
 

@@ -59,29 +59,45 @@ pub fn names(set: u64) -> Vec<&'static str> {
 /// CAP_PERFMON to run the `task_file` iterator at each walk (CAP_SYS_ADMIN instead on
 /// kernels that had no CAP_BPF); CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to count the
 /// open fds of other users' processes (`/proc/PID/fd` is theirs alone, and reading it
-/// takes a ptrace check, `proc_fd_access_allowed()`); CAP_SYS_ADMIN to enter each
-/// network namespace at each walk for its TIME_WAIT sockets and port range
-/// (`setns()` of a net namespace checks it, `netns_install()`).
+/// takes a ptrace check, `proc_fd_access_allowed()`). Not CAP_SYS_ADMIN: only startup
+/// enters namespaces (`setns()` of a net namespace checks it, `netns_install()`), for
+/// the TIME_WAIT sockets older than the probe and each namespace's port range; after
+/// that TIME_WAIT comes from the probe's records.
 pub fn needed(have: u64) -> u64 {
-    let mut keep =
-        1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE | 1 << CAP_SYS_ADMIN | 1 << CAP_PERFMON;
+    let mut keep = 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE | 1 << CAP_PERFMON;
     if have & (1 << CAP_BPF) != 0 {
         keep |= 1 << CAP_BPF;
+    } else {
+        // Kernels before CAP_BPF (5.8): the iterator needs CAP_SYS_ADMIN.
+        keep |= 1 << CAP_SYS_ADMIN;
     }
     keep & have
 }
 
 /// Drops every other capability from the effective, permitted and inheritable sets
-/// and from the bounding set, for good; returns the kept set.
+/// and from the bounding set, for good; returns the kept set. Without CAP_SETPCAP the
+/// bounding set cannot shrink (`cap_prctl_drop()`): one warning says so.
 pub fn drop_unneeded() -> io::Result<u64> {
     let have = capget()?;
     let keep = needed(have);
     // The bounding set first: dropping from it needs CAP_SETPCAP, given up below.
+    let mut refused = 0;
     for cap in 0..=LAST_CAP {
-        if keep & (1 << cap) == 0 {
-            // SAFETY: prctl with integer arguments; EINVAL past the kernel's last cap.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        // SAFETY: prctl with integer arguments; EINVAL past the kernel's last cap.
+        let in_bset = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        if keep & (1 << cap) == 0 && in_bset == 1 {
+            // SAFETY: as above.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+                refused += 1;
+            }
         }
+    }
+    if refused > 0 {
+        log::warn!(
+            "{refused} capabilities (CAP_SYS_ADMIN among them if granted) stay in the bounding \
+             set: dropping them needs CAP_SETPCAP at startup (add it to the unit or pod); \
+             the effective and permitted sets are dropped all the same"
+        );
     }
     // SAFETY: prctl with integer arguments.
     unsafe {
@@ -131,11 +147,11 @@ mod tests {
             [
                 "CAP_DAC_READ_SEARCH",
                 "CAP_SYS_PTRACE",
-                "CAP_SYS_ADMIN",
                 "CAP_PERFMON",
                 "CAP_BPF"
             ]
         );
+        assert_eq!(k & (1 << CAP_SYS_ADMIN), 0);
         // Nothing is gained that was not held.
         assert_eq!(needed(1 << CAP_BPF), 1 << CAP_BPF);
         // Kernels before CAP_BPF: CAP_SYS_ADMIN stands in for it too.
