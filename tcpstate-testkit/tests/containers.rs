@@ -611,3 +611,63 @@ fn hist_by_container() {
     let want: BTreeSet<String> = [format!("\"{DOCKER_ID}\""), "null".to_string()].into();
     assert_eq!(keys, want, "{lines:?}");
 }
+
+/// A namespace that no task is in and no mount names, kept alive by its sockets
+/// alone (tcpkit entered it, made them, went back and closed its handle): `hist`'s
+/// TIME_WAIT gauge counts its TIME_WAIT sockets (from the probe's records, without
+/// entering it), and `linger` its CLOSE_WAIT sockets under their holder.
+#[test]
+fn namespace_kept_alive_by_sockets_alone() {
+    let ns = Netns::new("alone");
+    let ino = ns.inode().to_string();
+    let mut hist = Tracer::start(&[
+        "hist",
+        "--json",
+        "--state",
+        "TIME_WAIT",
+        "--duration",
+        "6",
+        "--netns",
+        &ino,
+    ]);
+    let mut holder = Kit::spawn(&[
+        "--comm",
+        "ns-alone",
+        "netns-hold",
+        "--netns",
+        &format!("/run/netns/{}", ns.0),
+        "--conns",
+        "3",
+        "--time-wait",
+        "5",
+    ]);
+    assert!(holder.line().starts_with("ready"));
+    let st = Command::new("ip")
+        .args(["netns", "del", &ns.0])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (out, err, st) = hist.stop_after_exit();
+    assert!(st.success(), "{err:?}");
+    let lines = json_lines(&out);
+    let g = lines
+        .iter()
+        .rfind(|l| l["type"] == "timewait_gauge")
+        .expect("a gauge line");
+    assert_eq!(g["count"], 5, "{g}");
+    let lines = run_json(&[
+        "linger",
+        "--json",
+        "--min-age",
+        "0",
+        "--duration",
+        "1",
+        "--netns",
+        &ino,
+    ]);
+    let gs = groups(&lines);
+    assert_eq!(gs.len(), 1, "{lines:?}");
+    assert_eq!(gs[0]["comm"], "ns-alone", "{}", gs[0]);
+    assert_eq!(gs[0]["count"], 3, "{}", gs[0]);
+    holder.finish();
+}

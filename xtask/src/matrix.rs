@@ -138,6 +138,7 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "linger_netns_before_ipv6",
             "same_port_two_namespaces",
             "hist_gauge_counts_other_namespaces",
+            "namespace_kept_alive_by_sockets_alone",
         ],
     ),
     ("serve", &["scrape_answers_with_every_family"]),

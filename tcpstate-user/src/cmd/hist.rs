@@ -5,7 +5,8 @@
 //! hand-over to a timewait socket (FIN_WAIT2/CLOSING->CLOSE), and ends it when the
 //! socket's timer fires (timer_expire_entry) or a new connection takes its 4-tuple.
 //! At each report this reads the histograms, sweeps candidates whose end the probe
-//! could not see, and lists TIME_WAIT sockets once for the gauge.
+//! could not see, and counts the gauge from the probe's open candidates (plus the
+//! TIME_WAIT sockets older than the probe, listed once at startup).
 
 use std::{
     io::{self, BufWriter, Write},
@@ -13,14 +14,14 @@ use std::{
 };
 
 use tcpstate_common::{
-    state, Event, BY_CONTAINER, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK,
+    Event, BY_CONTAINER, BY_NONE, FLAG_HIST, FLAG_OWNERS, FLAG_TIMEWAIT, FLAG_TRACK,
 };
 
 use crate::{
     cli::HistArgs,
     cmd::session::{Consumer, Session},
     model::{
-        events::{family_of, unmap, StateNum, TcpState},
+        events::{StateNum, TcpState},
         filter::Filter,
         hist::{Gauge, Interval},
     },
@@ -48,8 +49,11 @@ struct Hist<W: Write> {
     next_gen: Option<u32>,
     clock: Clock,
     out: W,
-    /// Namespaces to dump TIME_WAIT sockets from (rediscovered at each sweep).
-    netns: netns::Registry,
+    /// TIME_WAIT sockets older than the probe (listed once, inside each namespace);
+    /// the probe's records cover the rest, in every namespace, including those made
+    /// later or kept alive only by a socket.
+    tw_seed: crate::cmd::walk::TimewaitSeed,
+    own_netns: u32,
     /// Keeps the probe's cgroup filter map current (`--container`, `--cgroup`).
     resolver: crate::cmd::ident::Resolver,
 }
@@ -62,18 +66,16 @@ impl<W: Write> Hist<W> {
         self.tw_open = open;
         self.current.add_unseen(self.by, &unseen, procfs::comm);
         self.gauge.clear();
-        let (gauge, filter) = (&mut self.gauge, &self.filter);
-        // TIME_WAIT sockets have no fd: dumped inside every namespace.
-        self.netns.add_discovered(netns::discover());
-        let scan = self.netns.scan(1 << state::TIME_WAIT, |ns, s| {
-            let (saddr, daddr) = (unmap(s.saddr), unmap(s.daddr));
-            if filter.matches_netns(ns.inode)
-                && filter.matches_endpoints(family_of(saddr, daddr), s.sport, s.dport)
-            {
-                gauge.add(daddr, s.dport);
-            }
-        });
-        log::debug!("TIME_WAIT scan: {scan:?}");
+        let gauges = crate::cmd::walk::timewait_from_probe(
+            probe,
+            &self.filter,
+            &mut self.tw_seed,
+            self.own_netns,
+            now,
+        )?;
+        for (_, g) in &gauges {
+            self.gauge.absorb(g);
+        }
         Ok(())
     }
 
@@ -171,7 +173,7 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
     let mut session = Session::start("aggregating time in state", &opts, owners)?;
     let mut hist = Hist {
         by,
-        filter,
+        filter: filter.clone(),
         want_tw,
         current: Interval::default(),
         gauge: Gauge::new(procfs::local_port_range()),
@@ -179,7 +181,17 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         next_gen: None,
         clock: Clock::new(),
         out: BufWriter::new(io::stdout().lock()),
-        netns: netns::Registry::default(),
+        tw_seed: if want_tw {
+            crate::cmd::walk::TimewaitSeed::read(
+                &filter,
+                &mut netns::Registry::default(),
+                procfs::netns_inode(),
+                monotonic_ns(),
+            )?
+        } else {
+            Default::default()
+        },
+        own_netns: procfs::netns_inode(),
         resolver: crate::cmd::ident::Resolver::new(),
         args,
     };

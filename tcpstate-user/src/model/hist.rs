@@ -208,6 +208,14 @@ impl Gauge {
         self.total += 1;
     }
 
+    /// Adds `other`'s sockets (another namespace's) to these.
+    pub fn absorb(&mut self, other: &Gauge) {
+        for (k, n) in &other.by_dest {
+            *self.by_dest.entry(*k).or_default() += n;
+        }
+        self.total += other.total;
+    }
+
     /// The `n` destinations with most sockets, then by address.
     pub fn top(&self, n: usize) -> Vec<((IpAddr, u16), u64)> {
         let mut top: Vec<_> = self.by_dest.iter().map(|(k, v)| (*k, *v)).collect();
