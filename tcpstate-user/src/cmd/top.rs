@@ -132,7 +132,9 @@ struct Top {
     clock: Clock,
     hz: u32,
     attached_ns: u64,
-    registry: netns::Registry,
+    /// TIME_WAIT sockets older than the probe (listed once at startup); the probe's
+    /// records give the rest, in every namespace.
+    tw_seed: walk::TimewaitSeed,
     own_netns: u32,
     term: Terminal<CrosstermBackend<Stdout>>,
     keys: mpsc::Receiver<TermEvent>,
@@ -190,7 +192,8 @@ impl Top {
         let tws = self.time_waits(probe, now)?;
         self.rows = build_rows(&reports, &tws, self.by);
         self.open_sockets(&reports);
-        let gauges = walk::timewait_gauges(&self.filter, &mut self.registry, self.own_netns)?;
+        let gauges =
+            walk::timewait_from_probe(probe, &self.filter, &mut self.tw_seed, self.own_netns, now)?;
         let count = |st: TcpState| -> u64 {
             reports
                 .iter()
@@ -452,6 +455,13 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         tracked,
         session.attached_ns,
     )?;
+    let own_netns = procfs::netns_inode();
+    let tw_seed = walk::TimewaitSeed::read(
+        &filter,
+        &mut netns::Registry::default(),
+        own_netns,
+        monotonic_ns(),
+    )?;
     // Keys and resizes: crossterm's blocking read, on its own thread.
     let (tx, keys) = mpsc::channel();
     std::thread::spawn(move || {
@@ -470,8 +480,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         clock: Clock::new(),
         hz: procfs::hz().unwrap_or(250),
         attached_ns: session.attached_ns,
-        registry: netns::Registry::default(),
-        own_netns: procfs::netns_inode(),
+        tw_seed,
+        own_netns,
         term: Terminal::new(CrosstermBackend::new(io::stdout()))?,
         keys,
         app: App::default(),

@@ -1,6 +1,7 @@
-//! The two walks `linger`, `serve` and `top` share, each written once: who holds
+//! The walks `linger`, `hist`, `serve` and `top` share, each written once: who holds
 //! which socket (the fd scan, with the namespace and container filters that decide
-//! by holder), and the TIME_WAIT sockets by destination in every namespace.
+//! by holder), and the TIME_WAIT sockets by destination in every namespace (the
+//! probe's records, and a startup listing of older ones).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,48 +42,6 @@ pub fn holders(probe: &mut Probe, f: &Filter, resolver: &mut Resolver) -> io::Re
     })?;
     holders.finish();
     Ok(holders)
-}
-
-/// TIME_WAIT sockets by destination, per namespace inode (sorted), each with its own
-/// port range. TIME_WAIT sockets have no fd: dumped inside every namespace, each with
-/// its own ip_local_port_range (a /proc/sys/net file shows the opener's namespace,
-/// net_ctl_header_lookup()): read on the scan's thread, inside the namespace. `own`:
-/// our own namespace's inode.
-pub fn timewait_gauges(
-    filter: &Filter,
-    registry: &mut netns::Registry,
-    own: u32,
-) -> io::Result<Vec<(u32, Gauge)>> {
-    let mut gauges: HashMap<u32, Gauge> = HashMap::new();
-    if filter.matches_netns(own) {
-        gauges.insert(own, Gauge::new(procfs::local_port_range()));
-    }
-    let add = |g: &mut Gauge, s: &sockdiag::DiagSocket| {
-        let daddr = unmap(s.daddr);
-        if filter.matches_endpoints(family_of(unmap(s.saddr), daddr), s.sport, s.dport) {
-            g.add(daddr, s.dport);
-        }
-    };
-    registry.add_discovered(netns::discover());
-    let scan = registry.scan(1 << state::TIME_WAIT, |ns, s| {
-        if filter.matches_netns(ns.inode) {
-            let g = gauges
-                .entry(ns.inode)
-                .or_insert_with(|| Gauge::new(procfs::local_port_range()));
-            add(g, s);
-        }
-    });
-    log::debug!("TIME_WAIT scan: {scan:?}");
-    if let Some(g) = gauges.get_mut(&own) {
-        // Our own namespace needs no setns: dump it here if entering it failed.
-        if scan.failed.iter().any(|(i, _)| *i == own) {
-            *g = Gauge::new(procfs::local_port_range());
-            sockdiag::for_each_tcp(1 << state::TIME_WAIT, |s| add(g, s))?;
-        }
-    }
-    let mut gauges: Vec<(u32, Gauge)> = gauges.into_iter().collect();
-    gauges.sort_unstable_by_key(|(ns, _)| *ns);
-    Ok(gauges)
 }
 
 /// The size of a new namespace's ip_local_port_range (32768-60999, set by
