@@ -271,6 +271,7 @@ const WITH_EXAMPLES: &[&str] = &[
     "tcpstate-hist",
     "tcpstate-serve",
     "tcpstate-doctor",
+    "tcpstate-top",
 ];
 
 /// Every page renders with no groff or man warning and has the sections users look
