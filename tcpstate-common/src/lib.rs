@@ -316,9 +316,8 @@ impl FdRecord {
     };
 }
 
-/// `enum sock_flags` bits in `sk_flags` (include/net/sock.h; the same in
+/// `enum sock_flags` bits in `FdRecord::sk_flags` (include/net/sock.h; the same in
 /// every kernel since 2.6).
-pub const SOCK_DONE: u32 = 1;
 pub const SOCK_KEEPOPEN: u32 = 3;
 pub const SOCK_LINGER: u32 = 4;
 

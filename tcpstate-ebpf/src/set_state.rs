@@ -13,7 +13,7 @@ use tcpstate_common::{
     counter, hist_addr, hist_owner, owner_is_current, pair_slot, skip, state, Event, SockState,
     AF_INET, AF_INET6, BY_CONTAINER, BY_RADDR, BY_RPORT, FLAG_HIST, FLAG_OWNERS, FLAG_PAIRS,
     FLAG_STREAM, FLAG_TIMEWAIT, FLAG_TRACK, IPPROTO_TCP, OWNER_LISTENER, OWNER_NONE, OWNER_SOCKET,
-    PREV_UNKNOWN, SOCK_DONE, SOCK_HANDLED, SOCK_SEEN, SOCK_SYN_RECV_DEFERRED,
+    PREV_UNKNOWN, SOCK_HANDLED, SOCK_SEEN, SOCK_SYN_RECV_DEFERRED,
 };
 
 use crate::{
@@ -305,14 +305,7 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
     let prev_ns = ev.prev_ns;
     let hist_sample = c.flags & FLAG_HIST != 0 && prev_ns != PREV_UNKNOWN;
     let timewait = c.flags & FLAG_TIMEWAIT != 0;
-    // A real TIME_WAIT follows the peer's FIN: tcp_fin() sets SOCK_DONE, then
-    // tcp_time_wait(sk, TCP_TIME_WAIT). An orphan's FIN_WAIT2 minisocket
-    // (tcp_time_wait(sk, TCP_FIN_WAIT2) from tcp_rcv_state_process() or tcp_close(),
-    // no FIN received) and a reset in FIN_WAIT2 reach CLOSE without it: not TIME_WAIT.
-    let tw_candidate = timewait
-        && new == state::CLOSE
-        && (old == state::FIN_WAIT2 || old == state::CLOSING)
-        && unsafe { load::<u32>(sk, c.sk_flags) } & (1 << SOCK_DONE) != 0;
+    let tw_candidate = new == state::CLOSE && (old == state::FIN_WAIT2 || old == state::CLOSING);
     let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
         || (old == state::LISTEN && new == state::SYN_RECV);
     let stream = c.flags & FLAG_STREAM != 0;

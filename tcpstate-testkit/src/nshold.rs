@@ -1,6 +1,7 @@
 //! `tcpkit netns-hold --netns PATH`: sockets in a network namespace that no process is
 //! in. It enters the namespace (setns), makes CONNS connections whose server side it
-//! keeps in CLOSE_WAIT and TW connections left in TIME_WAIT on 127.0.0.1, goes back to
+//! keeps in CLOSE_WAIT (the client half-closed, also kept) and TW connections left in
+//! TIME_WAIT on 127.0.0.1, goes back to
 //! the namespace it came from and closes its handles on the other. Once the test
 //! removes the namespace's bind mount, only the sockets keep it alive.
 
@@ -33,8 +34,10 @@ pub fn run(path: &Path, conns: u32, time_wait: u32) -> Result<()> {
     for _ in 0..conns {
         let c = TcpStream::connect(addr)?;
         let (s, _) = l.accept()?;
-        // The client closes, the server keeps its end: CLOSE_WAIT.
-        drop(c);
+        // The client half-closes and keeps its fd (an orphan would become a FIN_WAIT2
+        // minisocket), the server keeps its end: CLOSE_WAIT.
+        c.shutdown(std::net::Shutdown::Write)?;
+        held.push(c);
         held.push(s);
     }
     for _ in 0..time_wait {

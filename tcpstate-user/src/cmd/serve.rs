@@ -84,7 +84,7 @@ struct Walked {
 
 impl Walker {
     /// The CLOSE_WAIT sockets by holder, and the TIME_WAIT listing. The probe is
-    /// locked only for its fd scan.
+    /// locked only to open the fd scan and read the TIME_WAIT records.
     fn walk(&mut self, session: &tokio::sync::Mutex<Session>) -> std::io::Result<Walked> {
         let t0 = Instant::now();
         let now = monotonic_ns();
@@ -95,9 +95,11 @@ impl Walker {
         // map: here, not at each scrape (unseen ones are only decided 66 s after their
         // hand-over anyway).
         let mut holders = Holders::default();
-        let (tws_open, unseen, gauges) = {
+        let (scan, tws_open, unseen, gauges) = {
             let mut session = session.blocking_lock();
-            session.probe.scan_fds(|f| holders.add(f))?;
+            // Opened under the lock, read after it: a scrape meanwhile reads the
+            // histograms rather than waiting for the walk.
+            let scan = session.probe.fd_scan()?;
             // TIME_WAIT by namespace and destination: the probe's records, no setns.
             let gauges = crate::cmd::walk::timewait_from_probe(
                 &session.probe,
@@ -109,8 +111,9 @@ impl Walker {
             let (open, unseen) = session
                 .probe
                 .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
-            (open, unseen, gauges)
+            (scan, open, unseen, gauges)
         };
+        scan.for_each(|f| holders.add(f))?;
         holders.finish();
         // CLOSE_WAIT sockets no fd or queue holds (orphans) come from sock_diag, aged
         // from the walk that first saw them.

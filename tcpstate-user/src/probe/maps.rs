@@ -27,14 +27,32 @@ pub(super) fn read_iter<const N: usize>(
     prog: &str,
     each: impl FnMut(&[u8]),
 ) -> io::Result<()> {
+    read_file::<N>(open_iter(ebpf, prog)?, each)
+}
+
+/// A new pass of iterator `prog`: reading the file runs it.
+fn open_iter(ebpf: &mut Ebpf, prog: &str) -> io::Result<std::fs::File> {
     let iter: &mut Iter = ebpf
         .program_mut(prog)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| io::Error::other(format!("iterator {prog} not loaded")))?;
     let id = iter.attach().map_err(io::Error::other)?;
     let link = iter.take_link(id).map_err(io::Error::other)?;
-    let file = link.into_file().map_err(io::Error::other)?;
-    read_file::<N>(file, each)
+    link.into_file().map_err(io::Error::other)
+}
+
+/// One pass of the fd walk, opened (cheap, needs the probe) and read later (the
+/// walk itself, which needs nothing else: a caller that shares the probe can let it
+/// go meanwhile, so scrapes do not wait for a walk).
+pub struct FdScan(std::fs::File);
+
+impl FdScan {
+    pub fn for_each(self, mut each: impl FnMut(&FdRecord)) -> io::Result<()> {
+        read_file::<{ std::mem::size_of::<FdRecord>() }>(self.0, |c: &[u8]| {
+            // SAFETY: FdRecord is plain old data; each chunk is one whole record.
+            each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
+        })
+    }
 }
 
 /// Reads an iterator's fd to its end in records of `N` bytes.
@@ -138,15 +156,13 @@ impl PerCpuSum for Hist {
 impl Probe {
     /// Every fd that refers to a TCP socket, in every process, from one pass of the
     /// `task_file` iterator.
-    pub fn scan_fds(&mut self, mut each: impl FnMut(&FdRecord)) -> io::Result<()> {
-        read_iter::<{ std::mem::size_of::<FdRecord>() }>(
-            &mut self.ebpf,
-            names::PROG_TASK_SOCKETS,
-            |c: &[u8]| {
-                // SAFETY: FdRecord is plain old data; each chunk is one whole record.
-                each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
-            },
-        )
+    pub fn scan_fds(&mut self, each: impl FnMut(&FdRecord)) -> io::Result<()> {
+        self.fd_scan()?.for_each(each)
+    }
+
+    /// [`Self::scan_fds`] in two steps: open the pass now, read it later.
+    pub fn fd_scan(&mut self) -> io::Result<FdScan> {
+        Ok(FdScan(open_iter(&mut self.ebpf, names::PROG_TASK_SOCKETS)?))
     }
 
     /// First half of reading the histograms: makes the probe switch to a new
