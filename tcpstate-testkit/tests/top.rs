@@ -154,7 +154,9 @@ fn open_fds(screen: &str, port: u16) -> BTreeSet<u64> {
         .collect()
 }
 
-fn leaking_process_first(ip: &str) {
+/// `quit`: the keys that end it (`q`, or `C-c`: in raw mode Ctrl-C is a key, not
+/// SIGINT).
+fn leaking_process_first(ip: &str, quit: &str) {
     let port = free_port(ip);
     let a = sock_addr(ip, port);
     // Holds all 9 connections it accepts, reads nothing, closes none.
@@ -203,10 +205,10 @@ fn leaking_process_first(ip: &str) {
     tmux.resize(160, 40);
     tmux.keys("Escape");
     tmux.wait_for("the table again", |s| first_is(s, server.pid(), 9));
-    tmux.keys("q");
+    tmux.keys(quit);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tmux.dir.join("after").exists() {
-        assert!(Instant::now() < deadline, "q did not end top:\n{s2}");
+        assert!(Instant::now() < deadline, "{quit} did not end top:\n{s2}");
         std::thread::sleep(Duration::from_millis(100));
     }
     let read = |f: &str| fs::read_to_string(tmux.dir.join(f)).unwrap();
@@ -215,7 +217,7 @@ fn leaking_process_first(ip: &str) {
     assert_eq!(tmux.show("#{alternate_on}"), "0", "alternate screen left");
     assert_eq!(tmux.show("#{cursor_flag}"), "1", "cursor shown again");
     let end = tmux.screen();
-    assert!(end.contains("0 lost"), "the summary after q:\n{end}");
+    assert!(end.contains("0 lost"), "the summary after {quit}:\n{end}");
     server.finish();
     c1.finish();
     c2.finish();
@@ -224,12 +226,12 @@ fn leaking_process_first(ip: &str) {
 
 #[test]
 fn leaking_process_first_ipv4() {
-    leaking_process_first("127.0.0.1");
+    leaking_process_first("127.0.0.1", "q");
 }
 
 #[test]
 fn leaking_process_first_ipv6() {
-    leaking_process_first("::1");
+    leaking_process_first("::1", "C-c");
 }
 
 /// Not a terminal: one line pointing at linger and serve, status 2, before anything

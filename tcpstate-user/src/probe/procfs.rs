@@ -40,9 +40,15 @@ fn parse_fd_limit(limits: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// How many fds a process has open (the entries of `/proc/PID/fd`).
+/// How many fds a process has open. Since 6.2 `stat` of `/proc/PID/fd` says it
+/// (its size, `proc_fd_getattr()`: one bitmap count) instead of listing 10k entries;
+/// older kernels give size 0, and the directory is counted.
 pub fn fd_count(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    let dir = format!("/proc/{pid}/fd");
+    match std::fs::metadata(&dir).ok()?.len() {
+        0 => Some(std::fs::read_dir(&dir).ok()?.count() as u64),
+        n => Some(n),
+    }
 }
 
 /// The kernel's HZ (jiffies per second), which BTF does not carry: the resolution of

@@ -48,7 +48,7 @@ pub struct Scale {
 }
 
 pub const TOP_IDLE_S: u64 = 121;
-pub const TOP_BUSY_S: u64 = 60;
+pub const TOP_BUSY_S: u64 = 120;
 pub const TOP_BUSY_RATE: u32 = 100;
 
 /// A tcpstate run, killed if an error leaves it running.

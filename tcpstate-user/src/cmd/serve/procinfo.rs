@@ -5,7 +5,7 @@
 pub fn fd_usage(pid: u32) -> Option<f64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let soft = soft_nofile(&limits)?;
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    let open = crate::probe::procfs::fd_count(pid)?;
     Some(open as f64 / soft as f64)
 }
 
