@@ -23,7 +23,7 @@ use crate::{
     model::{
         events::TcpState,
         filter::Filter,
-        linger::{build, set_fd_headroom, state_mask, watched_states, Clocks, Rates},
+        linger::{set_fd_headroom, state_mask, watched_states, Clocks, Rates},
         sockets::SocketTable,
     },
     probe::{procfs, ring::monotonic_ns, LoadOptions, Probe},
@@ -57,27 +57,21 @@ struct Linger<W: Write> {
 impl<W: Write> Linger<W> {
     fn report(&mut self, probe: &mut Probe) -> io::Result<()> {
         // The probe keeps only sockets in the watched states (and listeners' queues).
-        let mut holders = walk::holders(probe, &self.filter, &mut self.resolver)?;
         let now = monotonic_ns();
         let clk = Clocks {
             now_ns: now,
             attached_ns: self.attached_ns,
             hz: self.hz,
         };
-        let mut reports = build(
+        let mut reports = walk::reports(
+            probe,
+            &self.filter,
+            &mut self.resolver,
             &self.table,
-            &mut holders,
             &self.states,
             &clk,
             self.args.min_age.as_nanos() as u64,
-            &self.filter,
-        );
-        drop(holders);
-        for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
-            if let Some(pid) = g.pid {
-                g.ident = (*self.resolver.process(pid)).clone();
-            }
-        }
+        )?;
         self.rates.update(&mut reports, now);
         set_fd_headroom(&mut reports, |pid| {
             (procfs::fd_limit(pid), procfs::fd_count(pid))

@@ -44,7 +44,7 @@ use crate::{
         filter::Filter,
         hist::TW_UNSEEN_AFTER,
         holders::{clean_comm, Comm},
-        linger::{build, set_fd_headroom, state_mask, Clocks, Report},
+        linger::{set_fd_headroom, state_mask, Clocks, Report},
         metrics::loss_terms,
         sockets::SocketTable,
         summary::{Received, Summary},
@@ -165,27 +165,21 @@ struct Top {
 
 impl Top {
     fn walk(&mut self, probe: &mut Probe) -> io::Result<()> {
-        let mut holders = walk::holders(probe, &self.filter, &mut self.resolver)?;
         let now = monotonic_ns();
         let clk = Clocks {
             now_ns: now,
             attached_ns: self.attached_ns,
             hz: self.hz,
         };
-        let mut reports = build(
+        let mut reports = walk::reports(
+            probe,
+            &self.filter,
+            &mut self.resolver,
             &self.table,
-            &mut holders,
             &TOP_STATES,
             &clk,
             0,
-            &self.filter,
-        );
-        drop(holders);
-        for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
-            if let Some(pid) = g.pid {
-                g.ident = (*self.resolver.process(pid)).clone();
-            }
-        }
+        )?;
         set_fd_headroom(&mut reports, |pid| {
             (procfs::fd_limit(pid), procfs::fd_count(pid))
         });

@@ -14,14 +14,38 @@ use tcpstate_common::state;
 use crate::{
     cmd::ident::Resolver,
     model::{
-        events::{addr, family_of, unmap},
+        events::{addr, family_of, unmap, TcpState},
         filter::Filter,
         hist::{Gauge, TW_UNSEEN_AFTER},
         holders::Holders,
+        linger::{build, Clocks, Report},
         sockets::{Lingering, SocketTable},
     },
     probe::{netns, procfs, sockdiag, Probe},
 };
+
+/// `linger`'s reports for `states` from one fd walk, each group named (its holder's
+/// container and pod): what `linger` prints and `top` folds into rows.
+#[allow(clippy::too_many_arguments)]
+pub fn reports(
+    probe: &mut Probe,
+    filter: &Filter,
+    resolver: &mut Resolver,
+    table: &SocketTable,
+    states: &[TcpState],
+    clk: &Clocks,
+    min_age_ns: u64,
+) -> io::Result<Vec<Report>> {
+    let mut holders = holders(probe, filter, resolver)?;
+    let mut reports = build(table, &mut holders, states, clk, min_age_ns, filter);
+    drop(holders);
+    for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
+        if let Some(pid) = g.pid {
+            g.ident = (*resolver.process(pid)).clone();
+        }
+    }
+    Ok(reports)
+}
 
 /// Every socket's holder, from one fd scan. --netns, --container and --cgroup select
 /// holders here (the fd walk crosses namespaces; a process's container is its
