@@ -267,7 +267,8 @@ pub struct FdRecord {
     /// `sk_err` (ECONNRESET after a reset, ETIMEDOUT after keepalive gave up).
     pub sk_err: i32,
     /// The listener's accept queue length and limit (`sk_ack_backlog`,
-    /// `sk_max_ack_backlog`) for a queued connection, else 0.
+    /// `sk_max_ack_backlog`) for a queued connection and for a listener's own
+    /// record (state LISTEN), else 0.
     pub ack_backlog: u32,
     pub max_ack_backlog: u32,
     /// Spare (userspace keeps its holder count here: `model::holders`).
@@ -279,7 +280,9 @@ pub struct FdRecord {
     /// `tcp_sock.keepalive_time` in jiffies (TCP_KEEPIDLE); 0: the namespace's
     /// `tcp_keepalive_time` (`keepalive_time_when()`).
     pub keepalive_time: u32,
-    pub _pad2: u32,
+    /// A listener's `sk_drops` (every listen drop raises it: `tcp_listendrop()`),
+    /// else 0; 0 too when the kernel's BTF has no `sock.sk_drops`.
+    pub sk_drops: u32,
 }
 
 impl FdRecord {
@@ -312,7 +315,7 @@ impl FdRecord {
         sk_flags: 0,
         lingertime: 0,
         keepalive_time: 0,
-        _pad2: 0,
+        sk_drops: 0,
     };
 }
 
@@ -412,7 +415,8 @@ pub struct Config {
     pub sk_flags: u32,
     pub sk_lingertime: u32,
     pub tcp_keepalive_time: u32,
-    pub _pad1: u32,
+    /// `sock.sk_drops` (atomic_t); 0 when BTF has none: not read.
+    pub sk_drops: u32,
 }
 
 impl Config {
@@ -470,7 +474,7 @@ impl Config {
         sk_flags: 0,
         sk_lingertime: 0,
         tcp_keepalive_time: 0,
-        _pad1: 0,
+        sk_drops: 0,
     };
 }
 

@@ -78,6 +78,16 @@ fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Res
     rec.comm = unsafe { read(leader, c.task_comm)? };
     if own {
         describe(c, sk, &mut rec)?;
+        if st as i32 == state::LISTEN {
+            // The listener's own queue and drops (`doctor`'s listen_queue).
+            unsafe {
+                rec.ack_backlog = read(sk, c.sk_ack_backlog)?;
+                rec.max_ack_backlog = read(sk, c.sk_max_ack_backlog)?;
+                if c.sk_drops != 0 {
+                    rec.sk_drops = read(sk, c.sk_drops)?;
+                }
+            }
+        }
         // A CLOSE socket that never connected (remote port 0) is no dead connection,
         // just a socket not used yet.
         if !(c.iter_states != 0 && st as i32 == state::CLOSE && rec.dport == 0) {

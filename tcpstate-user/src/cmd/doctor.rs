@@ -17,8 +17,9 @@ use crate::{
     model::{
         container::identify_process,
         doctor::{
-            close_wait, dead_held, fin_wait2, keepalive, linger_zero, losses, not_accepted, sort,
-            time_wait, Finding, KeepSock, Namespace, Netstat, Outcome, Sysctls, Who,
+            close_wait, dead_held, fin_wait2, keepalive, linger_zero, listen_queue, losses,
+            not_accepted, sort, time_wait, Finding, KeepSock, Listener, Namespace, Netstat,
+            Outcome, Sysctls, Who,
         },
         events::{addr, unmap, TcpState},
         filter::Filter,
@@ -54,12 +55,9 @@ fn read_namespace(inode: u32, fw2_held: &[u64]) -> io::Result<Namespace> {
         tcp_max_tw_buckets: netstat::sysctl1("ipv4/tcp_max_tw_buckets"),
         tcp_fin_timeout: netstat::sysctl1("ipv4/tcp_fin_timeout"),
         tcp_max_orphans: netstat::sysctl1("ipv4/tcp_max_orphans"),
+        somaxconn: netstat::sysctl1("core/somaxconn"),
     };
-    let counters = netstat::tcp_ext(&["ListenOverflows", "ListenDrops"]).map(|v| Netstat {
-        listen_overflows: v[0],
-        listen_drops: v[1],
-    });
-    let mut ns = Namespace::new(inode, sysctls, counters);
+    let mut ns = Namespace::new(inode, sysctls, listen_counters());
     let tw = state::TIME_WAIT as u8;
     sockdiag::for_each_tcp(1 << state::TIME_WAIT | 1 << state::FIN_WAIT2, |s| {
         if s.state == tw {
@@ -70,6 +68,29 @@ fn read_namespace(inode: u32, fw2_held: &[u64]) -> io::Result<Namespace> {
         }
     })?;
     Ok(ns)
+}
+
+/// This thread's namespace's `ListenOverflows` / `ListenDrops`.
+fn listen_counters() -> Option<Netstat> {
+    netstat::tcp_ext(&["ListenOverflows", "ListenDrops"]).map(|v| Netstat {
+        listen_overflows: v[0],
+        listen_drops: v[1],
+    })
+}
+
+/// Every namespace's listen counters now (the run's start), read from inside it.
+fn start_counters() -> HashMap<u32, Netstat> {
+    let found = netns::discover();
+    let mut out = HashMap::new();
+    for (inode, openers) in &found.namespaces {
+        for o in openers {
+            if let Ok(Some(c)) = netns::in_netns(*inode, o, listen_counters) {
+                out.insert(*inode, c);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// What the keepalive rules need of a held socket (jiffies to seconds at `hz`).
@@ -101,10 +122,15 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let cw = 1u32 << state::CLOSE_WAIT;
     // Nothing is streamed: on a busy host a stream of transitions can overflow, and
     // two walks tell the growth without one. The walk keeps CLOSE_WAIT, dead (CLOSE),
-    // FIN_WAIT2 and ESTABLISHED (keepalive) sockets, and listeners' queued connections.
+    // FIN_WAIT2 and ESTABLISHED (keepalive) sockets, listeners (their own queue
+    // and drops: listen_queue) and listeners' queued connections.
     let opts = LoadOptions {
         flags: 0,
-        iter_states: cw | 1 << state::CLOSE | 1 << state::FIN_WAIT2 | 1 << state::ESTABLISHED,
+        iter_states: cw
+            | 1 << state::CLOSE
+            | 1 << state::FIN_WAIT2
+            | 1 << state::ESTABLISHED
+            | 1 << state::LISTEN,
         iter_flags: ITER_ACCEPT_QUEUE,
         ring_bytes: 1 << 20,
         fd_walk: true,
@@ -123,13 +149,26 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     };
     let want = |n: u32| args.netns.is_empty() || args.netns.contains(&n);
     let cw8 = state::CLOSE_WAIT as u8;
+    let listen8 = state::LISTEN as u8;
+    let drops = session.probe.has_sk_drops;
+    if !drops {
+        eprintln!("tcpstate: warning: this kernel's BTF has no sock.sk_drops: listeners' own drops are not shown");
+    }
     let mut before = Vec::new();
+    // Listeners' sk_drops at the start, by cookie.
+    let mut drops_before: HashMap<u64, u32> = HashMap::new();
     session.probe.scan_fds(|f| {
-        if f.state == cw8 && want(f.netns) {
+        if !want(f.netns) {
+            return;
+        }
+        if f.state == cw8 {
             before.push(f.cookie);
+        } else if f.state == listen8 && f.queued == 0 {
+            drops_before.insert(f.cookie, f.sk_drops);
         }
     })?;
     before.sort_unstable();
+    let counters_before = start_counters();
     // No transitions come (flags 0): the table stays empty, ages are lower bounds.
     let mut watch = Watch {
         table: SocketTable::new(cw, 1),
@@ -147,8 +186,26 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let mut keep: HashMap<(u32, u32), (Comm, Vec<KeepSock>)> = HashMap::new();
     // CLOSE_WAIT sockets new since the first walk, per holder.
     let mut grown: HashMap<u32, u64> = HashMap::new();
+    let mut listeners: Vec<(u32, Comm, Listener)> = Vec::new();
     session.probe.scan_fds(|f| {
         if !want(f.netns) {
+            return;
+        }
+        if f.state == listen8 && f.queued == 0 {
+            listeners.push((
+                f.pid,
+                f.comm,
+                Listener {
+                    fd: f.fd,
+                    netns: f.netns,
+                    saddr: unmap(addr(f.family, &f.saddr)),
+                    sport: f.sport,
+                    len: f.ack_backlog,
+                    max: f.max_ack_backlog,
+                    drops: drops.then_some(f.sk_drops),
+                    drops_start: drops_before.get(&f.cookie).copied().filter(|_| drops),
+                },
+            ));
             return;
         }
         if f.queued == 0 {
@@ -213,7 +270,8 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         let mut err = None;
         for o in &found.namespaces[&inode] {
             match netns::in_netns(inode, o, || read_namespace(inode, &fw2_held)) {
-                Ok(Ok(ns)) => {
+                Ok(Ok(mut ns)) => {
+                    ns.netstat_start = counters_before.get(&inode).copied();
                     spaces.insert(inode, ns);
                     err = None;
                     break;
@@ -261,6 +319,17 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     }
     for (w, b) in &queues {
         findings.push(not_accepted(b, w, spaces.get(&b.netns)));
+    }
+    // A full queue of live connections; one with dead ones is not_accepted's.
+    for (pid, comm, l) in &listeners {
+        let dup = queues
+            .iter()
+            .any(|(qw, q)| qw.pid == Some(*pid) && q.listener_fd == l.fd && q.netns == l.netns);
+        if !dup {
+            if let Some(f) = listen_queue(l, &who(*pid, comm), spaces.get(&l.netns)) {
+                findings.push(f);
+            }
+        }
     }
     for ns in spaces.values() {
         findings.extend(time_wait(ns, &th));

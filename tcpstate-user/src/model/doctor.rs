@@ -4,7 +4,7 @@
 //! findings with a severity, evidence and advice. Pure: every input is plain data, so
 //! each rule and each threshold's boundary is unit-tested.
 //!
-//! Topics: `close_wait`, `not_accepted`, `time_wait`, `fin_wait2`, `dead_held`,
+//! Topics: `close_wait`, `not_accepted`, `listen_queue`, `time_wait`, `fin_wait2`, `dead_held`,
 //! `keepalive`, `losses`. `keepalive` reports sockets configured with SO_LINGER(0)
 //! (they reset on close), not resets seen: a reset sent by SO_LINGER(0) cannot be told
 //! from any other reset by the state transitions alone.
@@ -41,6 +41,7 @@ impl Severity {
 pub enum Topic {
     CloseWait,
     NotAccepted,
+    ListenQueue,
     TimeWait,
     FinWait2,
     DeadHeld,
@@ -53,6 +54,7 @@ impl Topic {
         match self {
             Topic::CloseWait => "close_wait",
             Topic::NotAccepted => "not_accepted",
+            Topic::ListenQueue => "listen_queue",
             Topic::TimeWait => "time_wait",
             Topic::FinWait2 => "fin_wait2",
             Topic::DeadHeld => "dead_held",
@@ -143,6 +145,8 @@ pub struct Sysctls {
     pub tcp_max_tw_buckets: Option<i64>,
     pub tcp_fin_timeout: Option<i64>,
     pub tcp_max_orphans: Option<i64>,
+    /// `net.core.somaxconn`: the cap on a listen() backlog (`__sys_listen()`).
+    pub somaxconn: Option<i64>,
 }
 
 /// `TcpExt` counters of a namespace's `/proc/net/netstat` (since it was created).
@@ -150,6 +154,32 @@ pub struct Sysctls {
 pub struct Netstat {
     pub listen_overflows: u64,
     pub listen_drops: u64,
+}
+
+impl Netstat {
+    /// The change from `start` to `self` (counters only grow; a reset reads 0).
+    pub fn since(self, start: Netstat) -> Netstat {
+        Netstat {
+            listen_overflows: self.listen_overflows.saturating_sub(start.listen_overflows),
+            listen_drops: self.listen_drops.saturating_sub(start.listen_drops),
+        }
+    }
+}
+
+/// A listener at the end of the run (its own fd record), with its drops at the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub fd: u32,
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    /// `sk_ack_backlog` / `sk_max_ack_backlog`.
+    pub len: u32,
+    pub max: u32,
+    /// `sk_drops` at the end and at the start of the run (`None`: not read, or the
+    /// listener did not exist at the start).
+    pub drops: Option<u32>,
+    pub drops_start: Option<u32>,
 }
 
 /// (local address, remote address, remote port): a TIME_WAIT destination.
@@ -161,6 +191,8 @@ pub struct Namespace {
     pub inode: u32,
     pub sysctls: Sysctls,
     pub netstat: Option<Netstat>,
+    /// The counters at the start of the run (`None`: not read then).
+    pub netstat_start: Option<Netstat>,
     /// Every TIME_WAIT socket.
     pub time_wait: u64,
     /// TIME_WAIT sockets whose local port is in `ip_local_port_range` (connect()'s
@@ -179,6 +211,11 @@ impl Namespace {
             netstat,
             ..Default::default()
         }
+    }
+
+    /// The counters' change during the run, when both readings exist.
+    pub fn netstat_delta(&self) -> Option<Netstat> {
+        Some(self.netstat?.since(self.netstat_start?))
     }
 
     /// Counts a TIME_WAIT socket; only an ephemeral local port costs a destination
@@ -394,7 +431,7 @@ pub fn not_accepted(b: &Backlog, who: &Who, ns: Option<&Namespace>) -> Finding {
         ("backlog", json!(b.len)),
         ("backlog_limit", json!(b.max)),
     ];
-    let st = ns.and_then(|n| n.netstat);
+    let st = ns.and_then(Namespace::netstat_delta);
     evidence.push(("ListenOverflows", json!(st.map(|s| s.listen_overflows))));
     evidence.push(("ListenDrops", json!(st.map(|s| s.listen_drops))));
     Finding {
@@ -407,11 +444,73 @@ pub fn not_accepted(b: &Backlog, who: &Who, ns: Option<&Namespace>) -> Finding {
         summary,
         evidence,
         advice: ADVICE_NEVER_ACCEPTED.to_string(),
+        caveat: Some(CAVEAT_NAMESPACE_COUNTERS.to_string()),
+    }
+}
+
+const CAVEAT_NAMESPACE_COUNTERS: &str =
+    "ListenOverflows/ListenDrops are the change during this run, for every listener in the namespace";
+pub const ADVICE_LISTEN_QUEUE: &str = "the accept queue is full and new connections are dropped: the process is not calling accept() fast enough (blocked, too few workers), or the backlog is too small for its bursts. Check the backlog passed to listen() and net.core.somaxconn (the cap on it).";
+
+fn endpoint(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V6(_) => format!("[{a}]:{p}"),
+        IpAddr::V4(_) => format!("{a}:{p}"),
+    }
+}
+
+/// A listener whose accept queue is full: `sk_acceptq_is_full()` is
+/// `sk_ack_backlog > sk_max_ack_backlog`, so listen(fd, 4) fills at 5/4. Below that,
+/// nothing (a quiet listener is no finding).
+pub fn listen_queue(l: &Listener, who: &Who, ns: Option<&Namespace>) -> Option<Finding> {
+    if l.len <= l.max {
+        return None;
+    }
+    let listener = endpoint(l.saddr, l.sport);
+    let st = ns.and_then(Namespace::netstat_delta);
+    let own = match (l.drops, l.drops_start) {
+        (Some(e), Some(s)) => Some(e.wrapping_sub(s)),
+        _ => None,
+    };
+    let mut summary = format!(
+        "{} does not accept on {listener} (fd {}): accept queue full, {}/{}",
+        naming(who, Some(l.netns)),
+        l.fd,
+        l.len,
+        l.max
+    );
+    if let Some(o) = st.map(|s| s.listen_overflows).filter(|o| *o > 0) {
+        summary.push_str(&format!(
+            "; {} in the namespace during the run",
+            plural(o, "listen overflow", "listen overflows")
+        ));
+    }
+    let evidence = vec![
+        ("listener", json!(listener)),
+        ("listener_fd", json!(l.fd)),
+        ("queue", json!(format!("{}/{}", l.len, l.max))),
+        ("backlog", json!(l.len)),
+        ("backlog_limit", json!(l.max)),
+        ("ListenOverflows", json!(st.map(|s| s.listen_overflows))),
+        ("ListenDrops", json!(st.map(|s| s.listen_drops))),
+        ("listener_drops", json!(own)),
+        ("somaxconn", json!(ns.and_then(|n| n.sysctls.somaxconn))),
+    ];
+    Some(Finding {
+        severity: Severity::Warning,
+        topic: Topic::ListenQueue,
+        who: who.clone(),
+        netns: Some(l.netns),
+        sockets: u64::from(l.len),
+        eof_read_sockets: None,
+        summary,
+        evidence,
+        advice: ADVICE_LISTEN_QUEUE.to_string(),
         caveat: Some(
-            "ListenOverflows/ListenDrops count since the namespace was created, for every listener in it"
+            "ListenOverflows/ListenDrops are the change during this run for every listener in the namespace; listener_drops is this listener's own (sk_drops)"
                 .to_string(),
         ),
-    }
+    })
 }
 
 /// The local ports connect() can pick from.
@@ -939,7 +1038,7 @@ mod tests {
     }
 
     fn ns(range: (u16, u16)) -> Namespace {
-        Namespace::new(
+        let mut n = Namespace::new(
             4026532000,
             Sysctls {
                 ip_local_port_range: Some(range),
@@ -948,12 +1047,19 @@ mod tests {
                 tcp_max_tw_buckets: Some(262144),
                 tcp_fin_timeout: Some(60),
                 tcp_max_orphans: Some(1000),
+                somaxconn: Some(4096),
             },
             Some(Netstat {
-                listen_overflows: 3,
-                listen_drops: 4,
+                listen_overflows: 13,
+                listen_drops: 24,
             }),
-        )
+        );
+        // At the start: the findings show the change, 3 and 4.
+        n.netstat_start = Some(Netstat {
+            listen_overflows: 10,
+            listen_drops: 20,
+        });
+        n
     }
 
     fn churn(n: &mut Namespace, count: u16, from: u16, dport: u16) {
@@ -1058,6 +1164,84 @@ mod tests {
         assert_eq!(
             not_accepted(&one_short, &who(), None).severity,
             Severity::Warning
+        );
+    }
+
+    fn listener(len: u32, max: u32) -> Listener {
+        Listener {
+            fd: 3,
+            netns: 4026532000,
+            saddr: "::1".parse().unwrap(),
+            sport: 18080,
+            len,
+            max,
+            drops: Some(17),
+            drops_start: Some(11),
+        }
+    }
+
+    fn ev<'a>(f: &'a Finding, k: &str) -> &'a Value {
+        &f.evidence.iter().find(|(n, _)| *n == k).unwrap().1
+    }
+
+    #[test]
+    fn listen_queue_full_is_more_than_the_backlog() {
+        let n = ns((1, 2));
+        // sk_acceptq_is_full(): 4/4 still takes one more; 5/4 drops.
+        assert!(listen_queue(&listener(4, 4), &who(), Some(&n)).is_none());
+        assert!(listen_queue(&listener(0, 4096), &who(), Some(&n)).is_none());
+        let f = listen_queue(&listener(5, 4), &who(), Some(&n)).unwrap();
+        assert_eq!(
+            (f.severity, f.topic),
+            (Severity::Warning, Topic::ListenQueue)
+        );
+        assert_eq!(f.sockets, 5);
+        assert!(f.summary.contains("leaky-api (pid 4242"), "{}", f.summary);
+        assert!(f.summary.contains("[::1]:18080 (fd 3)"), "{}", f.summary);
+        assert!(f.summary.contains("5/4"), "{}", f.summary);
+        assert!(f.summary.contains("3 listen overflows"), "{}", f.summary);
+        assert_eq!(ev(&f, "queue"), &json!("5/4"));
+        assert_eq!(ev(&f, "listener_fd"), &json!(3));
+        assert_eq!(ev(&f, "ListenOverflows"), &json!(3));
+        assert_eq!(ev(&f, "ListenDrops"), &json!(4));
+        assert_eq!(ev(&f, "listener_drops"), &json!(6));
+        assert_eq!(ev(&f, "somaxconn"), &json!(4096));
+        assert!(f.advice.contains("accept()") && f.advice.contains("somaxconn"));
+        // listen(fd, 0): one connection fills it.
+        assert!(listen_queue(&listener(1, 0), &who(), Some(&n)).is_some());
+    }
+
+    #[test]
+    fn listen_queue_deltas_need_both_readings() {
+        let mut n = ns((1, 2));
+        n.netstat_start = None;
+        let mut l = listener(5, 4);
+        l.drops_start = None;
+        let f = listen_queue(&l, &who(), Some(&n)).unwrap();
+        assert_eq!(ev(&f, "ListenOverflows"), &Value::Null);
+        assert_eq!(ev(&f, "listener_drops"), &Value::Null);
+        assert!(!f.summary.contains("overflow"), "{}", f.summary);
+        let f = listen_queue(&listener(5, 4), &who(), None).unwrap();
+        assert_eq!(ev(&f, "ListenDrops"), &Value::Null);
+        // sk_drops is an atomic_t: a wrap is still the change.
+        let mut l = listener(5, 4);
+        (l.drops_start, l.drops) = (Some(u32::MAX), Some(1));
+        let f = listen_queue(&l, &who(), Some(&n)).unwrap();
+        assert_eq!(ev(&f, "listener_drops"), &json!(2));
+        let a = Netstat {
+            listen_overflows: 5,
+            listen_drops: 5,
+        };
+        let b = Netstat {
+            listen_overflows: 7,
+            listen_drops: 4,
+        };
+        assert_eq!(
+            b.since(a),
+            Netstat {
+                listen_overflows: 2,
+                listen_drops: 0
+            }
         );
     }
 

@@ -124,6 +124,8 @@ pub struct Probe {
     degraded: Degraded,
     /// How the owners of existing sockets are seeded here.
     seed: seed::Route,
+    /// The kernel's BTF has `sock.sk_drops`: listeners' own drops are read.
+    pub has_sk_drops: bool,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -375,6 +377,7 @@ impl Probe {
                 skipped_before_backup,
                 degraded,
                 seed,
+                has_sk_drops: config.sk_drops != 0,
             },
             events,
         ))

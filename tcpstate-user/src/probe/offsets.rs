@@ -22,7 +22,7 @@ pub enum OffsetError {
 macro_rules! offsets {
     ($btf:expr; $($(#[$doc:meta])* $field:ident: $s:literal, $p:literal;)*) => {{
         $btf.index(&[$($s),*]).map_err(|e| OffsetError::Load(e.to_string()))?;
-        Ok(Config {
+        Ok::<Config, OffsetError>(Config {
             $($field: offset_of($btf, $s, $p)?,)*
             ..Config::default()
         })
@@ -79,6 +79,12 @@ pub fn kernel_config(btf: &mut Btf) -> Result<Config, OffsetError> {
         sk_lingertime: "sock", "sk_lingertime";
         tcp_keepalive_time: "tcp_sock", "keepalive_time";
     )
+    .map(|mut c| {
+        // Optional (doctor's listener drops): a kernel that renamed or moved it
+        // loses only that; 0 tells the probe not to read it.
+        c.sk_drops = offset_of(btf, "sock", "sk_drops").unwrap_or(0);
+        c
+    })
 }
 
 /// What aya looks kernel BTF types up for: attaching a BTF tracepoint (a typedef
