@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod backlog;
 mod calib;
 mod closewait;
 mod leak;
@@ -167,6 +168,22 @@ enum Cmd {
         conns: u32,
         #[arg(long, default_value_t = 4)]
         time_wait: u32,
+    },
+    /// Listen on ADDR with listen(fd, BACKLOG), print `listening fd F port P`, never
+    /// accept; until stdin closes.
+    BacklogServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        backlog: i32,
+    },
+    /// CONNS non-blocking connects to ADDR at once, print `connecting N`, hold them
+    /// until stdin closes.
+    BurstClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
     },
     /// A buggy server for `linger`'s diagnosis: listen on ADDR, print `ready PORT`,
     /// serve CONNS connections as BEHAVE says, print `held N fds F,...` (or
@@ -467,6 +484,8 @@ fn main() -> Result<()> {
         Cmd::ConnectClose { addr, conns } => owners::connect_close(addr, conns)?,
         Cmd::ConnectHold { addr, conns } => owners::connect_hold(addr, conns)?,
         Cmd::PreforkServer { addr, conns } => owners::prefork_server(addr, conns)?,
+        Cmd::BacklogServer { addr, backlog } => backlog::server(addr, backlog)?,
+        Cmd::BurstClient { addr, conns } => backlog::client(addr, conns)?,
         Cmd::LeakServer {
             addr,
             conns,

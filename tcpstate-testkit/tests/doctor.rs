@@ -134,8 +134,13 @@ fn leak(ns: Option<&Ns>, addr: &str, conns: &str, behave: &str, client: &[&str])
 
 /// `tcpstate doctor --json ARGS`: (findings, summary line, exit status).
 fn doctor(args: &[&str]) -> (Vec<Value>, Value, i32) {
+    doctor_for("1", args)
+}
+
+/// `doctor` watching for `secs` seconds.
+fn doctor_for(secs: &str, args: &[&str]) -> (Vec<Value>, Value, i32) {
     let out = Command::new(tcpstate_bin())
-        .args(["doctor", "--json", "--duration", "1"])
+        .args(["doctor", "--json", "--duration", secs])
         .args(args)
         .output()
         .unwrap();
@@ -479,4 +484,106 @@ fn idle_connections_without_keepalive_in_a_namespace() {
     );
     // Information only: nothing here fails a health check.
     assert_eq!(code, 0, "{fs:?} {sum}");
+}
+
+/// `backlog-server` with listen(fd, `backlog`) on `addr` and `conns` connections
+/// held by a `burst-client`: (server, client, listener fd).
+fn full_queue(ns: Option<&Ns>, addr: &str, backlog: &str, conns: &str) -> (Held, Held, u64) {
+    let mut s = Ns::kit(
+        ns,
+        &["backlog-server", "--addr", addr, "--backlog", backlog],
+    );
+    let l = s.line();
+    let fd: u64 = l
+        .strip_prefix("listening fd ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("{l}"));
+    let mut c = Ns::kit(ns, &["burst-client", "--addr", addr, "--conns", conns]);
+    assert_eq!(c.line(), format!("connecting {conns}"));
+    // The handshakes complete in softirq right after connect().
+    std::thread::sleep(Duration::from_millis(300));
+    (s, c, fd)
+}
+
+/// The Must-hold case: listen(fd, 4) and 10 connections never accepted. The queue
+/// holds backlog + 1 (`sk_acceptq_is_full()` is `>`); the other five clients'
+/// SYNs are dropped, and their retransmits (1 s, 3 s) fall inside the 3 s run, so
+/// ListenOverflows rises during it.
+fn listen_queue_case(ns: Option<&Ns>, addr: &str, listener: &str) {
+    let (server, _client, fd) = full_queue(ns, addr, "4", "10");
+    let args: Vec<String> = match ns {
+        Some(n) => vec!["--netns".into(), n.inode()],
+        None => vec![],
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (fs, _, code) = doctor_for("3", &args);
+    let pid = server.child.id();
+    let f = of(&fs, "listen_queue", pid);
+    assert_eq!(f.len(), 1, "{fs:?}");
+    let f = f[0];
+    assert_eq!(f["severity"], "warning", "{f}");
+    assert_eq!(f["comm"], "tcpkit");
+    assert_eq!(f["evidence"]["listener_fd"], fd, "{f}");
+    assert_eq!(f["evidence"]["listener"], listener, "{f}");
+    assert_eq!(f["evidence"]["queue"], "5/4", "{f}");
+    assert_eq!(
+        (&f["evidence"]["backlog"], &f["evidence"]["backlog_limit"]),
+        (&Value::from(5), &Value::from(4))
+    );
+    let over = f["evidence"]["ListenOverflows"].as_u64().unwrap_or(0);
+    assert!(over > 0, "no overflow during the run: {f}");
+    assert!(
+        f["evidence"]["ListenDrops"].as_u64().unwrap_or(0) >= over,
+        "{f}"
+    );
+    // Every listen drop raises the listener's sk_drops (tcp_listendrop()); null
+    // only where BTF has no sock.sk_drops.
+    let own = &f["evidence"]["listener_drops"];
+    assert!(own.is_null() || own.as_u64().unwrap() > 0, "{f}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains(&format!("pid {pid}")), "{summary}");
+    assert!(summary.contains(&format!("(fd {fd})")), "{summary}");
+    assert!(f["advice"].as_str().unwrap().contains("somaxconn"));
+    if let Some(n) = ns {
+        assert_eq!(f["netns"], n.inode().parse::<u64>().unwrap());
+    }
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn listen_queue_full_host_ipv4() {
+    let port = free_port("127.0.0.1");
+    let addr = format!("127.0.0.1:{port}");
+    listen_queue_case(None, &addr, &addr);
+}
+
+#[test]
+fn listen_queue_full_host_ipv6() {
+    let port = free_port("::1");
+    let addr = format!("[::1]:{port}");
+    listen_queue_case(None, &addr, &addr);
+}
+
+/// Inside a namespace: the overflow delta is that namespace's own TcpExt (the
+/// host's listeners cannot raise it), read from a thread inside it.
+#[test]
+fn listen_queue_full_in_a_namespace() {
+    let ns = Ns::new("lq");
+    listen_queue_case(Some(&ns), "127.0.0.1:18090", "127.0.0.1:18090");
+}
+
+/// A queue exactly at its backlog (4/4) still takes one more connection: no
+/// finding, and nothing else in the namespace either.
+#[test]
+fn listen_queue_at_backlog_is_quiet() {
+    let ns = Ns::new("lq4");
+    let (server, _client, _) = full_queue(Some(&ns), "127.0.0.1:18091", "4", "4");
+    let (fs, sum, code) = doctor(&["--netns", &ns.inode()]);
+    assert!(
+        of(&fs, "listen_queue", server.child.id()).is_empty(),
+        "{fs:?}"
+    );
+    assert!(fs.iter().all(|f| !bad(f)), "{fs:?}");
+    assert_eq!((code, &sum["worst"]), (0, &Value::Null), "{fs:?}");
 }

@@ -147,6 +147,8 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
         &[
             "stopped_reading_and_never_accepted_in_a_namespace",
             "quiet_namespace_exits_0",
+            "listen_queue_full_host_ipv4",
+            "listen_queue_full_in_a_namespace",
         ],
     ),
     ("pipe", &["trace_head_exits_without_further_traffic"]),
