@@ -193,6 +193,40 @@ fn promtool_check(metrics: &str) {
 }
 
 #[test]
+fn prometheus_sees_a_full_accept_queue_by_holder() {
+    let port = free_port("127.0.0.1");
+    let addr = format!("127.0.0.1:{port}");
+    let (t, listen) = serve(&[]);
+    let prom = Prometheus::start(&listen, "");
+    // listen(fd, 4) and 10 connections never accepted: the queue holds backlog + 1.
+    let mut server = Kit::spawn(&[
+        "--comm",
+        "lq-stuck",
+        "backlog-server",
+        "--addr",
+        &addr,
+        "--backlog",
+        "4",
+    ]);
+    assert!(server.line().starts_with("listening fd"));
+    let mut client = Kit::spawn(&["burst-client", "--addr", &addr, "--conns", "10"]);
+    assert_eq!(client.line(), "connecting 10");
+    let sel = format!("comm=\"lq-stuck\",laddr=\"127.0.0.1\",lport=\"{port}\"");
+    let q = format!("tcpstate_listen_queue_length{{{sel}}}");
+    assert_eq!(prom.wait_for(&q, |v| v == Some(5.0)), Some(5.0), "{q}");
+    let q = format!("tcpstate_listen_queue_limit{{{sel}}}");
+    assert_eq!(prom.wait_for(&q, |v| v == Some(4.0)), Some(4.0), "{q}");
+    let q = format!("count(tcpstate_listen_queue_length{{{sel},netns!=\"\"}})");
+    assert_eq!(prom.wait_for(&q, |v| v.is_some()), Some(1.0), "{q}");
+    // Closed: the series goes away.
+    client.finish();
+    server.finish();
+    let q = format!("tcpstate_listen_queue_length{{{sel}}}");
+    assert_eq!(prom.wait_for(&q, |v| v.is_none()), None);
+    sigterm_exits_cleanly(t);
+}
+
+#[test]
 fn prometheus_sees_leaks_by_process_and_syn_sent_times() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
@@ -742,6 +776,8 @@ fn scrape_answers_with_every_family() {
         "tcpstate_lingering_sockets gauge",
         "tcpstate_lingering_oldest_seconds gauge",
         "tcpstate_process_fd_usage_ratio gauge",
+        "tcpstate_listen_queue_length gauge",
+        "tcpstate_listen_queue_limit gauge",
         "tcpstate_time_wait_sockets gauge",
         "tcpstate_local_port_range_size gauge",
         "tcpstate_events_lost_total counter",

@@ -30,12 +30,15 @@ use crate::{
     cli::ServeArgs,
     cmd::session::Session,
     model::{
-        events::TcpState,
+        events::{addr, unmap, TcpState},
         filter::Filter,
         hist::{Gauge, Interval, Key},
         holders::Holders,
         linger::{build, Clocks},
-        metrics::{fold_destinations, fold_lingering, LingerSeries, NetnsTimewait, Snapshot},
+        metrics::{
+            fold_destinations, fold_lingering, fold_listeners, identity, HeldListener,
+            LingerSeries, ListenerSeries, NetnsTimewait, Snapshot,
+        },
         sockets::{Lingering, SocketTable},
     },
     probe::{netns, procfs, ring::monotonic_ns, sockdiag, LoadOptions, HIST_SETTLE},
@@ -72,6 +75,8 @@ struct Walker {
 #[derive(Default)]
 struct Walked {
     lingering: Vec<LingerSeries>,
+    /// Held listeners' accept queues.
+    listeners: Vec<ListenerSeries>,
     /// TIME_WAIT listings by namespace inode, each with its port range.
     gauges: Vec<(u32, Gauge)>,
     /// Sockets the walk could not track (table full).
@@ -95,6 +100,8 @@ impl Walker {
         // map: here, not at each scrape (unseen ones are only decided 66 s after their
         // hand-over anyway).
         let mut holders = Holders::default();
+        let mut held = Vec::new();
+        let listen = state::LISTEN as u8;
         let (scan, tws_open, unseen, gauges) = {
             let mut session = session.blocking_lock();
             // Opened under the lock, read after it: a scrape meanwhile reads the
@@ -113,7 +120,24 @@ impl Walker {
                 .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
             (scan, open, unseen, gauges)
         };
-        scan.for_each(|f| holders.add(f))?;
+        scan.for_each(|f| {
+            // Listeners' own records: their queue, for the listen_queue gauges.
+            if f.state == listen && f.queued == 0 {
+                held.push(HeldListener {
+                    pid: f.pid,
+                    comm: f.comm,
+                    identity: Default::default(),
+                    cookie: f.cookie,
+                    netns: f.netns,
+                    laddr: unmap(addr(f.family, &f.saddr)),
+                    lport: f.sport,
+                    len: f.ack_backlog,
+                    max: f.max_ack_backlog,
+                });
+            } else {
+                holders.add(f);
+            }
+        })?;
         holders.finish();
         // CLOSE_WAIT sockets no fd or queue holds (orphans) come from sock_diag, aged
         // from the walk that first saw them.
@@ -151,7 +175,12 @@ impl Walker {
                 g.ident = (*resolver.process(pid)).clone();
             }
         }
+        for l in &mut held {
+            l.identity = identity(&resolver.process(l.pid));
+        }
         drop(resolver);
+        let listeners = fold_listeners(&held, self.top, self.pid_labels);
+        drop(held);
         let mut usage: HashMap<u32, Option<f64>> = HashMap::new();
         let lingering = fold_lingering(&reports, self.top, self.pid_labels, |pid| {
             *usage.entry(pid).or_insert_with(|| procinfo::fd_usage(pid))
@@ -161,6 +190,7 @@ impl Walker {
         log::debug!("fd walk took {:?}", t0.elapsed());
         Ok(Walked {
             lingering,
+            listeners,
             gauges,
             untracked,
             tws_open,
@@ -224,6 +254,7 @@ impl Shared {
             transitions,
             tw_ended: tw.1,
             lingering: walked.lingering.clone(),
+            listeners: walked.listeners.clone(),
             timewait: walked
                 .gauges
                 .iter()
@@ -283,7 +314,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Nothing is streamed.
         ring_bytes: 16 << 10,
         hist_keys: 1,
-        iter_states: 1 << state::CLOSE_WAIT,
+        // CLOSE_WAIT sockets, listeners (their accept queue) and their queued ones.
+        iter_states: 1 << state::CLOSE_WAIT | 1 << state::LISTEN,
         iter_flags: ITER_ACCEPT_QUEUE,
         fd_walk: true,
         ..LoadOptions::default()

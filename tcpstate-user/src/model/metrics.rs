@@ -155,6 +155,93 @@ pub struct DestSeries {
     pub sockets: u64,
 }
 
+/// A listener some process holds, from the fd walk's own record of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldListener {
+    pub pid: u32,
+    pub comm: Comm,
+    pub identity: Identity,
+    pub cookie: u64,
+    pub netns: u32,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    /// `sk_ack_backlog` / `sk_max_ack_backlog`.
+    pub len: u32,
+    pub max: u32,
+}
+
+/// The labels of one accept-queue series; `None` comm: the `other` fold (and then
+/// no netns, address or port either).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerLabels {
+    pub comm: Option<Comm>,
+    pub identity: Identity,
+    pub pid: Option<u32>,
+    pub netns: Option<u32>,
+    pub laddr: Option<IpAddr>,
+    pub lport: Option<u16>,
+}
+
+/// One accept-queue series: queued connections and the queue's limit, summed over
+/// the distinct listeners (SO_REUSEPORT) that share its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSeries {
+    pub labels: ListenerLabels,
+    pub length: u64,
+    pub limit: u64,
+}
+
+/// Folds held listeners into series by (holder, netns, address, port), at most
+/// `top` of them by queue length (ties by labels), the rest summed under
+/// `comm="other"`. A listener held by several processes of one series (a
+/// pre-fork server's inherited fd) counts once.
+pub fn fold_listeners(ls: &[HeldListener], top: usize, pid_labels: bool) -> Vec<ListenerSeries> {
+    let mut by: HashMap<ListenerLabels, (Vec<u64>, ListenerSeries)> = HashMap::new();
+    for l in ls {
+        let labels = ListenerLabels {
+            comm: Some(l.comm),
+            identity: l.identity.clone(),
+            pid: pid_labels.then_some(l.pid),
+            netns: Some(l.netns),
+            laddr: Some(l.laddr),
+            lport: Some(l.lport),
+        };
+        let e = by.entry(labels.clone()).or_insert_with(|| {
+            (
+                Vec::new(),
+                ListenerSeries {
+                    labels,
+                    length: 0,
+                    limit: 0,
+                },
+            )
+        });
+        if !e.0.contains(&l.cookie) {
+            e.0.push(l.cookie);
+            e.1.length += u64::from(l.len);
+            e.1.limit += u64::from(l.max);
+        }
+    }
+    let mut series: Vec<ListenerSeries> = by.into_values().map(|(_, s)| s).collect();
+    series.sort_by(|a, b| b.length.cmp(&a.length).then(a.labels.cmp(&b.labels)));
+    if series.len() > top {
+        let rest = series.split_off(top);
+        series.push(ListenerSeries {
+            labels: ListenerLabels {
+                comm: None,
+                identity: Identity::default(),
+                pid: None,
+                netns: None,
+                laddr: None,
+                lport: None,
+            },
+            length: rest.iter().map(|s| s.length).sum(),
+            limit: rest.iter().map(|s| s.limit).sum(),
+        });
+    }
+    series
+}
+
 /// The `top` destinations with most TIME_WAIT sockets, then the rest summed (only
 /// when there is a rest), so the series add up to the total.
 pub fn fold_destinations(g: &Gauge, top: usize) -> Vec<DestSeries> {
@@ -222,6 +309,8 @@ pub struct Snapshot {
     pub transitions: Vec<(u8, u8, u64)>,
     pub tw_ended: EndedCounts,
     pub lingering: Vec<LingerSeries>,
+    /// Accept queues of held listeners (`fold_listeners`).
+    pub listeners: Vec<ListenerSeries>,
     /// TIME_WAIT sockets and port range per network namespace.
     pub timewait: Vec<NetnsTimewait>,
     pub summary: Summary,
@@ -246,6 +335,47 @@ pub fn loss_terms(s: &Summary) -> [(&'static str, u64); 4] {
 mod tests {
     use super::*;
     use crate::model::linger::{Diagnosis, Facts, Group, SockLine};
+
+    fn held(pid: u32, name: &str, cookie: u64, port: u16, len: u32) -> HeldListener {
+        HeldListener {
+            pid,
+            comm: comm(name),
+            identity: Identity::default(),
+            cookie,
+            netns: 4026531840,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: port,
+            len,
+            max: 4,
+        }
+    }
+
+    #[test]
+    fn listeners_fold_past_top_and_count_a_shared_listener_once() {
+        let ls = [
+            // A pre-fork server: one listener, two holders.
+            held(10, "web", 1, 80, 5),
+            held(11, "web", 1, 80, 5),
+            // SO_REUSEPORT: two listeners on one port add up.
+            held(20, "api", 2, 81, 2),
+            held(20, "api", 3, 81, 1),
+            held(30, "db", 4, 82, 1),
+            held(40, "idle", 5, 83, 0),
+        ];
+        let s = fold_listeners(&ls, 2, false);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].labels.comm, Some(comm("web")));
+        assert_eq!((s[0].length, s[0].limit), (5, 4));
+        assert_eq!(s[1].labels.lport, Some(81));
+        assert_eq!((s[1].length, s[1].limit), (3, 8));
+        assert_eq!(s[2].labels.comm, None);
+        assert_eq!((s[2].length, s[2].limit), (1, 8));
+        // With pid labels each holder is its own series.
+        let s = fold_listeners(&ls, 10, true);
+        assert_eq!(s.len(), 5);
+        assert!(s.iter().all(|x| x.labels.pid.is_some()));
+        assert!(fold_listeners(&[], 2, false).is_empty());
+    }
 
     fn comm(s: &str) -> Comm {
         let mut c = [0; 16];

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use crate::{
     model::{
         events::StateNum,
-        metrics::{loss_terms, to_prometheus_buckets, LingerSeries, Snapshot, OTHER},
+        metrics::{
+            loss_terms, to_prometheus_buckets, LingerSeries, ListenerSeries, Snapshot, OTHER,
+        },
     },
     probe::features::Feature,
     render::format::sanitize_comm,
@@ -186,6 +188,7 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
     }
 
     lingering(&mut w, s, top_pid);
+    listeners(&mut w, s, top_pid);
 
     w.family(
         "tcpstate_time_wait_sockets",
@@ -361,6 +364,61 @@ fn lingering(w: &mut Writer, s: &Snapshot, pid_labels: bool) {
     }
 }
 
+fn listeners(w: &mut Writer, s: &Snapshot, pid_labels: bool) {
+    let labels: Vec<Vec<(&str, String)>> = s
+        .listeners
+        .iter()
+        .map(|l| {
+            let b = &l.labels;
+            let comm = match &b.comm {
+                Some(c) => {
+                    let mut t = String::new();
+                    sanitize_comm(c, &mut t);
+                    t
+                }
+                None => OTHER.to_string(),
+            };
+            let other = || OTHER.to_string();
+            let mut v = vec![
+                ("comm", comm),
+                ("container_id", b.identity.container_id.clone()),
+                ("pod_namespace", b.identity.pod_namespace.clone()),
+                ("pod_name", b.identity.pod_name.clone()),
+                ("netns", b.netns.map_or(String::new(), |n| n.to_string())),
+                ("laddr", b.laddr.map_or_else(other, |a| a.to_string())),
+                ("lport", b.lport.map_or_else(other, |p| p.to_string())),
+            ];
+            if pid_labels {
+                v.push(("pid", b.pid.map_or(String::new(), |p| p.to_string())));
+            }
+            v
+        })
+        .collect();
+    let borrowed: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|v| v.iter().map(|(k, v)| (*k, v.as_str())).collect())
+        .collect();
+    type Figure = fn(&ListenerSeries) -> u64;
+    let families: [(&str, &str, Figure); 2] = [
+        (
+            "tcpstate_listen_queue_length",
+            "Connections waiting in a listener's accept queue (sk_ack_backlog), by the process holding the listener (top N; the rest as comm=\"other\"). Above the limit the queue is full and new connections are dropped.",
+            |l| l.length,
+        ),
+        (
+            "tcpstate_listen_queue_limit",
+            "The accept queue's limit (sk_max_ack_backlog: the listen() backlog, capped by net.core.somaxconn); full when the length exceeds it.",
+            |l| l.limit,
+        ),
+    ];
+    for (name, help, figure) in families {
+        w.family(name, Kind::Gauge, help);
+        for (l, lb) in s.listeners.iter().zip(&borrowed) {
+            w.sample(name, lb, figure(l));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +426,10 @@ mod tests {
         events::TcpState,
         histogram::Histogram,
         holders::Comm,
-        metrics::{DestSeries, GroupLabels, Identity, LingerSeries, NetnsTimewait},
+        metrics::{
+            DestSeries, GroupLabels, Identity, LingerSeries, ListenerLabels, ListenerSeries,
+            NetnsTimewait,
+        },
         summary::Summary,
     };
 
@@ -419,6 +480,7 @@ mod tests {
                     fd_usage: None,
                 },
             ],
+            listeners: Vec::new(),
             timewait: vec![
                 NetnsTimewait {
                     netns: 4026531840,
@@ -469,6 +531,50 @@ mod tests {
     }
 
     #[test]
+    fn listen_queue_by_holder_with_help_and_other() {
+        let mut s = snapshot();
+        s.listeners = vec![
+            ListenerSeries {
+                labels: ListenerLabels {
+                    comm: Some(comm(b"stuck")),
+                    identity: Identity::default(),
+                    pid: Some(42),
+                    netns: Some(4026531840),
+                    laddr: Some("::1".parse().unwrap()),
+                    lport: Some(8080),
+                },
+                length: 5,
+                limit: 4,
+            },
+            ListenerSeries {
+                labels: ListenerLabels {
+                    comm: None,
+                    identity: Identity::default(),
+                    pid: None,
+                    netns: None,
+                    laddr: None,
+                    lport: None,
+                },
+                length: 0,
+                limit: 256,
+            },
+        ];
+        let t = render(&s, Format::Text, false);
+        assert!(t.contains("# TYPE tcpstate_listen_queue_length gauge\n"));
+        assert!(t.contains("# HELP tcpstate_listen_queue_limit "));
+        assert_eq!(
+            sample_lines(&t, "tcpstate_listen_queue_length{"),
+            [
+                "tcpstate_listen_queue_length{comm=\"stuck\",container_id=\"\",pod_namespace=\"\",pod_name=\"\",netns=\"4026531840\",laddr=\"::1\",lport=\"8080\"} 5",
+                "tcpstate_listen_queue_length{comm=\"other\",container_id=\"\",pod_namespace=\"\",pod_name=\"\",netns=\"\",laddr=\"other\",lport=\"other\"} 0",
+            ]
+        );
+        assert!(sample_lines(&t, "tcpstate_listen_queue_limit{")[0].ends_with("} 4"));
+        let t = render(&s, Format::Text, true);
+        assert!(sample_lines(&t, "tcpstate_listen_queue_limit{")[0].contains(",pid=\"42\"}"));
+    }
+
+    #[test]
     fn golden_text() {
         let t = render(&snapshot(), Format::Text, false);
         let golden = "\
@@ -496,6 +602,10 @@ tcpstate_lingering_not_accepted_sockets{state=\"close_wait\",comm=\"other\",cont
 # HELP tcpstate_process_fd_usage_ratio Open fds over the soft RLIMIT_NOFILE of the group's fullest process.
 # TYPE tcpstate_process_fd_usage_ratio gauge
 tcpstate_process_fd_usage_ratio{state=\"close_wait\",comm=\"leaky\",container_id=\"\",pod_namespace=\"\",pod_name=\"\"} 0.25
+# HELP tcpstate_listen_queue_length Connections waiting in a listener's accept queue (sk_ack_backlog), by the process holding the listener (top N; the rest as comm=\"other\"). Above the limit the queue is full and new connections are dropped.
+# TYPE tcpstate_listen_queue_length gauge
+# HELP tcpstate_listen_queue_limit The accept queue's limit (sk_max_ack_backlog: the listen() backlog, capped by net.core.somaxconn); full when the length exceeds it.
+# TYPE tcpstate_listen_queue_limit gauge
 # HELP tcpstate_time_wait_sockets TIME_WAIT sockets now, by destination (top N; the rest as raddr=\"other\").
 # TYPE tcpstate_time_wait_sockets gauge
 tcpstate_time_wait_sockets{netns=\"4026531840\",raddr=\"10.0.0.9\",rport=\"443\"} 5
