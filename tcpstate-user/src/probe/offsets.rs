@@ -196,6 +196,8 @@ mod tests {
             c.sk_cookie
         );
         assert!(c.tw_timer > c.tw_sport);
+        // Optional, but present on every kernel of the test matrix (atomic_t).
+        assert!(c.sk_drops > c.sk_family, "sock.sk_drops");
         // The stand-in BTF gives aya the kernel's own type ids.
         let small = attach_btf(
             &mut btf,
