@@ -49,14 +49,14 @@ pub enum Command {
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
     /// A Prometheus exporter: time-in-state histograms, TIME_WAIT ends and
-    /// destinations, CLOSE_WAIT sockets by holding process, and tcpstate's own losses,
-    /// on GET /metrics (text format 0.0.4, or OpenMetrics when asked).
+    /// destinations, CLOSE_WAIT sockets by holding process, accept queues by
+    /// listener holder, and tcpstate's own losses, on GET /metrics (text format 0.0.4, or OpenMetrics when asked).
     Serve(ServeArgs),
     /// Look at every network namespace for a few seconds and print findings, most
     /// severe first, each with its evidence and what to do. Topics: close_wait,
-    /// not_accepted, time_wait, fin_wait2, dead_held, keepalive, losses. Exit status: 0
-    /// nothing above info, 1 a warning or critical finding, 2 bad input, 3 could not
-    /// check (missing privilege or kernel feature, said on stderr).
+    /// not_accepted, listen_queue, time_wait, fin_wait2, dead_held, keepalive, losses.
+    /// Exit status: 0 nothing above info, 1 a warning or critical finding, 2 bad
+    /// input, 3 could not check (missing privilege or kernel feature, said on stderr).
     Doctor(DoctorArgs),
     /// A live screen, refreshed every --interval: one row per process (or container)
     /// holding TCP sockets, sorted by CLOSE_WAIT, with growth, oldest age, fd
