@@ -37,6 +37,8 @@ pub mod names {
     /// `SOCKS`, from a socket pointer the verifier trusts.
     pub const PROG_SEED_ADOPT: &str = "seed_adopt";
     pub const SEED_OWNERS: &str = "SEED_OWNERS";
+    /// The fd walk's per-process tally between iterator calls (see `FD_TALLY`).
+    pub const TALLY: &str = "TALLY";
 
     /// Every map of the `tcpstate` probe object.
     pub const MAPS: &[&str] = &[
@@ -52,6 +54,7 @@ pub mod names {
         PAIRS,
         CGROUPS,
         SEED_OWNERS,
+        TALLY,
     ];
     /// Every global of the `tcpstate` probe object that userspace sets.
     pub const GLOBALS: &[&str] = &[CONFIG];
@@ -283,6 +286,15 @@ pub struct FdRecord {
     /// A listener's `sk_drops` (every listen drop raises it: `tcp_listendrop()`),
     /// else 0; 0 too when the kernel's BTF has no `sock.sk_drops`.
     pub sk_drops: u32,
+    /// A [`FD_TALLY`] record: how many fds the process has open (every fd the
+    /// iterator visited in it), else 0.
+    pub open_fds: u32,
+    /// The socket's namespace's `ip_local_port_range` as `low | high << 16` (0: not
+    /// read); a tally: 0.
+    pub port_range: u32,
+    /// A [`FD_TALLY`] record: the process's soft RLIMIT_NOFILE (`u64::MAX`:
+    /// unlimited), else 0.
+    pub nofile: u64,
 }
 
 impl FdRecord {
@@ -316,6 +328,9 @@ impl FdRecord {
         lingertime: 0,
         keepalive_time: 0,
         sk_drops: 0,
+        open_fds: 0,
+        port_range: 0,
+        nofile: 0,
     };
 }
 
@@ -326,6 +341,12 @@ pub const SOCK_LINGER: u32 = 4;
 
 /// `FdRecord::fd` / `listener_fd` when there is none.
 pub const FD_NONE: u32 = u32::MAX;
+
+/// `FdRecord::fd` of a process's tally, written after its last fd (before the next
+/// process's first, or at the end of the walk) for each process that got a socket
+/// record: `pid`, `comm`, `open_fds`, `nofile`. The fd counts and limits come from
+/// the kernel, not from /proc/PID/fd (which needs CAP_SYS_PTRACE).
+pub const FD_TALLY: u32 = u32::MAX - 1;
 
 /// `Config::iter_flags`: also list the connections waiting in the accept queue of
 /// each listener held by an fd.
@@ -417,6 +438,13 @@ pub struct Config {
     pub tcp_keepalive_time: u32,
     /// `sock.sk_drops` (atomic_t); 0 when BTF has none: not read.
     pub sk_drops: u32,
+    /// task_struct -> signal -> rlim[RLIMIT_NOFILE] (the fd tally's limit); 0: not read.
+    pub task_signal: u32,
+    pub signal_rlim: u32,
+    /// `net.ipv4.ip_local_ports.range`; 0: not read. `int[2]` until 6.7, one u32
+    /// (`low | high << 16`) since (`inet_get_local_port_range()`): `port_range_packed`.
+    pub net_port_range: u32,
+    pub port_range_packed: u32,
 }
 
 impl Config {
@@ -475,6 +503,10 @@ impl Config {
         sk_lingertime: 0,
         tcp_keepalive_time: 0,
         sk_drops: 0,
+        task_signal: 0,
+        signal_rlim: 0,
+        net_port_range: 0,
+        port_range_packed: 0,
     };
 }
 
@@ -869,12 +901,12 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 104);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 352);
+const _: () = assert!(core::mem::size_of::<Config>() == 368);
 const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
 const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);
 const _: () = assert!(core::mem::size_of::<TwKey>() == 48);
-const _: () = assert!(core::mem::size_of::<FdRecord>() == 136);
+const _: () = assert!(core::mem::size_of::<FdRecord>() == 152);
 const _: () = assert!(core::mem::size_of::<SeedOwner>() == 32);
 const _: () = assert!(core::mem::size_of::<SeedRecord>() == 16);
 

@@ -5,12 +5,52 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_seq_write};
-use tcpstate_common::{state, Config, FdRecord, AF_INET6, FD_NONE, ITER_ACCEPT_QUEUE};
+use tcpstate_common::{state, Config, FdRecord, AF_INET6, FD_NONE, FD_TALLY, ITER_ACCEPT_QUEUE};
 
 use crate::{
     config::{cfg, read},
+    maps::TALLY,
     task::{for_each_queued, is_socket_file, tcp_sock_of_file},
 };
+
+/// RLIMIT_NOFILE's index in `signal_struct.rlim` (asm-generic/resource.h: every
+/// architecture but alpha, mips, sparc).
+const RLIMIT_NOFILE: u32 = 7;
+
+/// One process's fds so far in this walk.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tally {
+    nofile: u64,
+    tgid: u32,
+    fds: u32,
+    /// Socket records written for it: a tally is written only when > 0.
+    held: u32,
+    _pad: u32,
+    comm: [u8; 16],
+}
+
+const TALLY_ZERO: Tally = Tally {
+    nofile: 0,
+    tgid: 0,
+    fds: 0,
+    held: 0,
+    _pad: 0,
+    comm: [0; 16],
+};
+
+/// The tally and the one before the last call: when the seq buffer overflows, the
+/// kernel drops what the call wrote and shows the same object again with the same
+/// `seq_num` (`bpf_seq_read()`), so that call's effect is undone first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tallies {
+    session: u64,
+    /// `seq_num << 1 | end` of the last call.
+    last_seq: u64,
+    cur: Tally,
+    prev: Tally,
+}
 
 /// Called by the kernel for every open file of every process (one call per fd
 /// table, not per thread; `task_file_seq_get_next`), whatever its network namespace.
@@ -27,14 +67,82 @@ pub fn task_sockets(ctx: *mut c_void) -> i32 {
     let ctx = ctx as *const u64;
     let task = unsafe { core::ptr::read_volatile(ctx.add(1)) } as *const u8;
     let file = unsafe { core::ptr::read_volatile(ctx.add(3)) } as *const u8;
-    if task.is_null() || file.is_null() {
-        return 0;
-    }
-    let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
+    // struct bpf_iter_meta { seq; session_id; seq_num; }
     let meta = unsafe { core::ptr::read_volatile(ctx) } as *const u64;
     let seq = unsafe { core::ptr::read_volatile(meta) } as *mut c_void;
-    let _ = socket_fd(seq, task, file, fd);
+    let session = unsafe { core::ptr::read_volatile(meta.add(1)) };
+    let seq_num = unsafe { core::ptr::read_volatile(meta.add(2)) };
+    let Some(t) = TALLY.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the map's one value; one walk at a time (see TALLY).
+    let t = unsafe { &mut *t };
+    if t.session != session {
+        t.session = session;
+        t.last_seq = u64::MAX;
+        t.cur = TALLY_ZERO;
+    }
+    // The call at the end (`task_file_seq_stop()`: no task, no file) has the last
+    // object's seq_num: told apart by the low bit.
+    let end = task.is_null() || file.is_null();
+    let key = seq_num << 1 | end as u64;
+    if t.last_seq == key {
+        t.cur = t.prev;
+    } else {
+        t.prev = t.cur;
+        t.last_seq = key;
+    }
+    if end {
+        tally_out(seq, &mut t.cur);
+        return 0;
+    }
+    let c = cfg();
+    let Ok(tgid) = (unsafe { read::<u32>(task, c.task_tgid) }) else {
+        return 0;
+    };
+    if tgid != t.cur.tgid {
+        tally_out(seq, &mut t.cur);
+        t.cur = TALLY_ZERO;
+        t.cur.tgid = tgid;
+    }
+    t.cur.fds += 1;
+    let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
+    if let Ok(Some(comm)) = socket_fd(seq, task, file, fd) {
+        if t.cur.held == 0 {
+            t.cur.comm = comm;
+            t.cur.nofile = nofile(c, task).unwrap_or(0);
+        }
+        t.cur.held += 1;
+    }
     0
+}
+
+/// Writes the finished process's tally, if it held a socket the walk reported.
+#[inline(always)]
+fn tally_out(seq: *mut c_void, t: &mut Tally) {
+    if t.held == 0 {
+        return;
+    }
+    let rec = FdRecord {
+        pid: t.tgid,
+        fd: FD_TALLY,
+        comm: t.comm,
+        open_fds: t.fds,
+        nofile: t.nofile,
+        ..FdRecord::EMPTY
+    };
+    write(seq, &rec);
+    t.held = 0;
+}
+
+/// The soft RLIMIT_NOFILE (`task->signal->rlim[RLIMIT_NOFILE].rlim_cur`).
+#[inline(always)]
+fn nofile(c: &Config, task: *const u8) -> Result<u64, i32> {
+    if c.task_signal == 0 {
+        return Ok(0);
+    }
+    let signal: *const u8 = unsafe { read(task, c.task_signal)? };
+    unsafe { read(signal, c.signal_rlim + RLIMIT_NOFILE * 16) }
 }
 
 #[inline(always)]
@@ -53,20 +161,26 @@ fn kept(c: &Config, st: u8) -> bool {
     c.iter_states == 0 || (st < 32 && c.iter_states & (1 << st) != 0)
 }
 
+/// The holder's comm when a record was written for this fd.
 #[inline(always)]
-fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Result<(), i32> {
+fn socket_fd(
+    seq: *mut c_void,
+    task: *const u8,
+    file: *const u8,
+    fd: u32,
+) -> Result<Option<[u8; 16]>, i32> {
     let c = cfg();
     if !is_socket_file(c, file)? {
-        return Ok(());
+        return Ok(None);
     }
     let Some(sk) = tcp_sock_of_file(c, file)? else {
-        return Ok(());
+        return Ok(None);
     };
     let st: u8 = unsafe { read(sk, c.sk_state)? };
     let own = kept(c, st);
     let queue = st as i32 == state::LISTEN && c.iter_flags & ITER_ACCEPT_QUEUE != 0;
     if !own && !queue {
-        return Ok(());
+        return Ok(None);
     }
     let mut rec = FdRecord {
         pid: unsafe { read(task, c.task_tgid)? },
@@ -76,6 +190,7 @@ fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Res
     };
     let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
     rec.comm = unsafe { read(leader, c.task_comm)? };
+    let mut wrote = false;
     if own {
         describe(c, sk, &mut rec)?;
         if st as i32 == state::LISTEN {
@@ -92,12 +207,13 @@ fn socket_fd(seq: *mut c_void, task: *const u8, file: *const u8, fd: u32) -> Res
         // just a socket not used yet.
         if !(c.iter_states != 0 && st as i32 == state::CLOSE && rec.dport == 0) {
             write(seq, &rec);
+            wrote = true;
         }
     }
-    if queue {
-        accept_queue(c, sk, fd, seq, &mut rec)?;
+    if queue && accept_queue(c, sk, fd, seq, &mut rec)? {
+        wrote = true;
     }
-    Ok(())
+    Ok(if wrote { Some(rec.comm) } else { None })
 }
 
 /// The unaccepted connections of a held listener (see `for_each_queued`), each
@@ -111,25 +227,28 @@ fn accept_queue(
     lfd: u32,
     seq: *mut c_void,
     rec: &mut FdRecord,
-) -> Result<(), i32> {
+) -> Result<bool, i32> {
     let backlog: u32 = unsafe { read(lsk, c.sk_ack_backlog)? };
     if backlog == 0 {
-        return Ok(());
+        return Ok(false);
     }
     rec.ack_backlog = backlog;
     rec.max_ack_backlog = unsafe { read(lsk, c.sk_max_ack_backlog)? };
     rec.listener_fd = lfd;
     rec.fd = FD_NONE;
     rec.queued = 1;
+    let mut wrote = false;
     for_each_queued(c, lsk, |child| {
         let st: u8 = unsafe { read(child, c.sk_state)? };
         if kept(c, st) {
             rec.state = st;
             describe(c, child, rec)?;
             write(seq, rec);
+            wrote = true;
         }
         Ok(())
-    })
+    })?;
+    Ok(wrote)
 }
 
 /// The socket's identity, addresses and what `linger` diagnoses from.
@@ -164,6 +283,14 @@ fn describe(c: &Config, sk: *const u8, rec: &mut FdRecord) -> Result<(), i32> {
         } else {
             read(net, c.net_ns_inum)?
         };
+        if !net.is_null() && c.net_port_range != 0 {
+            rec.port_range = if c.port_range_packed != 0 {
+                read(net, c.net_port_range)?
+            } else {
+                let r: [u32; 2] = read(net, c.net_port_range)?;
+                r[0] & 0xffff | r[1] << 16
+            };
+        }
         rec.now_jiffies = bpf_jiffies64() as u32;
         rec.rcv_tstamp = read(sk, c.tcp_rcv_tstamp)?;
         rec.lsndtime = read(sk, c.tcp_lsndtime)?;

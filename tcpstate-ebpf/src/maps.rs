@@ -14,7 +14,7 @@ use tcpstate_common::{
     PAIR_SLOTS,
 };
 
-use crate::marks::Recent;
+use crate::{iter::Tallies, marks::Recent};
 
 /// Transitions to userspace (`trace`, `linger`). Size set by userspace at load time.
 #[map(name = "EVENTS")]
@@ -123,3 +123,8 @@ pub static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SEED_OWNERS")]
 pub static SEED_OWNERS: HashMap<u64, SeedOwner> =
     HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The fd walk's tally of the process it is in (see `iter::tally`). One reader at a
+/// time: each tcpstate process loads its own probe and walks from one thread.
+#[map(name = "TALLY")]
+pub static TALLY: Array<Tallies> = Array::with_max_entries(1, 0);

@@ -23,7 +23,7 @@ use crate::{
     model::{
         events::TcpState,
         filter::Filter,
-        linger::{set_fd_headroom, state_mask, watched_states, Clocks, Rates},
+        linger::{state_mask, watched_states, Clocks, Rates},
         sockets::SocketTable,
     },
     probe::{procfs, ring::monotonic_ns, LoadOptions, Probe},
@@ -73,9 +73,6 @@ impl<W: Write> Linger<W> {
             self.args.min_age.as_nanos() as u64,
         )?;
         self.rates.update(&mut reports, now);
-        set_fd_headroom(&mut reports, |pid| {
-            (procfs::fd_limit(pid), procfs::fd_count(pid))
-        });
         self.last_nonempty = reports.iter().any(|r| r.count() > 0);
         let mut time = String::new();
         if self.args.json {

@@ -120,7 +120,7 @@ impl Walker {
                 .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
             (scan, open, unseen, gauges)
         };
-        scan.for_each(|f| {
+        let tally = scan.for_each(|f| {
             // Listeners' own records: their queue, for the listen_queue gauges.
             if f.state == listen && f.queued == 0 {
                 held.push(HeldListener {
@@ -183,8 +183,20 @@ impl Walker {
         drop(held);
         let mut usage: HashMap<u32, Option<f64>> = HashMap::new();
         let lingering = fold_lingering(&reports, self.top, self.pid_labels, |pid| {
-            *usage.entry(pid).or_insert_with(|| procinfo::fd_usage(pid))
+            *usage
+                .entry(pid)
+                .or_insert_with(|| match tally.fds.get(&pid) {
+                    Some(c) => c.limit.filter(|&l| l > 0).map(|l| c.open as f64 / l as f64),
+                    None => procinfo::fd_usage(pid),
+                })
         });
+        // Namespaces first seen after startup: their port range as the walk read it.
+        for (ns, (lo, hi)) in &tally.port_ranges {
+            self.tw_seed
+                .port_ranges
+                .entry(*ns)
+                .or_insert(u64::from(hi.saturating_sub(*lo)) + 1);
+        }
         drop(reports);
 
         log::debug!("fd walk took {:?}", t0.elapsed());
@@ -336,7 +348,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         own_netns,
         monotonic_ns(),
     )?;
-    let kept = caps::drop_unneeded().context("dropping capabilities")?;
+    let kept = caps::drop_unneeded(session.probe.counts_fds).context("dropping capabilities")?;
     eprintln!(
         "tcpstate: capabilities kept: {} (fd walks, fd counts); TLS {}, basic auth {}",
         caps::names(kept).join(", "),

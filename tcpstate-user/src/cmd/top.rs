@@ -44,7 +44,7 @@ use crate::{
         filter::Filter,
         hist::TW_UNSEEN_AFTER,
         holders::{clean_comm, Comm},
-        linger::{set_fd_headroom, state_mask, Clocks, Report},
+        linger::{state_mask, Clocks, Report},
         metrics::loss_terms,
         sockets::SocketTable,
         summary::{Received, Summary},
@@ -171,7 +171,7 @@ impl Top {
             attached_ns: self.attached_ns,
             hz: self.hz,
         };
-        let mut reports = walk::reports(
+        let reports = walk::reports(
             probe,
             &self.filter,
             &mut self.resolver,
@@ -180,9 +180,6 @@ impl Top {
             &clk,
             0,
         )?;
-        set_fd_headroom(&mut reports, |pid| {
-            (procfs::fd_limit(pid), procfs::fd_count(pid))
-        });
         let tws = self.time_waits(probe, now)?;
         self.rows = build_rows(&reports, &tws, self.by);
         self.open_sockets(&reports);

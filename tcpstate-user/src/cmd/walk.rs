@@ -18,10 +18,10 @@ use crate::{
         filter::Filter,
         hist::{Gauge, TW_UNSEEN_AFTER},
         holders::Holders,
-        linger::{build, Clocks, Report},
+        linger::{build, set_fd_headroom, Clocks, Report},
         sockets::{Lingering, SocketTable},
     },
-    probe::{netns, procfs, sockdiag, Probe},
+    probe::{maps::WalkTally, netns, procfs, sockdiag, Probe},
 };
 
 /// `linger`'s reports for `states` from one fd walk, each group named (its holder's
@@ -36,7 +36,7 @@ pub fn reports(
     clk: &Clocks,
     min_age_ns: u64,
 ) -> io::Result<Vec<Report>> {
-    let mut holders = holders(probe, filter, resolver)?;
+    let (mut holders, tally) = holders(probe, filter, resolver)?;
     let mut reports = build(table, &mut holders, states, clk, min_age_ns, filter);
     drop(holders);
     for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
@@ -44,17 +44,30 @@ pub fn reports(
             g.ident = (*resolver.process(pid)).clone();
         }
     }
+    set_fd_headroom(&mut reports, |pid| fd_info(&tally, pid));
     Ok(reports)
+}
+
+/// (soft fd limit, open fds) of a holder: the walk's own count, or /proc where the
+/// kernel's BTF lacked what the probe reads them from.
+pub fn fd_info(tally: &WalkTally, pid: u32) -> (Option<u64>, Option<u64>) {
+    tally
+        .fd_info(pid)
+        .unwrap_or_else(|| (procfs::fd_limit(pid), procfs::fd_count(pid)))
 }
 
 /// Every socket's holder, from one fd scan. --netns, --container and --cgroup select
 /// holders here (the fd walk crosses namespaces; a process's container is its
 /// /proc/PID/cgroup).
-pub fn holders(probe: &mut Probe, f: &Filter, resolver: &mut Resolver) -> io::Result<Holders> {
+pub fn holders(
+    probe: &mut Probe,
+    f: &Filter,
+    resolver: &mut Resolver,
+) -> io::Result<(Holders, WalkTally)> {
     let mut holders = Holders::default();
     resolver.forget_processes();
     resolver.refresh_filter(f, probe);
-    probe.scan_fds(|r| {
+    let tally = probe.scan_fds(|r| {
         if f.matches_netns(r.netns)
             && (!f.by_cgroup() || {
                 let i = resolver.process(r.pid);
@@ -65,12 +78,12 @@ pub fn holders(probe: &mut Probe, f: &Filter, resolver: &mut Resolver) -> io::Re
         }
     })?;
     holders.finish();
-    Ok(holders)
+    Ok((holders, tally))
 }
 
 /// The size of a new namespace's ip_local_port_range (32768-60999, set by
-/// inet_init_net()): what serve assumes for a namespace first seen after startup,
-/// whose own /proc/sys it can no longer read without entering it.
+/// inet_init_net()): what serve assumes for a namespace first seen after startup
+/// until an fd walk reads its own range from one of its sockets (`WalkTally`).
 pub const NEW_NETNS_PORT_RANGE: u64 = 60999 - 32768 + 1;
 
 /// A TIME_WAIT socket older than the probe: counted until its timer's end.

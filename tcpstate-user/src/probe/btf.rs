@@ -326,6 +326,12 @@ impl Btf {
     /// Byte offset of `path` (members separated by dots) inside the indexed struct
     /// `name`, looking through anonymous structs and unions as C does.
     pub fn offset_of(&self, name: &str, path: &str) -> Result<u32, OffsetLookup> {
+        self.member(name, path).map(|(off, _)| off)
+    }
+
+    /// The byte offset of `path` in `name` (as [`Self::offset_of`]) and the BTF kind
+    /// of its type, typedefs looked through (`KIND_INT`, `KIND_ARRAY`, ...).
+    pub fn member(&self, name: &str, path: &str) -> Result<(u32, u32), OffsetLookup> {
         let mut id = self.find(name, KIND_STRUCT).ok_or(OffsetLookup::NoStruct)?;
         let mut bits = 0u32;
         for member in path.split('.') {
@@ -338,7 +344,8 @@ impl Btf {
         if !bits.is_multiple_of(8) {
             return Err(OffsetLookup::Unaligned);
         }
-        Ok(bits / 8)
+        let kind = self.header(id).map_or(0, |h| h.0);
+        Ok((bits / 8, kind))
     }
 
     /// (bit offset, type id) of member `name` of struct or union `id`.

@@ -3,6 +3,7 @@
 //! (the common crate's records, summed over CPUs); the model interprets it.
 
 use std::{
+    collections::HashMap,
     io,
     os::fd::{AsFd, AsRawFd},
 };
@@ -13,8 +14,8 @@ use aya::{
     Ebpf,
 };
 use tcpstate_common::{
-    counter, names, FdRecord, Hist, HistKey, TwKey, TwLive, HIST_BUCKETS, HIST_SPILL_STATES,
-    PAIR_SLOTS,
+    counter, names, FdRecord, Hist, HistKey, TwKey, TwLive, FD_TALLY, HIST_BUCKETS,
+    HIST_SPILL_STATES, PAIR_SLOTS,
 };
 
 use super::{features::Degraded, Probe};
@@ -47,11 +48,66 @@ fn open_iter(ebpf: &mut Ebpf, prog: &str) -> io::Result<std::fs::File> {
 pub struct FdScan(std::fs::File);
 
 impl FdScan {
-    pub fn for_each(self, mut each: impl FnMut(&FdRecord)) -> io::Result<()> {
+    /// Passes each socket record to `each`; returns what the walk said besides.
+    pub fn for_each(self, mut each: impl FnMut(&FdRecord)) -> io::Result<WalkTally> {
+        let mut tally = WalkTally::default();
         read_file::<{ std::mem::size_of::<FdRecord>() }>(self.0, |c: &[u8]| {
             // SAFETY: FdRecord is plain old data; each chunk is one whole record.
-            each(&unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) })
-        })
+            let r = unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FdRecord>()) };
+            if tally.add(&r) {
+                each(&r)
+            }
+        })?;
+        Ok(tally)
+    }
+}
+
+/// A process's open fds and soft RLIMIT_NOFILE, as the fd walk counted them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdCount {
+    pub open: u64,
+    /// `None`: unlimited.
+    pub limit: Option<u64>,
+}
+
+/// What the fd walk tells besides the sockets, read from the kernel's own
+/// structures rather than /proc: the open fds and fd limit of each process that
+/// holds a reported socket, and the local port range of each namespace a socket is in.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WalkTally {
+    pub fds: HashMap<u32, FdCount>,
+    /// `ip_local_port_range` (low, high) by network namespace inode.
+    pub port_ranges: HashMap<u32, (u16, u16)>,
+}
+
+impl WalkTally {
+    /// Takes in one record; false for a tally, which is no socket.
+    pub fn add(&mut self, r: &FdRecord) -> bool {
+        if r.fd == FD_TALLY {
+            // A probe without the offsets writes nofile 0: no limit known, and no
+            // count either (fall back to /proc).
+            if r.nofile != 0 {
+                let limit = (r.nofile != u64::MAX).then_some(r.nofile);
+                self.fds.insert(
+                    r.pid,
+                    FdCount {
+                        open: r.open_fds.into(),
+                        limit,
+                    },
+                );
+            }
+            return false;
+        }
+        if r.port_range != 0 && r.netns != 0 {
+            let range = (r.port_range as u16, (r.port_range >> 16) as u16);
+            self.port_ranges.insert(r.netns, range);
+        }
+        true
+    }
+
+    /// (soft limit, open fds) of `pid`, as `set_fd_headroom` takes them.
+    pub fn fd_info(&self, pid: u32) -> Option<(Option<u64>, Option<u64>)> {
+        self.fds.get(&pid).map(|c| (c.limit, Some(c.open)))
     }
 }
 
@@ -156,7 +212,7 @@ impl PerCpuSum for Hist {
 impl Probe {
     /// Every fd that refers to a TCP socket, in every process, from one pass of the
     /// `task_file` iterator.
-    pub fn scan_fds(&mut self, each: impl FnMut(&FdRecord)) -> io::Result<()> {
+    pub fn scan_fds(&mut self, each: impl FnMut(&FdRecord)) -> io::Result<WalkTally> {
         self.fd_scan()?.for_each(each)
     }
 
@@ -433,5 +489,39 @@ mod tests {
         h.add(&k2);
         assert_eq!((h.count, h.sum_ns, h.max_ns), (4, 6000, 2000));
         assert_eq!(h.buckets[1], 2);
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    #[test]
+    fn tallies_are_kept_apart_from_sockets() {
+        let mut t = WalkTally::default();
+        let tally = |pid, open, nofile| FdRecord {
+            pid,
+            fd: FD_TALLY,
+            open_fds: open,
+            nofile,
+            ..FdRecord::EMPTY
+        };
+        assert!(!t.add(&tally(7, 24, 1024)));
+        assert!(!t.add(&tally(8, 3, u64::MAX)));
+        // A probe that could not read the limit: /proc decides.
+        assert!(!t.add(&tally(9, 3, 0)));
+        let sock = FdRecord {
+            pid: 7,
+            fd: 5,
+            cookie: 1,
+            netns: 4026531840,
+            port_range: 32768 | 60999 << 16,
+            ..FdRecord::EMPTY
+        };
+        assert!(t.add(&sock));
+        assert_eq!(t.fd_info(7), Some((Some(1024), Some(24))));
+        assert_eq!(t.fd_info(8), Some((None, Some(3))), "unlimited");
+        assert_eq!(t.fd_info(9), None);
+        assert_eq!(t.port_ranges[&4026531840], (32768, 60999));
     }
 }

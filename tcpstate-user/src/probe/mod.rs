@@ -126,6 +126,9 @@ pub struct Probe {
     seed: seed::Route,
     /// The kernel's BTF has `sock.sk_drops`: listeners' own drops are read.
     pub has_sk_drops: bool,
+    /// The fd walk counts each holder's fds and reads its limit (task -> signal in
+    /// BTF): no /proc/PID/fd needed.
+    pub counts_fds: bool,
 }
 
 /// Fails early, with the one line users need, when privileges are missing.
@@ -378,6 +381,7 @@ impl Probe {
                 degraded,
                 seed,
                 has_sk_drops: config.sk_drops != 0,
+                counts_fds: config.task_signal != 0,
             },
             events,
         ))

@@ -1,7 +1,7 @@
 //! Kernel structure offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`),
 //! handed to the probe as its `CONFIG` global, so it needs neither CO-RE nor headers.
 
-use super::btf::{Btf, OffsetLookup, KIND_FUNC, KIND_PTR, KIND_TYPEDEF};
+use super::btf::{Btf, OffsetLookup, KIND_ARRAY, KIND_FUNC, KIND_INT, KIND_PTR, KIND_TYPEDEF};
 use tcpstate_common::Config;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -20,8 +20,8 @@ pub enum OffsetError {
 
 /// One list gives both the structs to index (one pass) and each field's offset.
 macro_rules! offsets {
-    ($btf:expr; $($(#[$doc:meta])* $field:ident: $s:literal, $p:literal;)*) => {{
-        $btf.index(&[$($s),*]).map_err(|e| OffsetError::Load(e.to_string()))?;
+    ($btf:expr, also [$($extra:literal),*]; $($(#[$doc:meta])* $field:ident: $s:literal, $p:literal;)*) => {{
+        $btf.index(&[$($s,)* $($extra),*]).map_err(|e| OffsetError::Load(e.to_string()))?;
         Ok::<Config, OffsetError>(Config {
             $($field: offset_of($btf, $s, $p)?,)*
             ..Config::default()
@@ -32,7 +32,8 @@ macro_rules! offsets {
 /// Resolves every offset the probe uses, in one pass over the kernel's types for
 /// all the structs named here.
 pub fn kernel_config(btf: &mut Btf) -> Result<Config, OffsetError> {
-    offsets!(btf;
+    // Also indexed: structs of optional offsets, read below.
+    offsets!(btf, also ["signal_struct"];
         sk_family: "sock", "__sk_common.skc_family";
         sk_protocol: "sock", "sk_protocol";
         sk_state: "sock", "__sk_common.skc_state";
@@ -83,6 +84,20 @@ pub fn kernel_config(btf: &mut Btf) -> Result<Config, OffsetError> {
         // Optional (doctor's listener drops): a kernel that renamed or moved it
         // loses only that; 0 tells the probe not to read it.
         c.sk_drops = offset_of(btf, "sock", "sk_drops").unwrap_or(0);
+        // Optional too (fd counts and limits, port ranges from the walk): without
+        // them those come from /proc and the host's sysctl.
+        if let (Ok(sig), Ok(rlim)) = (
+            offset_of(btf, "task_struct", "signal"),
+            offset_of(btf, "signal_struct", "rlim"),
+        ) {
+            (c.task_signal, c.signal_rlim) = (sig, rlim);
+        }
+        // `int range[2]` before 6.7, a packed u32 since: either is read.
+        match btf.member("net", "ipv4.ip_local_ports.range") {
+            Ok((off, KIND_ARRAY)) => c.net_port_range = off,
+            Ok((off, KIND_INT)) => (c.net_port_range, c.port_range_packed) = (off, 1),
+            _ => {}
+        }
         c
     })
 }
@@ -198,6 +213,14 @@ mod tests {
         assert!(c.tw_timer > c.tw_sport);
         // Optional, but present on every kernel of the test matrix (atomic_t).
         assert!(c.sk_drops > c.sk_family, "sock.sk_drops");
+        assert!(
+            c.task_signal > 0 && c.signal_rlim > 0,
+            "task -> signal -> rlim"
+        );
+        assert!(
+            c.net_port_range > c.net_ns_inum,
+            "net.ipv4.ip_local_ports.range"
+        );
         // The stand-in BTF gives aya the kernel's own type ids.
         let small = attach_btf(
             &mut btf,

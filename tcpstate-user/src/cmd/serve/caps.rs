@@ -57,14 +57,18 @@ pub fn names(set: u64) -> Vec<&'static str> {
 
 /// The capabilities `serve` needs after attaching, out of those it has: CAP_BPF and
 /// CAP_PERFMON to run the `task_file` iterator at each walk (CAP_SYS_ADMIN instead on
-/// kernels that had no CAP_BPF); CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to count the
-/// open fds of other users' processes (`/proc/PID/fd` is theirs alone, and reading it
-/// takes a ptrace check, `proc_fd_access_allowed()`). Not CAP_SYS_ADMIN: only startup
-/// enters namespaces (`setns()` of a net namespace checks it, `netns_install()`), for
-/// the TIME_WAIT sockets older than the probe and each namespace's port range; after
-/// that TIME_WAIT comes from the probe's records.
-pub fn needed(have: u64) -> u64 {
-    let mut keep = 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE | 1 << CAP_PERFMON;
+/// kernels that had no CAP_BPF). The walk itself counts each holder's fds and reads
+/// its limit; only where BTF lacks `task_struct.signal` (`counts_fds` false) are they
+/// read from /proc, which takes CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE for other
+/// users' processes (`/proc/PID/fd` is theirs alone, `proc_fd_access_allowed()`).
+/// Not CAP_SYS_ADMIN: only startup enters namespaces (`setns()` of a net namespace
+/// checks it, `netns_install()`), for the TIME_WAIT sockets older than the probe and
+/// each namespace's port range; after that TIME_WAIT comes from the probe's records.
+pub fn needed(have: u64, counts_fds: bool) -> u64 {
+    let mut keep = 1 << CAP_PERFMON;
+    if !counts_fds {
+        keep |= 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE;
+    }
     if have & (1 << CAP_BPF) != 0 {
         keep |= 1 << CAP_BPF;
     } else {
@@ -77,9 +81,9 @@ pub fn needed(have: u64) -> u64 {
 /// Drops every other capability from the effective, permitted and inheritable sets
 /// and from the bounding set, for good; returns the kept set. Without CAP_SETPCAP the
 /// bounding set cannot shrink (`cap_prctl_drop()`): one warning says so.
-pub fn drop_unneeded() -> io::Result<u64> {
+pub fn drop_unneeded(counts_fds: bool) -> io::Result<u64> {
     let have = capget()?;
-    let keep = needed(have);
+    let keep = needed(have, counts_fds);
     // The bounding set first: dropping from it needs CAP_SETPCAP, given up below.
     let mut refused = 0;
     for cap in 0..=LAST_CAP {
@@ -141,9 +145,12 @@ mod tests {
     #[test]
     fn keeps_only_what_walks_need() {
         let all = u64::MAX >> 23; // caps 0..=40
-        let k = needed(all);
+        let k = needed(all, true);
+        assert_eq!(names(k), ["CAP_PERFMON", "CAP_BPF"]);
+        assert_eq!(k & (1 << CAP_SYS_ADMIN), 0);
+        // Without the walk's fd counts, /proc/PID/fd needs two more.
         assert_eq!(
-            names(k),
+            names(needed(all, false)),
             [
                 "CAP_DAC_READ_SEARCH",
                 "CAP_SYS_PTRACE",
@@ -151,10 +158,9 @@ mod tests {
                 "CAP_BPF"
             ]
         );
-        assert_eq!(k & (1 << CAP_SYS_ADMIN), 0);
         // Nothing is gained that was not held.
-        assert_eq!(needed(1 << CAP_BPF), 1 << CAP_BPF);
+        assert_eq!(needed(1 << CAP_BPF, true), 1 << CAP_BPF);
         // Kernels before CAP_BPF: CAP_SYS_ADMIN stands in for it too.
-        assert_eq!(names(needed(1 << CAP_SYS_ADMIN)), ["CAP_SYS_ADMIN"]);
+        assert_eq!(names(needed(1 << CAP_SYS_ADMIN, true)), ["CAP_SYS_ADMIN"]);
     }
 }
