@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -224,6 +225,79 @@ fn prometheus_sees_a_full_accept_queue_by_holder() {
     let q = format!("tcpstate_listen_queue_length{{{sel}}}");
     assert_eq!(prom.wait_for(&q, |v| v.is_none()), None);
     sigterm_exits_cleanly(t);
+}
+
+/// The `tcpstate_listen_queue_*` series of each scrape's listeners: (laddr, lport).
+fn listen_series(listen: &str, comm: &str) -> BTreeSet<(String, String)> {
+    let (st, body) = http_get(listen, "/metrics");
+    assert_eq!(st, 200, "{body}");
+    let label = |l: &str, k: &str| -> String {
+        let from = l.find(&format!("{k}=\"")).expect(k) + k.len() + 2;
+        l[from..].split('"').next().unwrap().to_string()
+    };
+    body.lines()
+        .filter(|l| {
+            l.starts_with("tcpstate_listen_queue_length{")
+                && l.contains(&format!("comm=\"{comm}\""))
+        })
+        .map(|l| (label(l, "laddr"), label(l, "lport")))
+        .collect()
+}
+
+/// `--port`, `--lport`, `--rport`, `-4`/`-6` and `--pid` select the listeners whose
+/// accept queues are exported, as they select the sockets' series.
+#[test]
+fn listen_queue_series_follow_the_filters() {
+    let (p4, p6) = (free_port("127.0.0.1"), free_port("::1"));
+    let start = |addr: String| {
+        let mut k = Kit::spawn(&[
+            "--comm",
+            "lq-filter",
+            "backlog-server",
+            "--addr",
+            &addr,
+            "--backlog",
+            "4",
+        ]);
+        assert!(k.line().starts_with("listening fd"));
+        k
+    };
+    let mut v4 = start(format!("127.0.0.1:{p4}"));
+    let mut v6 = start(format!("[::1]:{p6}"));
+    let (s4, s6) = (p4.to_string(), p6.to_string());
+    let pid6 = v6.pid().to_string();
+    let want4 = ("127.0.0.1".to_string(), s4.clone());
+    let want6 = ("::1".to_string(), s6.clone());
+    let cases: Vec<(Vec<&str>, BTreeSet<(String, String)>)> = vec![
+        (vec![], [want4.clone(), want6.clone()].into()),
+        (vec!["--port", &s4], [want4.clone()].into()),
+        (vec!["--lport", &s6], [want6.clone()].into()),
+        (vec!["--rport", &s4], [].into()),
+        (vec!["-4"], [want4.clone()].into()),
+        (vec!["-6"], [want6.clone()].into()),
+        (vec!["--pid", &pid6], [want6.clone()].into()),
+    ];
+    let serves: Vec<_> = cases.iter().map(|(a, _)| serve(a)).collect();
+    for ((args, want), (_, listen)) in cases.iter().zip(&serves) {
+        // The first walk may still be running: wait for the full answer, then hold it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = listen_series(listen, "lq-filter");
+        while got != *want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            got = listen_series(listen, "lq-filter");
+        }
+        assert_eq!(&got, want, "serve {args:?}");
+    }
+    // Walked again (--interval 1s): the filtered-out listeners never appear.
+    std::thread::sleep(Duration::from_millis(2500));
+    for ((args, want), (_, listen)) in cases.iter().zip(&serves) {
+        assert_eq!(&listen_series(listen, "lq-filter"), want, "serve {args:?}");
+    }
+    v4.finish();
+    v6.finish();
+    for (t, _) in serves {
+        sigterm_exits_cleanly(t);
+    }
 }
 
 #[test]

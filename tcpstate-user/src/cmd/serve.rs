@@ -30,7 +30,7 @@ use crate::{
     cli::ServeArgs,
     cmd::session::Session,
     model::{
-        events::{addr, unmap, TcpState},
+        events::{addr, family_of, unmap, TcpState},
         filter::Filter,
         hist::{Gauge, Interval, Key},
         holders::Holders,
@@ -120,16 +120,32 @@ impl Walker {
                 .sweep_timewaits(monotonic_ns(), TW_UNSEEN_AFTER.as_nanos() as u64)?;
             (scan, open, unseen, gauges)
         };
+        // --netns, --container and --cgroup select holders (as `walk::holders`).
+        let mut resolver = crate::cmd::ident::Resolver::new();
+        let filter = &self.filter;
         let tally = scan.for_each(|f| {
-            // Listeners' own records: their queue, for the listen_queue gauges.
+            if !filter.matches_netns(f.netns)
+                || filter.by_cgroup() && {
+                    let i = resolver.process(f.pid);
+                    !filter.matches_cgroup(i.cgroup.as_deref(), i.container_id.as_deref())
+                }
+            {
+                return;
+            }
+            // Listeners' own records: their queue, for the listen_queue gauges, with
+            // the port, family and pid filters that the sockets' series have too.
             if f.state == listen && f.queued == 0 {
+                let laddr = unmap(addr(f.family, &f.saddr));
+                if !filter.matches_listener(family_of(laddr, laddr), f.sport, f.pid) {
+                    return;
+                }
                 held.push(HeldListener {
                     pid: f.pid,
                     comm: f.comm,
                     identity: Default::default(),
                     cookie: f.cookie,
                     netns: f.netns,
-                    laddr: unmap(addr(f.family, &f.saddr)),
+                    laddr,
                     lport: f.sport,
                     len: f.ack_backlog,
                     max: f.max_ack_backlog,
@@ -169,7 +185,6 @@ impl Walker {
         drop((table, holders));
         let mut reports = reports;
         // Container labels: each holder's /proc/PID/cgroup, once per walk.
-        let mut resolver = crate::cmd::ident::Resolver::new();
         for g in reports.iter_mut().flat_map(|r| r.groups.iter_mut()) {
             if let Some(pid) = g.pid {
                 g.ident = (*resolver.process(pid)).clone();

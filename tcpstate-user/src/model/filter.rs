@@ -130,6 +130,12 @@ impl Filter {
             )
     }
 
+    /// The same filters for a listener that `pid` holds: its local port for `--port`
+    /// and `--lport`; it has no remote end, so an `--rport` list never matches.
+    pub fn matches_listener(&self, family: u8, lport: u16, pid: u32) -> bool {
+        self.matches_endpoints(family, lport, 0) && pid_passes(&self.pids, self.pids.len(), pid)
+    }
+
     /// The same filters for a tracked socket, whose owner is the fd holder's pid.
     pub fn matches_socket(&self, l: &Lingering, pid: Option<u32>) -> bool {
         self.matches_endpoints(l.family, l.sport, l.dport)
@@ -191,6 +197,57 @@ mod tests {
             assert!(!Filter::new(&a, &[]).is_empty(), "{a:?}");
         }
         assert!(!Filter::new(&args(), &[TcpState::Listen]).is_empty());
+    }
+
+    #[test]
+    fn listeners_by_local_port_family_and_pid() {
+        let l = |a: Filter| a.matches_listener(6, 8080, 7);
+        assert!(l(args()));
+        for yes in [
+            Filter {
+                ports: vec![8080],
+                ..args()
+            },
+            Filter {
+                lports: vec![1, 8080],
+                ..args()
+            },
+            Filter {
+                pids: vec![7],
+                ..args()
+            },
+            Filter {
+                family: Some(6),
+                ..args()
+            },
+        ] {
+            assert!(l(yes.clone()), "{yes:?}");
+        }
+        for no in [
+            Filter {
+                ports: vec![80],
+                ..args()
+            },
+            Filter {
+                lports: vec![80],
+                ..args()
+            },
+            // No remote end: a listener is not a connection to any port.
+            Filter {
+                rports: vec![8080],
+                ..args()
+            },
+            Filter {
+                pids: vec![8],
+                ..args()
+            },
+            Filter {
+                family: Some(4),
+                ..args()
+            },
+        ] {
+            assert!(!l(no.clone()), "{no:?}");
+        }
     }
 
     #[test]
