@@ -160,8 +160,10 @@ impl Walker {
         let mut table = SocketTable::new(cw, TABLE_CAPACITY);
         let mut seen = HashMap::new();
         let old = &self.first_seen;
+        // They are this namespace's; no holder names a container (as `seed_unheld`).
+        let orphans = filter.matches_netns(self.own_netns) && !filter.by_cgroup();
         sockdiag::for_each_tcp(cw, |s| {
-            if holders.get(s.cookie).is_none() {
+            if orphans && holders.get(s.cookie).is_none() {
                 let since = old.get(&s.cookie).copied().unwrap_or(now);
                 seen.insert(s.cookie, since);
                 table.seed(s.cookie, Lingering::seeded(s, since));
