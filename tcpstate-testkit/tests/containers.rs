@@ -669,5 +669,31 @@ fn namespace_kept_alive_by_sockets_alone() {
     assert_eq!(gs.len(), 1, "{lines:?}");
     assert_eq!(gs[0]["comm"], "ns-alone", "{}", gs[0]);
     assert_eq!(gs[0]["count"], 3, "{}", gs[0]);
+    // doctor enters it by one of its sockets (the fd walk names a holder and fd):
+    // its TIME_WAIT sockets, its sysctls and its port range are read from inside it.
+    let out = Command::new(tcpstate_bin())
+        .args([
+            "doctor",
+            "--json",
+            "--duration",
+            "1",
+            "--time-wait-warn",
+            "0",
+        ])
+        .args(["--netns", &ino])
+        .output()
+        .unwrap();
+    let lines = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let sum = lines.last().expect("a summary");
+    assert_eq!(sum["type"], "doctor_summary", "{sum}");
+    assert_eq!(sum["namespaces"], 1, "{sum}");
+    assert_eq!(sum["namespaces_failed"], serde_json::json!([]), "{sum}");
+    let tw: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "finding" && l["topic"] == "time_wait")
+        .collect();
+    assert_eq!(tw.len(), 1, "{lines:?}");
+    assert_eq!(tw[0]["evidence"]["time_wait_sockets"], 5, "{}", tw[0]);
+    assert_eq!(tw[0]["netns"].to_string(), ino, "{}", tw[0]);
     holder.finish();
 }

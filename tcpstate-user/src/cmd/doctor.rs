@@ -78,9 +78,18 @@ fn listen_counters() -> Option<Netstat> {
     })
 }
 
+/// Every namespace: tasks', mounts' and those of the walked sockets (`sockets`:
+/// namespace -> a (pid, fd) holding one of its sockets).
+fn discover(sockets: &HashMap<u32, (u32, u32)>) -> netns::Discovered {
+    let mut found = netns::discover();
+    for (&inode, &(pid, fd)) in sockets {
+        found.add_socket(inode, pid, fd);
+    }
+    found
+}
+
 /// Every namespace's listen counters now (the run's start), read from inside it.
-fn start_counters() -> HashMap<u32, Netstat> {
-    let found = netns::discover();
+fn start_counters(found: &netns::Discovered) -> HashMap<u32, Netstat> {
     let mut out = HashMap::new();
     for (inode, openers) in &found.namespaces {
         for o in openers {
@@ -157,10 +166,13 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let mut before = Vec::new();
     // Listeners' sk_drops at the start, by cookie.
     let mut drops_before: HashMap<u64, u32> = HashMap::new();
+    // A socket per namespace: the way into those no task or mount names.
+    let mut sockets: HashMap<u32, (u32, u32)> = HashMap::new();
     session.probe.scan_fds(|f| {
         if !want(f.netns) {
             return;
         }
+        sockets.entry(f.netns).or_insert((f.pid, f.fd));
         if f.state == cw8 {
             before.push(f.cookie);
         } else if f.state == listen8 && f.queued == 0 {
@@ -168,7 +180,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         }
     })?;
     before.sort_unstable();
-    let counters_before = start_counters();
+    let counters_before = start_counters(&discover(&sockets));
     // No transitions come (flags 0): the table stays empty, ages are lower bounds.
     let mut watch = Watch {
         table: SocketTable::new(cw, 1),
@@ -187,10 +199,12 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     // CLOSE_WAIT sockets new since the first walk, per holder.
     let mut grown: HashMap<u32, u64> = HashMap::new();
     let mut listeners: Vec<(u32, Comm, Listener)> = Vec::new();
+    sockets.clear();
     session.probe.scan_fds(|f| {
         if !want(f.netns) {
             return;
         }
+        sockets.entry(f.netns).or_insert((f.pid, f.fd));
         if f.state == listen8 && f.queued == 0 {
             listeners.push((
                 f.pid,
@@ -256,7 +270,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     });
 
     // Every namespace, each read from inside it.
-    let found = netns::discover();
+    let found = discover(&sockets);
     let mut inodes: Vec<u32> = found
         .namespaces
         .keys()

@@ -265,6 +265,21 @@ pub fn discover() -> Discovered {
     d
 }
 
+impl Discovered {
+    /// A namespace seen on a socket that `pid` holds as `fd` (an fd walk's record):
+    /// the way in to one that no task is in and no mount names, which only its
+    /// sockets keep alive. Namespaces found otherwise keep their own openers.
+    pub fn add_socket(&mut self, inode: u32, pid: u32, fd: u32) {
+        let known = self
+            .namespaces
+            .get(&inode)
+            .is_some_and(|v| v.iter().any(|o| !matches!(o, Opener::Socket { .. })));
+        if !known {
+            push(&mut self.namespaces, inode, Opener::Socket { pid, fd });
+        }
+    }
+}
+
 /// Keeps at most a few openers per namespace: one task is enough while it lives, and
 /// a handful covers the first ones exiting.
 const MAX_OPENERS: usize = 4;
