@@ -227,8 +227,11 @@ fn prometheus_sees_a_full_accept_queue_by_holder() {
     sigterm_exits_cleanly(t);
 }
 
+/// Listeners' (laddr, lport) labels.
+type Listeners = BTreeSet<(String, String)>;
+
 /// The `tcpstate_listen_queue_*` series of each scrape's listeners: (laddr, lport).
-fn listen_series(listen: &str, comm: &str) -> BTreeSet<(String, String)> {
+fn listen_series(listen: &str, comm: &str) -> Listeners {
     let (st, body) = http_get(listen, "/metrics");
     assert_eq!(st, 200, "{body}");
     let label = |l: &str, k: &str| -> String {
@@ -268,7 +271,7 @@ fn listen_queue_series_follow_the_filters() {
     let pid6 = v6.pid().to_string();
     let want4 = ("127.0.0.1".to_string(), s4.clone());
     let want6 = ("::1".to_string(), s6.clone());
-    let cases: Vec<(Vec<&str>, BTreeSet<(String, String)>)> = vec![
+    let cases: Vec<(Vec<&str>, Listeners)> = vec![
         (vec![], [want4.clone(), want6.clone()].into()),
         (vec!["--port", &s4], [want4.clone()].into()),
         (vec!["--lport", &s6], [want6.clone()].into()),
