@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcpstate_common::{
     counter, Hist, HistKey, SeedOwner, SockState, TwKey, TwLive, CGROUPS_MAX, HIST_SPILL_STATES,
@@ -96,9 +96,11 @@ pub static GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// TIME_WAIT candidates by 4-tuple (a 4-tuple has at most one timewait socket): the
 /// expiry timer and a new connection on the same 4-tuple both find them here. Entries
 /// whose end the probe cannot see (a reset in TIME_WAIT, a tcp_max_tw_buckets
-/// overflow) are swept by userspace; LRU bounds the rest.
+/// overflow) are swept by userspace. A plain hash, not an LRU: when full, an insert
+/// fails and is counted (`TW_UNTRACKED`) instead of silently evicting a live one.
+/// Sized at load (`probe::timewait_capacity`); entries are allocated as used.
 #[map(name = "TWS")]
-pub static TWS: LruHashMap<TwKey, TwLive> = LruHashMap::with_max_entries(1 << 18, 0);
+pub static TWS: HashMap<TwKey, TwLive> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// The cgroup ids `--container`/`--cgroup` select (value unused): userspace adds
 /// cgroups as they appear, so containers started after tcpstate match.

@@ -251,11 +251,15 @@ impl Probe {
         // aya-log's level in the probe: 0 (off) skips every log statement there, so
         // logging costs nothing unless asked for. Objects without aya-log lack it.
         let log_level = probe_log_level();
-        // Only FLAG_TIMEWAIT uses TWS: without it, skip preallocating its LRU
-        // entries (`bpf_lru_populate`, ~14% of `trace`'s startup CPU).
-        if opts.flags & FLAG_TIMEWAIT == 0 {
-            loader.map_max_entries(names::TWS, 1);
-        }
+        // Only FLAG_TIMEWAIT uses TWS: without it, skip its bucket array.
+        loader.map_max_entries(
+            names::TWS,
+            if opts.flags & FLAG_TIMEWAIT == 0 {
+                1
+            } else {
+                timewait_capacity(netstat::sysctl1("ipv4/tcp_max_tw_buckets"))
+            },
+        );
         // The two-step seed's index holds every TCP socket (filled as it is walked,
         // freed after); other commands never fill it.
         if opts.flags & FLAG_OWNERS != 0 {
@@ -458,4 +462,28 @@ fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTrace
         .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(prog_err(format!("tp_btf {name}"), name))
+}
+
+/// `TWS` entries: room for four namespaces at this one's `tcp_max_tw_buckets` (a
+/// namespace never holds more: `inet_twsk_alloc()` refuses past it), at least 2^18,
+/// at most 2^22. Entries are allocated as they are used (`BPF_F_NO_PREALLOC`); the
+/// load makes only the bucket array (16 B each). Past it, an insert fails and is
+/// counted (`tw_untracked`); `tcpstate_map_entries{map="TWS"}` shows the fill.
+pub fn timewait_capacity(max_tw_buckets: Option<i64>) -> u32 {
+    let per_ns = max_tw_buckets.unwrap_or(0).clamp(0, 1 << 22) as u32;
+    per_ns.saturating_mul(4).clamp(1 << 18, 1 << 22)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timewait_capacity;
+
+    #[test]
+    fn timewait_capacity_bounds() {
+        assert_eq!(timewait_capacity(Some(131072)), 524288);
+        assert_eq!(timewait_capacity(Some(4096)), 1 << 18);
+        assert_eq!(timewait_capacity(None), 1 << 18);
+        assert_eq!(timewait_capacity(Some(-1)), 1 << 18);
+        assert_eq!(timewait_capacity(Some(i64::MAX)), 1 << 22);
+    }
 }

@@ -225,11 +225,16 @@ pub fn render(s: &Snapshot, fmt: Format, top_pid: bool) -> String {
     w.family(
         "tcpstate_events_lost_total",
         Kind::Counter,
-        "Transitions lost, by reason: ring buffer full, skipped by the kernel, kernel read failed, sent but not received.",
+        "Transitions lost, by reason: ring buffer full, skipped by the kernel, kernel read failed, sent but not received; untracked: sockets and TIME_WAIT sockets the probe's tables had no room for.",
     );
     for (reason, n) in loss_terms(&s.summary) {
         w.sample("tcpstate_events_lost_total", &[("reason", reason)], n);
     }
+    w.sample(
+        "tcpstate_events_lost_total",
+        &[("reason", "untracked")],
+        s.summary.untracked,
+    );
     w.family(
         "tcpstate_degraded",
         Kind::Gauge,
@@ -614,12 +619,13 @@ tcpstate_time_wait_sockets{netns=\"4026532999\",raddr=\"10.0.0.9\",rport=\"443\"
 # TYPE tcpstate_local_port_range_size gauge
 tcpstate_local_port_range_size{netns=\"4026531840\"} 28232
 tcpstate_local_port_range_size{netns=\"4026532999\"} 1000
-# HELP tcpstate_events_lost_total Transitions lost, by reason: ring buffer full, skipped by the kernel, kernel read failed, sent but not received.
+# HELP tcpstate_events_lost_total Transitions lost, by reason: ring buffer full, skipped by the kernel, kernel read failed, sent but not received; untracked: sockets and TIME_WAIT sockets the probe's tables had no room for.
 # TYPE tcpstate_events_lost_total counter
 tcpstate_events_lost_total{reason=\"ringbuf\"} 0
 tcpstate_events_lost_total{reason=\"skipped\"} 0
 tcpstate_events_lost_total{reason=\"read\"} 0
 tcpstate_events_lost_total{reason=\"transit\"} 0
+tcpstate_events_lost_total{reason=\"untracked\"} 0
 # HELP tcpstate_degraded 1 for each optional part of the probe this kernel refused (owner_seed: owners of sockets older than tcpstate unknown; time_wait_expiry: TIME_WAIT expiries not seen).
 # TYPE tcpstate_degraded gauge
 tcpstate_degraded{feature=\"owner_seed\"} 0
