@@ -164,7 +164,8 @@ fn leaking_process_first(ip: &str, quit: &str) {
     let mut c1 = Kit::client(&a, "5", "client-close", &[]);
     assert!(c1.line().starts_with("done"));
     let cmd = format!(
-        "stty -g > before; {} top --port {port}; echo $? > rc; stty -g > after; exec sleep 600",
+        // `after` appears only once written whole (the test polls for it).
+        "stty -g > before; {} top --port {port}; echo $? > rc; stty -g > a.t; mv a.t after; exec sleep 600",
         tcpstate_bin()
     );
     let tmux = Tmux::start(&format!("top-{port}"), 160, 40, &cmd);
