@@ -107,7 +107,13 @@ pub fn task_sockets(ctx: *mut c_void) -> i32 {
     }
     t.cur.fds += 1;
     let fd = unsafe { core::ptr::read_volatile(ctx.add(2) as *const u32) };
-    if let Ok(Some(comm)) = socket_fd(seq, task, file, fd) {
+    // The process's name once it is known: one read per process, not per socket.
+    let known = if t.cur.held != 0 {
+        Some(t.cur.comm)
+    } else {
+        None
+    };
+    if let Ok(Some(comm)) = socket_fd(seq, task, file, fd, tgid, known) {
         if t.cur.held == 0 {
             t.cur.comm = comm;
             t.cur.nofile = nofile(c, task).unwrap_or(0);
@@ -168,6 +174,8 @@ fn socket_fd(
     task: *const u8,
     file: *const u8,
     fd: u32,
+    tgid: u32,
+    comm: Option<[u8; 16]>,
 ) -> Result<Option<[u8; 16]>, i32> {
     let c = cfg();
     if !is_socket_file(c, file)? {
@@ -183,13 +191,18 @@ fn socket_fd(
         return Ok(None);
     }
     let mut rec = FdRecord {
-        pid: unsafe { read(task, c.task_tgid)? },
+        pid: tgid,
         fd,
         state: st,
         ..FdRecord::EMPTY
     };
-    let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
-    rec.comm = unsafe { read(leader, c.task_comm)? };
+    rec.comm = match comm {
+        Some(comm) => comm,
+        None => {
+            let leader: *const u8 = unsafe { read(task, c.task_group_leader)? };
+            unsafe { read(leader, c.task_comm)? }
+        }
+    };
     let mut wrote = false;
     if own {
         describe(c, sk, &mut rec)?;
