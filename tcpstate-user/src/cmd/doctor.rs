@@ -145,11 +145,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         fd_walk: true,
         ..LoadOptions::default()
     };
-    let mut session = match Session::start(
-        &format!("doctor watching for {:.1}s", args.duration.as_secs_f64()),
-        &opts,
-        false,
-    ) {
+    let mut session = match Session::start("doctor: first walk", &opts, false) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tcpstate: could not check: {e:#}");
@@ -181,6 +177,12 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     })?;
     before.sort_unstable();
     let counters_before = start_counters(&discover(&sockets));
+    // The run's changes count from here, not from the attach.
+    eprintln!(
+        "tcpstate: doctor watching for {:.1}s (counters read in {} namespaces)",
+        args.duration.as_secs_f64(),
+        counters_before.len()
+    );
     // No transitions come (flags 0): the table stays empty, ages are lower bounds.
     let mut watch = Watch {
         table: SocketTable::new(cw, 1),
