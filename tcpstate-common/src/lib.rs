@@ -21,6 +21,7 @@ pub mod names {
     pub const HIST_ZERO: &str = "HIST_ZERO";
     pub const GEN: &str = "GEN";
     pub const TWS: &str = "TWS";
+    pub const TW_FN: &str = "TW_FN";
     pub const CGROUPS: &str = "CGROUPS";
     /// A global (read-only data), not a map.
     pub const CONFIG: &str = "CONFIG";
@@ -28,6 +29,8 @@ pub mod names {
     pub const PROG_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
     pub const PROG_TASK_SOCKETS: &str = "task_sockets";
     pub const PROG_TW_EXPIRE: &str = "tw_timer_expire";
+    /// `tp_btf/timer_cancel`: a TIME_WAIT candidate's timer deleted early.
+    pub const PROG_TW_CANCEL: &str = "tw_timer_cancel";
     /// `iter/task_file` that seeds the `SOCKS` records of existing sockets.
     pub const PROG_SEED_OWNERS: &str = "seed_owners";
     /// Where the verifier refuses `seed_owners`: `iter/task_file` that indexes each
@@ -51,6 +54,7 @@ pub mod names {
         HIST_ZERO,
         GEN,
         TWS,
+        TW_FN,
         PAIRS,
         CGROUPS,
         SEED_OWNERS,
@@ -64,6 +68,7 @@ pub mod names {
         PROG_SET_STATE_BACKUP,
         PROG_TASK_SOCKETS,
         PROG_TW_EXPIRE,
+        PROG_TW_CANCEL,
         PROG_SEED_OWNERS,
         PROG_SEED_INDEX,
         PROG_SEED_ADOPT,
@@ -405,6 +410,9 @@ pub struct Config {
     pub tw_timer: u32,
     pub tw_substate: u32,
     pub tw_sport: u32,
+    /// `timer_list.expires` and `.function` (the timewait socket's timer).
+    pub timer_expires: u32,
+    pub timer_function: u32,
     /// `skc_num`: the local port in host order, in struct sock_common itself (so a
     /// plain load), valid until ->CLOSE (inet_put_port() clears it).
     pub sk_num: u32,
@@ -480,6 +488,8 @@ impl Config {
         tw_timer: 0,
         tw_substate: 0,
         tw_sport: 0,
+        timer_expires: 0,
+        timer_function: 0,
         sk_num: 0,
         iter_states: 0,
         iter_flags: 0,
@@ -826,7 +836,10 @@ pub struct TwLive {
     pub start_ns: u64,
     pub cookie: u64,
     pub pid: u32,
-    pub _pad: u32,
+    /// Non-zero once its timer was deleted before its time (`tw_timer_cancel`): the
+    /// milliseconds from `start_ns` to then, plus 1. Gauges leave it out; a new
+    /// connection on its 4-tuple (reuse) or a re-armed timer's expiry still ends it.
+    pub cancelled_ms: u32,
     /// `hist_owner`'s bytes: the comm, or the cgroup id for --by container.
     pub comm: [u8; 16],
 }
@@ -872,12 +885,15 @@ pub mod counter {
     pub const TW_NOT_TIMEWAIT: u32 = 9;
     /// ...and those that could not be recorded (map busy).
     pub const TW_UNTRACKED: u32 = 10;
+    /// Candidates whose timer was deleted before its time (`tw_timer_cancel`): killed
+    /// (`ss -K`, a reset, the namespace's exit) or taken by a new connection.
+    pub const TW_CANCELLED: u32 = 13;
     /// Events submitted to the ring buffer: userspace checks it received them all.
     pub const EMITTED: u32 = 11;
     /// Runs of the primary program; with its `recursion_misses`, every transition the
     /// kernel handed to the probe (so a soak can compare it with tracefs's count).
     pub const PROBE_RUNS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Whether the task on the CPU during this transition is the socket's owner.
@@ -901,7 +917,7 @@ pub const fn owner_is_current(old: i32, new: i32) -> bool {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 104);
 const _: () = assert!(core::mem::size_of::<SockState>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 368);
+const _: () = assert!(core::mem::size_of::<Config>() == 376);
 const _: () = assert!(core::mem::size_of::<TwLive>() == 40);
 const _: () = assert!(core::mem::size_of::<Filter>() == 144);
 const _: () = assert!(core::mem::size_of::<HistKey>() == 32);

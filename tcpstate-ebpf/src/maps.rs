@@ -102,6 +102,12 @@ pub static GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "TWS")]
 pub static TWS: HashMap<TwKey, TwLive> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
+/// The timewait timer's handler (`tw_timer_handler`), learned from the first
+/// candidate whose timer fired: from then on the timer programs leave every other
+/// timer after one load and a compare.
+#[map(name = "TW_FN")]
+pub static TW_FN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The cgroup ids `--container`/`--cgroup` select (value unused): userspace adds
 /// cgroups as they appear, so containers started after tcpstate match.
 #[map(name = "CGROUPS")]

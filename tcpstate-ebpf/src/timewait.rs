@@ -3,17 +3,21 @@
 //! hand-over is recorded here by 4-tuple, and its end is seen when the timewait
 //! socket's timer fires (`tw_timer_expire`) or a new connection takes the 4-tuple.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use tcpstate_common::{
     counter, hist_addr, hist_owner, state, Config, Event, TwKey, TwLive, AF_INET, AF_INET6,
     HIST_TW_REUSED,
 };
 
 use crate::{
-    config::{cfg, count, read},
+    config::{cfg, count, load, read},
     diag,
     hist::{add_sample, dest},
-    maps::TWS,
+    maps::{TWS, TW_FN},
 };
 
 /// A TIME_WAIT hand-over (`candidate`) or a new connection that may take a timewait
@@ -40,7 +44,7 @@ pub fn timewait_step(ev: &Event, candidate: bool) {
             start_ns: ev.ts_ns,
             cookie: ev.cookie,
             pid: ev.pid,
-            _pad: 0,
+            cancelled_ms: 0,
             comm: hist_owner(cfg().hist_by, &ev.comm, ev.cgroup_id),
         };
         match TWS.insert(&tuple, &live, 0) {
@@ -99,15 +103,66 @@ pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A timer was deleted or moved (`detach_timer()`): if it is one of our candidates'
+/// and before its time, the timewait socket is being killed (`ss -K`, a reset,
+/// `inet_twsk_purge()` at its namespace's exit: `inet_twsk_deschedule_put()`), taken
+/// by a new connection, or re-armed (`inet_twsk_reschedule()`). The entry is marked,
+/// not removed: gauges stop counting it, and a reuse or a re-armed timer's expiry
+/// still ends it with its sample; userspace removes the rest shortly after.
+/// The wheel detaches every expiring timer too, right before `timer_expire_entry`:
+/// those (jiffies at or past `expires`) are left to `tw_timer_expire`.
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn tw_timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct timer_list *timer)
+    let _ = tw_cancelled(ctx.arg(0));
+    0
+}
+
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn tw_expired(timer: *const u8) -> Result<(), i32> {
+fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
     let c = cfg();
+    if !maybe_tw_timer(c, timer) {
+        return Ok(());
+    }
+    let expires: u64 = unsafe { load(timer, c.timer_expires) };
+    if (unsafe { bpf_jiffies64() } as i64).wrapping_sub(expires as i64) >= 0 {
+        return Ok(());
+    }
+    let Some((tuple, _)) = candidate(c, timer)? else {
+        return Ok(());
+    };
+    if let Some(live) = TWS.get_ptr_mut(&tuple) {
+        // SAFETY: a map value; a racing update only rewrites the same mark.
+        let live = unsafe { &mut *live };
+        if live.cancelled_ms == 0 {
+            let now = unsafe { bpf_ktime_get_ns() };
+            live.cancelled_ms = (now.saturating_sub(live.start_ns) / 1_000_000) as u32 + 1;
+            count(counter::TW_CANCELLED);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `timer` may be a timewait socket's: any timer until the handler is
+/// learned (`TW_FN`), then only those with that handler.
+#[inline(always)]
+fn maybe_tw_timer(c: &Config, timer: *const u8) -> bool {
+    let known = TW_FN.get(0).copied().unwrap_or(0);
+    known == 0 || unsafe { load::<u64>(timer, c.timer_function) } == known
+}
+
+/// The TIME_WAIT candidate whose timewait socket holds `timer`, if any: its 4-tuple
+/// is a candidate's and its cookie, unique for ever, the candidate's. Returns the
+/// timewait socket too.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn candidate(c: &Config, timer: *const u8) -> Result<Option<(TwKey, *const u8)>, i32> {
     // container_of(timer, struct inet_timewait_sock, tw_timer)
     let tw = timer.wrapping_sub(c.tw_timer as usize);
     let family: u16 = unsafe { read(tw, c.sk_family)? };
     if family != AF_INET && family != AF_INET6 {
-        return Ok(());
+        return Ok(None);
     }
     let mut tuple = TwKey {
         family,
@@ -123,12 +178,33 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
     let net: *const u8 = unsafe { read(tw, c.sk_net)? };
     tuple.netns = unsafe { read(net, c.net_ns_inum)? };
     read_addrs(c, tw, family, &mut tuple.saddr, &mut tuple.daddr)?;
-    let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
-        return Ok(()); // not ours: predates the probe, or filtered out
+    let Some(live) = (unsafe { TWS.get(&tuple) }) else {
+        return Ok(None); // not ours: predates the probe, or filtered out
     };
     let cookie: u64 = unsafe { read(tw, c.sk_cookie)? };
     if cookie != live.cookie {
+        return Ok(None);
+    }
+    Ok(Some((tuple, tw)))
+}
+
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn tw_expired(timer: *const u8) -> Result<(), i32> {
+    let c = cfg();
+    if !maybe_tw_timer(c, timer) {
         return Ok(());
+    }
+    let Some((tuple, tw)) = candidate(c, timer)? else {
+        return Ok(());
+    };
+    let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
+        return Ok(());
+    };
+    // A timewait socket's timer for certain: its handler, for `maybe_tw_timer`.
+    if let Some(f) = TW_FN.get_ptr_mut(0) {
+        // SAFETY: the map's one value; every writer writes the same address.
+        unsafe { *f = load::<u64>(timer, c.timer_function) };
     }
     let _ = TWS.remove(&tuple);
     let substate: u8 = unsafe { read(tw, c.tw_substate)? };
@@ -143,7 +219,7 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
         state::TIME_WAIT as u32,
         now.saturating_sub(live.start_ns),
         live.pid,
-        dest(family, tuple.dport),
+        dest(tuple.family, tuple.dport),
         hist_addr(c.hist_by, &live.comm, &tuple.daddr),
     );
     Ok(())

@@ -207,6 +207,69 @@ fn close_wait_server(
     (server, held)
 }
 
+/// TIME_WAIT sockets made after `hist` started, in a namespace that then exits:
+/// `inet_twsk_purge()` deletes their timers early (no expiry fires), and the gauge
+/// must drop them at its next report, not 66 s later when unseen ends are swept.
+#[test]
+fn hist_gauge_drops_time_waits_of_an_exited_namespace() {
+    let ns = Netns::new("hx");
+    let port = 22400 + (std::process::id() % 400) as u16;
+    let p = port.to_string();
+    let mut t = Tracer::start(&["hist", "--json", "--interval", "1s", "--lport", &p]);
+    let started = std::time::Instant::now();
+    let a = sock_addr("127.0.0.1", port);
+    let mut server = Proc::start(
+        Some(&ns),
+        None,
+        &[
+            "server",
+            "--addr",
+            &a,
+            "--conns",
+            "4",
+            "--mode",
+            "server-close",
+        ],
+    );
+    assert!(server.line().starts_with("ready"));
+    let mut client = Proc::start(
+        Some(&ns),
+        None,
+        &[
+            "client",
+            "--addr",
+            &a,
+            "--conns",
+            "4",
+            "--mode",
+            "server-close",
+        ],
+    );
+    let _ = client.child.wait();
+    let _ = server.child.wait();
+    let mut out = BufReader::new(t.stdout());
+    let mut gauge = |want: u64| {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let mut l = String::new();
+            assert!(out.read_line(&mut l).unwrap() > 0, "hist ended: {seen:?}");
+            let v: Value = serde_json::from_str(&l).unwrap();
+            if v["type"] == "timewait_gauge" {
+                if v["count"] == want {
+                    return;
+                }
+                seen.push(v["count"].clone());
+            }
+        }
+        panic!("no gauge of {want}, only: {seen:?}");
+    };
+    gauge(4);
+    drop(ns);
+    gauge(0);
+    // Before any unseen end could have been swept.
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
 fn run_json(args: &[&str]) -> Vec<Value> {
     let out = Command::new(tcpstate_bin()).args(args).output().unwrap();
     assert!(

@@ -753,8 +753,33 @@ fn time_wait_gauges_equal_ss_at_scale() {
         entries >= f64::from(sa + sb) && capacity >= 262144.0,
         "{entries} {capacity}"
     );
+    let equal = t0.elapsed();
+    // Their ends the timer never shows: `ss -K` in one namespace, and the other's
+    // exit (inet_twsk_purge()); both delete the timers early (inet_twsk_deschedule_put()).
+    // Seen within a walk or two, long before the 66 s sweep of unseen ends.
+    let st = a
+        .cmd("ss")
+        .args(["-K", "-Htan", "state", "time-wait"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(a.ss_time_wait(), 0);
+    let ib_name = b.0.clone();
+    drop(b);
+    assert!(!std::path::Path::new(&format!("/run/netns/{ib_name}")).exists());
+    let gone = (None, None);
+    while t0.elapsed() < Duration::from_secs(45) {
+        body = http_get(&listen, "/metrics").1;
+        if got(&body) == gone {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(got(&body), gone, "after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     eprintln!(
-        "{sa} + {sb} TIME_WAIT of {} connections in two namespaces, made in {made:?}, gauges equal after {:?}",
+        "{sa} + {sb} TIME_WAIT of {} connections in two namespaces, made in {made:?}, gauges equal after {equal:?}, gone after ss -K and the namespace's exit at {:?}",
         na + nb,
         t0.elapsed()
     );

@@ -92,7 +92,8 @@ pub fn parse_kernels(list: &str) -> Result<Vec<String>> {
 }
 
 /// The tests each guest kernel runs, by test binary: together they exercise every
-/// program (both `inet_sock_set_state` programs, `tw_timer_expire`, `task_sockets`,
+/// program (both `inet_sock_set_state` programs, `tw_timer_expire`, `tw_timer_cancel`,
+/// `task_sockets`,
 /// both seed routes), every map, and each kernel-version branch (kernel BTF mapped
 /// or read; LISTEN -> SYN_RECV deferred before 6.15 or not), IPv4 and IPv6, in
 /// namespaces, and each command (`trace`, `linger`, `hist`, `serve`, `doctor`, `top`). The
@@ -138,6 +139,7 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "linger_netns_before_ipv6",
             "same_port_two_namespaces",
             "hist_gauge_counts_other_namespaces",
+            "hist_gauge_drops_time_waits_of_an_exited_namespace",
             "namespace_kept_alive_by_sockets_alone",
         ],
     ),

@@ -212,11 +212,12 @@ pub async fn run(args: HistArgs) -> anyhow::Result<()> {
         hist.out.flush()?;
         let c = session.probe.counters();
         eprintln!(
-            "{}; TIME_WAIT: {} hand-overs, {} still open (not counted), {} expired in FIN_WAIT2 (orphans, not TIME_WAIT)",
+            "{}; TIME_WAIT: {} hand-overs, {} still open (not counted), {} expired in FIN_WAIT2 (orphans, not TIME_WAIT), {} ended early (killed, or taken by a new connection)",
             summary_text(&summary),
             c.tw_candidates,
             hist.tw_open,
-            c.tw_not_timewait
+            c.tw_not_timewait,
+            c.tw_cancelled
         );
     }
     Ok(())

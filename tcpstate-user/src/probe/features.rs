@@ -12,7 +12,8 @@ pub enum Feature {
     /// Owners of the sockets that predate tcpstate (`seed_owners`, or where that is
     /// refused `seed_index` + `seed_adopt`).
     OwnerSeed,
-    /// TIME_WAIT's end by its timer (`tw_timer_expire` on `timer_expire_entry`).
+    /// TIME_WAIT's end by its timer (`tw_timer_expire` on `timer_expire_entry`), and
+    /// its early end by a kill or reuse (`tw_timer_cancel` on `timer_cancel`).
     TimeWaitExpiry,
 }
 

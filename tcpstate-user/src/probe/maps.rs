@@ -154,6 +154,8 @@ pub struct Counters {
     pub tw_reused: u64,
     pub tw_not_timewait: u64,
     pub tw_untracked: u64,
+    /// Candidates whose timer was deleted before its time (killed or reused).
+    pub tw_cancelled: u64,
     /// `recursion_misses` of the timer probe (timewait expiries it did not see).
     pub tw_skipped: u64,
     /// Events the probe submitted to the ring buffer.
@@ -310,16 +312,19 @@ impl Probe {
         for (k, v) in tws.iter().filter_map(Result::ok) {
             if now_ns.saturating_sub(v.start_ns) > max_age_ns {
                 stale.push((k, v));
-            } else {
+            } else if v.cancelled_ms == 0 {
                 open += 1;
             }
         }
         // Removed here, counted once: the probe may have ended one meanwhile.
         stale.retain(|(k, _)| tws.remove(k).is_ok());
+        // Those whose timer was deleted early (killed) are among them: gauges left
+        // them out from then on; histograms count them here, as ended unseen.
         Ok((open, stale))
     }
 
-    /// TIME_WAIT candidates younger than `max_age_ns` at `now_ns` (read only: the
+    /// TIME_WAIT candidates younger than `max_age_ns` at `now_ns` and not cancelled
+    /// (read only: the
     /// sweep of [`Self::sweep_timewaits`] removes the stale ones).
     pub fn timewaits(
         &self,
@@ -334,7 +339,8 @@ impl Probe {
         let tws =
             aya::maps::HashMap::<_, TwKey, TwLive>::try_from(map).map_err(io::Error::other)?;
         for (k, v) in tws.iter().filter_map(Result::ok) {
-            if now_ns.saturating_sub(v.start_ns) <= max_age_ns {
+            // A timer deleted early: killed, or being taken by a new connection.
+            if now_ns.saturating_sub(v.start_ns) <= max_age_ns && v.cancelled_ms == 0 {
                 each(&k, &v);
             }
         }
@@ -417,6 +423,7 @@ fn read_counters(
         tw_reused: sum(counter::TW_REUSED),
         tw_not_timewait: sum(counter::TW_NOT_TIMEWAIT),
         tw_untracked: sum(counter::TW_UNTRACKED),
+        tw_cancelled: sum(counter::TW_CANCELLED),
         tw_skipped: misses(names::PROG_TW_EXPIRE),
         emitted: sum(counter::EMITTED),
         probe_calls: sum(counter::PROBE_RUNS) + misses(names::PROG_SET_STATE),

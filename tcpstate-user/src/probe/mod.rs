@@ -242,6 +242,7 @@ impl Probe {
             &[
                 Typedef("btf_trace_inet_sock_set_state"),
                 Typedef("btf_trace_timer_expire_entry"),
+                Typedef("btf_trace_timer_cancel"),
                 Func("bpf_iter_task_file"),
                 Func("bpf_iter_tcp"),
             ],
@@ -299,18 +300,24 @@ impl Probe {
 
         let mut degraded = Degraded::default();
         if opts.flags & FLAG_TIMEWAIT != 0 {
-            let name = names::PROG_TW_EXPIRE;
-            let loaded = if test_refuses(name) {
-                Err("refused for a test (TCPSTATE_TEST_REFUSE)".to_string())
-            } else {
-                let prog = tp_btf(&mut ebpf, name)?;
-                prog.load("timer_expire_entry", &btf)
-                    .and_then(|()| prog.attach().map(drop))
-                    .map_err(|e| e.to_string())
-            };
-            if let Err(e) = loaded {
-                log::debug!("{name} refused: {e}");
-                degraded.add(Feature::TimeWaitExpiry);
+            // The timer's end, and its early deletion (a kill, a reuse): one feature.
+            for (name, tp) in [
+                (names::PROG_TW_EXPIRE, "timer_expire_entry"),
+                (names::PROG_TW_CANCEL, "timer_cancel"),
+            ] {
+                let loaded = if test_refuses(name) {
+                    Err("refused for a test (TCPSTATE_TEST_REFUSE)".to_string())
+                } else {
+                    let prog = tp_btf(&mut ebpf, name)?;
+                    prog.load(tp, &btf)
+                        .and_then(|()| prog.attach().map(drop))
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = loaded {
+                    log::debug!("{name} refused: {e}");
+                    degraded.add(Feature::TimeWaitExpiry);
+                    break;
+                }
             }
         }
         // The fd walk: only for the commands that list holders (core for them).

@@ -58,6 +58,8 @@ pub fn kernel_config(btf: &mut Btf) -> Result<Config, OffsetError> {
         tw_timer: "inet_timewait_sock", "tw_timer";
         tw_substate: "inet_timewait_sock", "tw_substate";
         tw_sport: "inet_timewait_sock", "tw_sport";
+        timer_expires: "timer_list", "expires";
+        timer_function: "timer_list", "function";
         sk_num: "sock", "__sk_common.skc_num";
         // tcp_sock and inet_connection_sock start with struct sock: offsets from sk.
         tcp_rcv_tstamp: "tcp_sock", "rcv_tstamp";
