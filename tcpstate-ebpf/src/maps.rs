@@ -103,8 +103,8 @@ pub static GEN: Array<u32> = Array::with_max_entries(1, 0);
 pub static TWS: HashMap<TwKey, TwLive> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// The timewait timer's handler (`tw_timer_handler`), learned from the first
-/// candidate whose timer fired: from then on the timer programs leave every other
-/// timer after one load and a compare.
+/// candidate whose timer fired or was deleted: from then on the timer programs
+/// leave every other timer after one load and a compare.
 #[map(name = "TW_FN")]
 pub static TW_FN: Array<u64> = Array::with_max_entries(1, 0);
 

@@ -132,6 +132,7 @@ fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
     let Some((tuple, _)) = candidate(c, timer)? else {
         return Ok(());
     };
+    learn_handler(c, timer);
     if let Some(live) = TWS.get_ptr_mut(&tuple) {
         // SAFETY: a map value; a racing update only rewrites the same mark.
         let live = unsafe { &mut *live };
@@ -150,6 +151,17 @@ fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
 fn maybe_tw_timer(c: &Config, timer: *const u8) -> bool {
     let known = TW_FN.get(0).copied().unwrap_or(0);
     known == 0 || unsafe { load::<u64>(timer, c.timer_function) } == known
+}
+
+/// `timer` is a timewait socket's for certain (a candidate's, by its cookie): its
+/// handler, for `maybe_tw_timer`. Learned at the first candidate's reuse, kill or
+/// expiry; until then every timer takes the full check.
+#[inline(always)]
+fn learn_handler(c: &Config, timer: *const u8) {
+    if let Some(f) = TW_FN.get_ptr_mut(0) {
+        // SAFETY: the map's one value; every writer writes the same address.
+        unsafe { *f = load::<u64>(timer, c.timer_function) };
+    }
 }
 
 /// The TIME_WAIT candidate whose timewait socket holds `timer`, if any: its 4-tuple
@@ -201,11 +213,7 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
     let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
         return Ok(());
     };
-    // A timewait socket's timer for certain: its handler, for `maybe_tw_timer`.
-    if let Some(f) = TW_FN.get_ptr_mut(0) {
-        // SAFETY: the map's one value; every writer writes the same address.
-        unsafe { *f = load::<u64>(timer, c.timer_function) };
-    }
+    learn_handler(c, timer);
     let _ = TWS.remove(&tuple);
     let substate: u8 = unsafe { read(tw, c.tw_substate)? };
     if i32::from(substate) != state::TIME_WAIT {
