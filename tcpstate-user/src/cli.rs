@@ -45,7 +45,8 @@ pub enum Command {
     /// hands over to a timewait socket and ends, to the nanosecond, when that
     /// socket's timer fires (`expired`) or a new connection takes its 4-tuple
     /// (`reused`); one that goes any other way (a reset, `ss -K`, no timewait socket
-    /// made) is counted `unseen` 66 s after the hand-over, without a duration.
+    /// made) is counted `unseen` 66 s after the hand-over, without a duration. The
+    /// TIME_WAIT gauge drops a killed one at once (its timer deleted early).
     /// Sockets whose history began before tcpstate started are not counted.
     Hist(HistArgs),
     /// A Prometheus exporter: time-in-state histograms, TIME_WAIT ends and
