@@ -108,7 +108,7 @@ pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
 /// `inet_twsk_purge()` at its namespace's exit: `inet_twsk_deschedule_put()`), taken
 /// by a new connection, or re-armed (`inet_twsk_reschedule()`). The entry is marked,
 /// not removed: gauges stop counting it, and a reuse or a re-armed timer's expiry
-/// still ends it with its sample; userspace removes the rest shortly after.
+/// still ends it with its sample; userspace's 66 s sweep removes the rest (unseen).
 /// The wheel detaches every expiring timer too, right before `timer_expire_entry`:
 /// those (jiffies at or past `expires`) are left to `tw_timer_expire`.
 #[btf_tracepoint(function = "timer_cancel")]
@@ -129,18 +129,16 @@ fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
     if (unsafe { bpf_jiffies64() } as i64).wrapping_sub(expires as i64) >= 0 {
         return Ok(());
     }
-    let Some((tuple, _)) = candidate(c, timer)? else {
+    let Some((_, _, live)) = candidate(c, timer)? else {
         return Ok(());
     };
     learn_handler(c, timer);
-    if let Some(live) = TWS.get_ptr_mut(&tuple) {
-        // SAFETY: a map value; a racing update only rewrites the same mark.
-        let live = unsafe { &mut *live };
-        if live.cancelled_ms == 0 {
-            let now = unsafe { bpf_ktime_get_ns() };
-            live.cancelled_ms = (now.saturating_sub(live.start_ns) / 1_000_000) as u32 + 1;
-            count(counter::TW_CANCELLED);
-        }
+    // SAFETY: a map value; a racing update only rewrites the same mark.
+    let live = unsafe { &mut *live };
+    if live.cancelled_ms == 0 {
+        let now = unsafe { bpf_ktime_get_ns() };
+        live.cancelled_ms = (now.saturating_sub(live.start_ns) / 1_000_000) as u32 + 1;
+        count(counter::TW_CANCELLED);
     }
     Ok(())
 }
@@ -165,11 +163,11 @@ fn learn_handler(c: &Config, timer: *const u8) {
 }
 
 /// The TIME_WAIT candidate whose timewait socket holds `timer`, if any: its 4-tuple
-/// is a candidate's and its cookie, unique for ever, the candidate's. Returns the
-/// timewait socket too.
-#[allow(clippy::needless_borrows_for_generic_args)]
+/// is a candidate's and its cookie, unique for ever, the candidate's: its key, the
+/// timewait socket and the record.
+#[allow(clippy::needless_borrows_for_generic_args, clippy::type_complexity)]
 #[inline(always)]
-fn candidate(c: &Config, timer: *const u8) -> Result<Option<(TwKey, *const u8)>, i32> {
+fn candidate(c: &Config, timer: *const u8) -> Result<Option<(TwKey, *const u8, *mut TwLive)>, i32> {
     // container_of(timer, struct inet_timewait_sock, tw_timer)
     let tw = timer.wrapping_sub(c.tw_timer as usize);
     let family: u16 = unsafe { read(tw, c.sk_family)? };
@@ -190,14 +188,15 @@ fn candidate(c: &Config, timer: *const u8) -> Result<Option<(TwKey, *const u8)>,
     let net: *const u8 = unsafe { read(tw, c.sk_net)? };
     tuple.netns = unsafe { read(net, c.net_ns_inum)? };
     read_addrs(c, tw, family, &mut tuple.saddr, &mut tuple.daddr)?;
-    let Some(live) = (unsafe { TWS.get(&tuple) }) else {
+    let Some(live) = TWS.get_ptr_mut(&tuple) else {
         return Ok(None); // not ours: predates the probe, or filtered out
     };
     let cookie: u64 = unsafe { read(tw, c.sk_cookie)? };
-    if cookie != live.cookie {
+    // SAFETY: a map value, read in place.
+    if cookie != unsafe { (*live).cookie } {
         return Ok(None);
     }
-    Ok(Some((tuple, tw)))
+    Ok(Some((tuple, tw, live)))
 }
 
 #[allow(clippy::needless_borrows_for_generic_args)]
@@ -207,12 +206,11 @@ fn tw_expired(timer: *const u8) -> Result<(), i32> {
     if !maybe_tw_timer(c, timer) {
         return Ok(());
     }
-    let Some((tuple, tw)) = candidate(c, timer)? else {
+    let Some((tuple, tw, live)) = candidate(c, timer)? else {
         return Ok(());
     };
-    let Some(live) = (unsafe { TWS.get(&tuple) }).copied() else {
-        return Ok(());
-    };
+    // SAFETY: a map value, copied before its removal.
+    let live = unsafe { *live };
     learn_handler(c, timer);
     let _ = TWS.remove(&tuple);
     let substate: u8 = unsafe { read(tw, c.tw_substate)? };

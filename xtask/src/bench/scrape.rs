@@ -44,8 +44,9 @@ pub fn series(body: &str) -> usize {
 }
 
 /// Samples of the gauge families (`# TYPE NAME gauge`): what describes sockets that
-/// exist now, and must go when they do (counters and histograms only grow).
-pub fn gauge_series(body: &str) -> usize {
+/// exist now, and must go when they do (counters and histograms only grow). Each is
+/// its name and labels, without the value.
+pub fn gauge_series(body: &str) -> std::collections::BTreeSet<String> {
     let gauges: std::collections::HashSet<&str> = body
         .lines()
         .filter_map(|l| {
@@ -60,7 +61,8 @@ pub fn gauge_series(body: &str) -> usize {
             let name = l.split(['{', ' ']).next().unwrap_or("");
             gauges.contains(name)
         })
-        .count()
+        .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_string())
+        .collect()
 }
 
 /// What a scraper saw.

@@ -153,11 +153,26 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         super::kill_timewaits(&[port, serve_port]);
         // serve walks every --interval (5 s by default): after its next walk.
         std::thread::sleep(Duration::from_secs(7));
-        let after = gauge_series(&scrape(addr)?.1);
-        left_behind = after as i64 - before as i64;
+        let body = scrape(addr)?.1;
+        let after = gauge_series(&body);
+        // New series are left behind unless `ss` lists their sockets now: the
+        // background scrapes go on, and each leaves a real TIME_WAIT socket on
+        // serve's side (it closes first), a destination of its own.
+        let left: Vec<&String> = after
+            .difference(&before)
+            .filter(|s| !time_wait_now(s, &body))
+            .collect();
+        left_behind = left.len() as i64;
         println!(
-            "soak: serve: {before} gauge series before the churn, {after} after it \
-             ({left_behind:+} left behind)"
+            "soak: serve: {} gauge series before the churn, {} after it \
+             ({left_behind} new ones left behind{}{})",
+            before.len(),
+            after.len(),
+            if left.is_empty() { "" } else { ": " },
+            left.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         serve_cost = Some(tracer::stop(s, &serve_v, Path::new("/dev/null"))?);
     }
@@ -212,6 +227,42 @@ pub fn run(bin: &Path, tcpkit: &Path, secs: f64, with_serve: bool) -> Result<()>
         bail!("soak: RSS grew or shrank by more than 5%");
     }
     Ok(())
+}
+
+/// Whether `series`, a `tcpstate_time_wait_sockets` one, has the value `ss` gives
+/// for its destination now (in this namespace, where the soak runs).
+fn time_wait_now(series: &str, body: &str) -> bool {
+    let Some(labels) = series.strip_prefix("tcpstate_time_wait_sockets{") else {
+        return false;
+    };
+    let label = |k: &str| {
+        labels
+            .split(&format!("{k}=\""))
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_string)
+    };
+    let (Some(raddr), Some(rport)) = (label("raddr"), label("rport")) else {
+        return false;
+    };
+    let Some(value) = body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    else {
+        return false;
+    };
+    let dst = if raddr.contains(':') {
+        format!("[{raddr}]:{rport}")
+    } else {
+        format!("{raddr}:{rport}")
+    };
+    let listed = Command::new("ss")
+        .args(["-Htan", "state", "time-wait", "dst", &dst])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0);
+    listed > 0 && listed as f64 == value
 }
 
 /// tracefs's own count of `sock/inet_sock_set_state` for TCP, in a tracefs instance of
