@@ -836,8 +836,8 @@ pub struct TwLive {
     pub start_ns: u64,
     pub cookie: u64,
     pub pid: u32,
-    /// Non-zero once its timer was deleted before its time (`tw_timer_cancel`): the
-    /// milliseconds from `start_ns` to then, plus 1. Gauges leave it out; a new
+    /// Non-zero once its timer was detached (`tw_timer_cancel`): the milliseconds
+    /// from `start_ns` to then, plus 1. Gauges leave it out; a new
     /// connection on its 4-tuple (reuse) or a re-armed timer's expiry still ends it.
     pub cancelled_ms: u32,
     /// `hist_owner`'s bytes: the comm, or the cgroup id for --by container.
@@ -885,8 +885,8 @@ pub mod counter {
     pub const TW_NOT_TIMEWAIT: u32 = 9;
     /// ...and those that could not be recorded (map busy).
     pub const TW_UNTRACKED: u32 = 10;
-    /// Candidates whose timer was deleted before its time (`tw_timer_cancel`): killed
-    /// (`ss -K`, a reset, the namespace's exit) or taken by a new connection.
+    /// Candidates whose timer was deleted before its `expires` (`tw_timer_cancel`):
+    /// killed (`ss -K`, a reset, the namespace's exit) or taken by a new connection.
     pub const TW_CANCELLED: u32 = 13;
     /// Events submitted to the ring buffer: userspace checks it received them all.
     pub const EMITTED: u32 = 11;

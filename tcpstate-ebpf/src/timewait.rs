@@ -109,8 +109,11 @@ pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
 /// by a new connection, or re-armed (`inet_twsk_reschedule()`). The entry is marked,
 /// not removed: gauges stop counting it, and a reuse or a re-armed timer's expiry
 /// still ends it with its sample; userspace's 66 s sweep removes the rest (unseen).
-/// The wheel detaches every expiring timer too, right before `timer_expire_entry`:
-/// those (jiffies at or past `expires`) are left to `tw_timer_expire`.
+/// The wheel detaches every expiring timer too, right before `timer_expire_entry`,
+/// whose `tw_timer_expire` then ends the marked record as usual. Which is which is
+/// not told by the time: the wheel runs a timer up to a granule (4 s at HZ=1000)
+/// after its `expires`, and a kill in that window is still a kill; only those
+/// before `expires` count as `TW_CANCELLED`.
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn tw_timer_cancel(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct timer_list *timer)
@@ -125,10 +128,6 @@ fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
     if !maybe_tw_timer(c, timer) {
         return Ok(());
     }
-    let expires: u64 = unsafe { load(timer, c.timer_expires) };
-    if (unsafe { bpf_jiffies64() } as i64).wrapping_sub(expires as i64) >= 0 {
-        return Ok(());
-    }
     let Some((_, _, live)) = candidate(c, timer)? else {
         return Ok(());
     };
@@ -138,7 +137,10 @@ fn tw_cancelled(timer: *const u8) -> Result<(), i32> {
     if live.cancelled_ms == 0 {
         let now = unsafe { bpf_ktime_get_ns() };
         live.cancelled_ms = (now.saturating_sub(live.start_ns) / 1_000_000) as u32 + 1;
-        count(counter::TW_CANCELLED);
+        let expires: u64 = unsafe { load(timer, c.timer_expires) };
+        if (unsafe { bpf_jiffies64() } as i64).wrapping_sub(expires as i64) < 0 {
+            count(counter::TW_CANCELLED);
+        }
     }
     Ok(())
 }
