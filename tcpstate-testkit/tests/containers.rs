@@ -217,36 +217,7 @@ fn hist_gauge_drops_time_waits_of_an_exited_namespace() {
     let p = port.to_string();
     let mut t = Tracer::start(&["hist", "--json", "--interval", "1s", "--lport", &p]);
     let started = std::time::Instant::now();
-    let a = sock_addr("127.0.0.1", port);
-    let mut server = Proc::start(
-        Some(&ns),
-        None,
-        &[
-            "server",
-            "--addr",
-            &a,
-            "--conns",
-            "4",
-            "--mode",
-            "server-close",
-        ],
-    );
-    assert!(server.line().starts_with("ready"));
-    let mut client = Proc::start(
-        Some(&ns),
-        None,
-        &[
-            "client",
-            "--addr",
-            &a,
-            "--conns",
-            "4",
-            "--mode",
-            "server-close",
-        ],
-    );
-    let _ = client.child.wait();
-    let _ = server.child.wait();
+    server_close_time_waits(&ns, &sock_addr("127.0.0.1", port), "4");
     let mut out = BufReader::new(t.stdout());
     let mut gauge = |want: u64| {
         let mut seen = Vec::new();
@@ -268,6 +239,17 @@ fn hist_gauge_drops_time_waits_of_an_exited_namespace() {
     gauge(0);
     // Before any unseen end could have been swept.
     assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// `conns` connections to `addr` in `ns` that the server closes first: its side of
+/// each stays in TIME_WAIT.
+fn server_close_time_waits(ns: &Netns, addr: &str, conns: &str) {
+    let mode = ["--addr", addr, "--conns", conns, "--mode", "server-close"];
+    let mut server = Proc::start(Some(ns), None, &[&["server"][..], &mode].concat());
+    assert!(server.line().starts_with("ready"));
+    let mut client = Proc::start(Some(ns), None, &[&["client"][..], &mode].concat());
+    let _ = client.child.wait();
+    let _ = server.child.wait();
 }
 
 fn run_json(args: &[&str]) -> Vec<Value> {
@@ -561,36 +543,7 @@ fn hist_gauge_counts_other_namespaces() {
     let port = 22000 + (std::process::id() % 400) as u16;
     let a = sock_addr("127.0.0.1", port);
     for ns in [&na, &nb] {
-        // The server closes first: its side of each connection stays in TIME_WAIT.
-        let mut server = Proc::start(
-            Some(ns),
-            None,
-            &[
-                "server",
-                "--addr",
-                &a,
-                "--conns",
-                "3",
-                "--mode",
-                "server-close",
-            ],
-        );
-        assert!(server.line().starts_with("ready"));
-        let mut client = Proc::start(
-            Some(ns),
-            None,
-            &[
-                "client",
-                "--addr",
-                &a,
-                "--conns",
-                "3",
-                "--mode",
-                "server-close",
-            ],
-        );
-        let _ = client.child.wait();
-        let _ = server.child.wait();
+        server_close_time_waits(ns, &a, "3");
     }
     let p = port.to_string();
     let lines = run_json(&["hist", "--json", "--duration", "1", "--lport", &p]);
