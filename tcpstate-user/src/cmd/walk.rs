@@ -151,10 +151,10 @@ impl TimewaitSeed {
 /// TIME_WAIT sockets by destination, per namespace inode (sorted), from the probe's
 /// TIME_WAIT records (hand-overs not yet ended, none whose timer was detached, none
 /// older than the 66 s cut-off) and the startup seed's older sockets until their
-/// timers end. Needs no privilege
-/// beyond reading the probe's map: no namespace is entered. An orphan's FIN_WAIT2
-/// minisocket counts too: the kernel makes it TIME_WAIT in place when the peer's FIN
-/// comes (tcp_timewait_state_process()), which no tracepoint shows.
+/// timers end. Needs no privilege beyond reading the probe's map: no namespace is
+/// entered. An orphan's FIN_WAIT2 minisocket counts too: the kernel makes it
+/// TIME_WAIT in place when the peer's FIN comes (tcp_timewait_state_process()),
+/// which no tracepoint shows.
 pub fn timewait_from_probe(
     probe: &crate::probe::Probe,
     filter: &Filter,
