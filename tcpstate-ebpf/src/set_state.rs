@@ -23,7 +23,7 @@ use crate::{
     maps::{sock_rec, CGROUPS, PAIRS, SEED_OWNERS},
     marks::{end_backup, mark, states_code, take_mark},
     ring::emit,
-    task::current_owner,
+    task::{current_leader, current_owner},
     timewait::timewait_step,
 };
 
@@ -67,6 +67,22 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
     let c = cfg();
     let f = &c.filter;
     let track = c.flags & FLAG_TRACK != 0;
+    // Every load of a pointer member makes the verifier search all of the kernel's
+    // type names, 2-4 times (check_ptr_to_btf_access() -> btf_nested_type_is_trusted()
+    // -> btf_find_by_name_kind(), linear before 6.19), on each path it walks to that
+    // load: inside the branches below, that was half of the startup. Here, before
+    // any branch on the transition, it walks them once; they cost a few plain loads.
+    let owners = c.flags & FLAG_OWNERS != 0 && c.skip & skip::OWNER == 0;
+    let leader = if owners {
+        current_leader(c)
+    } else {
+        core::ptr::null()
+    };
+    let (netns, cgroup_id) = if needs_identity(c) && c.skip & skip::IDENTITY == 0 {
+        identity(c, sk)
+    } else {
+        (0, 0)
+    };
     // Without per-socket records nothing else needs the transitions the user's states
     // exclude: `linger` stops 8 of a connection's 10 after this compare and a load.
     // Leaving SYN_RECV may carry a deferred LISTEN -> SYN_RECV (see below).
@@ -141,10 +157,9 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
         1
     };
 
-    let learned =
-        c.flags & FLAG_OWNERS != 0 && c.skip & skip::OWNER == 0 && owner_is_current(old, new);
+    let learned = owners && owner_is_current(old, new);
     let (cur_pid, cur_comm) = if learned {
-        current_owner(c)
+        current_owner(c, leader)
     } else {
         (0, [0; 16])
     };
@@ -167,8 +182,8 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
         owner_from: OWNER_NONE,
         _pad: [0; 3],
         comm: [0; 16],
-        cgroup_id: 0,
-        netns: 0,
+        cgroup_id,
+        netns,
         _pad2: 0,
     };
     // Before 6.15 LISTEN -> SYN_RECV fires on the new child before it has its
@@ -309,18 +324,8 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
     let tw_reuse = (old == state::SYN_SENT && new == state::ESTABLISHED)
         || (old == state::LISTEN && new == state::SYN_RECV);
     let stream = c.flags & FLAG_STREAM != 0;
-    // Identity: three plain BTF loads each (sk -> skc_net -> ns.inum, sk ->
-    // sk_cgrp_data.cgroup -> kn -> id); the cgroup is the one that created the socket
-    // (sk_alloc() -> cgroup_sk_alloc(), copied to accepted children by sk_clone_lock()),
-    // right in softirq where the current task is anyone's.
-    // TIME_WAIT's 4-tuple key holds the namespace too.
-    let by_container = hist_sample && c.hist_by == BY_CONTAINER;
-    if (stream || by_container || f.needs_identity() || (timewait && (tw_candidate || tw_reuse)))
-        && c.skip & skip::IDENTITY == 0
-    {
-        ev.netns = unsafe { load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum) };
-        let cg: *const u8 = unsafe { load(sk, c.sk_cgrp) };
-        ev.cgroup_id = unsafe { load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id) };
+    // Identity (read in `handle`, see `identity`).
+    if needs_identity(c) && c.skip & skip::IDENTITY == 0 {
         if !f.passes_netns(ev.netns) {
             return Ok(());
         }
@@ -385,6 +390,30 @@ fn finish(sk: *const u8, ev: &mut Event) -> Result<(), i32> {
         emit(ev);
     }
     Ok(())
+}
+
+/// Whether the settings need a transition's namespace and cgroup: a stream, `hist
+/// --by container`, a namespace or cgroup filter, or TIME_WAIT tracking (its 4-tuple
+/// key holds the namespace too).
+#[inline(always)]
+fn needs_identity(c: &tcpstate_common::Config) -> bool {
+    c.flags & FLAG_STREAM != 0
+        || (c.flags & FLAG_HIST != 0 && c.hist_by == BY_CONTAINER)
+        || c.filter.needs_identity()
+        || c.flags & FLAG_TIMEWAIT != 0
+}
+
+/// The socket's network namespace and cgroup: plain BTF loads (sk -> skc_net ->
+/// ns.inum, sk -> sk_cgrp_data.cgroup -> kn -> id). The cgroup is the one that
+/// created the socket (sk_alloc() -> cgroup_sk_alloc(), copied to accepted children
+/// by sk_clone_lock()), right in softirq where the current task is anyone's.
+#[inline(always)]
+fn identity(c: &tcpstate_common::Config, sk: *const u8) -> (u32, u64) {
+    unsafe {
+        let netns = load(load::<*const u8>(sk, c.sk_net), c.net_ns_inum);
+        let cg: *const u8 = load(sk, c.sk_cgrp);
+        (netns, load(load::<*const u8>(cg, c.cgroup_kn), c.kn_id))
+    }
 }
 
 /// One more transition from `old` to `new` that passed the filters.

@@ -9,18 +9,23 @@ use crate::config::{load, read};
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 
-/// The current process (tgid) and its thread-group leader's comm, as `ss -p` names it.
-/// Plain loads from the BTF-typed current task (`bpf_get_current_task_btf`): no
-/// helper reads.
+/// The current task's thread-group leader: a plain load from the BTF-typed current
+/// task (`bpf_get_current_task_btf`), no helper read.
 #[inline(always)]
-pub fn current_owner(c: &Config) -> (u32, [u8; 16]) {
+pub fn current_leader(c: &Config) -> *const u8 {
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    unsafe { load(task, c.task_group_leader) }
+}
+
+/// The current process (tgid) and its thread-group leader's comm (`leader`, from
+/// [`current_leader`]), as `ss -p` names it.
+#[inline(always)]
+pub fn current_owner(c: &Config, leader: *const u8) -> (u32, [u8; 16]) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == 0 {
         // The idle task is never an owner.
         return (0, [0; 16]);
     }
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let leader: *const u8 = unsafe { load(task, c.task_group_leader) };
     let lo: u64 = unsafe { load(leader, c.task_comm) };
     let hi: u64 = unsafe { load(leader, c.task_comm + 8) };
     let mut comm = [0u8; 16];
