@@ -186,6 +186,18 @@ impl Btf {
             records.push(0);
         }
         let mut found: Vec<(usize, u32)> = Vec::new();
+        let strings = &self.bytes.as_slice()[self.strings.0..self.strings.1];
+        // The wanted names' first two bytes, one bit each: almost every type's name
+        // is ruled out by one bit test before any compare.
+        let mut first = vec![0u64; 1024];
+        let pair = |n: &[u8]| {
+            usize::from(n.first().copied().unwrap_or(0)) << 8
+                | usize::from(n.get(1).copied().unwrap_or(0))
+        };
+        for w in wanted {
+            let k = pair(w.as_bytes());
+            first[k / 64] |= 1 << (k % 64);
+        }
         let mut at = start;
         let mut id = 1u32;
         while at < end {
@@ -208,9 +220,16 @@ impl Btf {
             if wanted.is_empty() {
                 records.push((at - start) as u32);
             } else if name_off != 0 {
-                let name = self.str_at(name_off);
-                if let Some(i) = wanted.iter().position(|w| *w == name) {
-                    found.push((i, id));
+                // Bytes against bytes: no length scan or UTF-8 check per type (this
+                // loop runs for each of the kernel's ~150k types).
+                let name = strings.get(name_off as usize..).unwrap_or_default();
+                let k = pair(name);
+                if first[k / 64] & (1 << (k % 64)) != 0 {
+                    let is =
+                        |w: &&str| name.starts_with(w.as_bytes()) && name.get(w.len()) == Some(&0);
+                    if let Some(i) = wanted.iter().position(is) {
+                        found.push((i, id));
+                    }
                 }
             }
             at += 12 + extra;
