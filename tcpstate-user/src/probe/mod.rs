@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, ProgramError},
+    programs::{BtfTracePoint, Iter, Program, ProgramError},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -214,13 +214,8 @@ impl Probe {
         }
         raise_memlock();
 
-        // EbpfLoader::new() always parses all of /sys/kernel/btf/vmlinux (~16 MB here)
-        // for CO-RE. The probe needs none: drop that copy at once and trim, before
-        // anything else is allocated, so that this transient sets the peak alone.
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
-        // SAFETY: malloc_trim has no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        let mut loader = loader_without_vmlinux();
+        let phase = std::time::Instant::now();
         let mut vmlinux = offsets::load_vmlinux()?;
         let mut config = offsets::kernel_config(&mut vmlinux)?;
         config.wakeup_bytes = opts.wakeup_bytes;
@@ -248,6 +243,11 @@ impl Probe {
             ],
         )?;
         let btf_how = if vmlinux.mapped() { "mapped" } else { "read" };
+        log::debug!(
+            "kernel BTF read and offsets resolved in {:.1} ms",
+            ms(phase)
+        );
+        let phase = std::time::Instant::now();
         drop(vmlinux);
         // aya-log's level in the probe: 0 (off) skips every log statement there, so
         // logging costs nothing unless asked for. Objects without aya-log lack it.
@@ -281,76 +281,108 @@ impl Probe {
                 None
             }
         };
-        // Primary first, then its backup (see tcpstate-ebpf for why there are two).
-        // Both are verified before either is attached: a run the kernel skips while
-        // the primary is attached alone is unrecoverable, so that window is kept to
-        // one syscall, and the misses in it are not counted (they precede "attached").
+        // Verification is most of startup (here the primary and the backup ~30 ms
+        // each, seed_index ~35 ms). Each BPF_PROG_LOAD verifies on the calling thread,
+        // and privileged loads share no lock (bpf_check() takes bpf_verifier_lock only
+        // for unprivileged ones), so the loads run on three threads: the primary and
+        // the optional programs, the backup, the owner seed.
+        // Both tracepoint programs are verified before either is attached: a run the
+        // kernel skips while the primary is attached alone is unrecoverable, so that
+        // window is kept to one syscall, and the misses in it are not counted (they
+        // precede "attached").
+        log::debug!("object parsed and maps created in {:.1} ms", ms(phase));
+        let phase = std::time::Instant::now();
+        let mut progs = Programs::of(&mut ebpf);
+        let primary = progs.take(names::PROG_SET_STATE)?;
+        let backup = progs.take(names::PROG_SET_STATE_BACKUP)?;
+        let timers = if opts.flags & FLAG_TIMEWAIT != 0 {
+            Some([
+                (progs.take(names::PROG_TW_EXPIRE)?, "timer_expire_entry"),
+                (progs.take(names::PROG_TW_CANCEL)?, "timer_cancel"),
+            ])
+        } else {
+            None
+        };
+        let walk = if opts.fd_walk {
+            Some(progs.take(names::PROG_TASK_SOCKETS)?)
+        } else {
+            None
+        };
+        let seeds = if opts.flags & FLAG_OWNERS != 0 {
+            Some([
+                progs.take(names::PROG_SEED_OWNERS)?,
+                progs.take(names::PROG_SEED_INDEX)?,
+                progs.take(names::PROG_SEED_ADOPT)?,
+            ])
+        } else {
+            None
+        };
+        let (primary_loaded, timers_loaded, walk_loaded, (backup_loaded, seed)) =
+            std::thread::scope(|s| {
+                let btf = &btf;
+                let backup = s.spawn(move || load_set_state(backup, btf));
+                let seed = s.spawn(move || {
+                    seeds.map(|[direct, index, adopt]| seed_route(direct, index, adopt, btf))
+                });
+                let primary_loaded = load_set_state(primary, btf);
+                // The timer's end, and its early deletion (a kill, a reuse): one
+                // feature, loaded here and attached after the transition probe.
+                let timers_loaded = timers.map(|timers| {
+                    let mut loaded = Vec::new();
+                    for (prog, tp) in timers {
+                        let name = prog.name;
+                        let r = if test_refuses(name) {
+                            Err("refused for a test (TCPSTATE_TEST_REFUSE)".to_string())
+                        } else {
+                            prog.tp_btf()
+                                .map_err(|e| e.to_string())
+                                .and_then(|p| p.load(tp, btf).map_err(|e| e.to_string()))
+                        };
+                        if let Err(e) = r {
+                            log::debug!("{name} refused: {e}");
+                            return None;
+                        }
+                        loaded.push(name);
+                    }
+                    Some(loaded)
+                });
+                // The fd walk: only for the commands that list holders (core for them).
+                let walk_loaded = walk.map(|w| load_iter(w, "task_file", btf));
+                let backup = backup.join().expect("the loading thread panicked");
+                let seed = seed.join().expect("the loading thread panicked");
+                (primary_loaded, timers_loaded, walk_loaded, (backup, seed))
+            });
+        log::debug!("programs verified in {:.1} ms", ms(phase));
+        primary_loaded?;
+        backup_loaded?;
         let both = [names::PROG_SET_STATE, names::PROG_SET_STATE_BACKUP];
         for name in both {
-            tp_btf(&mut ebpf, name)?
-                .load("inet_sock_set_state", &btf)
-                .map_err(prog_err(format!("loading tp_btf {name}"), name))?;
-        }
-        for name in both {
-            tp_btf(&mut ebpf, name)?
+            tp_btf_of(&mut ebpf, name)?
                 .attach()
                 .map_err(prog_err(format!("attaching tp_btf {name}"), name))?;
         }
         let skipped_before_backup = prog_misses(&ebpf, names::PROG_SET_STATE);
 
         let mut degraded = Degraded::default();
-        if opts.flags & FLAG_TIMEWAIT != 0 {
-            // The timer's end, and its early deletion (a kill, a reuse): one feature.
-            for (name, tp) in [
-                (names::PROG_TW_EXPIRE, "timer_expire_entry"),
-                (names::PROG_TW_CANCEL, "timer_cancel"),
-            ] {
-                let loaded = if test_refuses(name) {
-                    Err("refused for a test (TCPSTATE_TEST_REFUSE)".to_string())
-                } else {
-                    let prog = tp_btf(&mut ebpf, name)?;
-                    prog.load(tp, &btf)
-                        .and_then(|()| prog.attach().map(drop))
-                        .map_err(|e| e.to_string())
-                };
-                if let Err(e) = loaded {
-                    log::debug!("{name} refused: {e}");
-                    degraded.add(Feature::TimeWaitExpiry);
-                    break;
-                }
-            }
-        }
-        // The fd walk: only for the commands that list holders (core for them).
-        if opts.fd_walk {
-            load_iter(&mut ebpf, names::PROG_TASK_SOCKETS, "task_file", &btf)?;
-        }
-        // The owner seed writes socket records: only commands that keep them. Where
-        // the verifier refuses the direct route, the two-step one (see seed).
-        let mut seed = seed::Route::None;
-        if opts.flags & FLAG_OWNERS != 0 {
-            seed = match load_iter(&mut ebpf, names::PROG_SEED_OWNERS, "task_file", &btf) {
-                Ok(()) => seed::Route::Direct,
-                Err(e) => {
-                    log::debug!("{} refused: {e}", names::PROG_SEED_OWNERS);
-                    match load_iter(&mut ebpf, names::PROG_SEED_INDEX, "task_file", &btf) {
-                        Ok(()) => seed::Route::Indexed,
-                        Err(e) => {
-                            log::debug!("{} refused: {e}", names::PROG_SEED_INDEX);
-                            seed::Route::None
-                        }
+        match timers_loaded {
+            None => {}
+            Some(None) => degraded.add(Feature::TimeWaitExpiry),
+            Some(Some(loaded)) => {
+                for name in loaded {
+                    if let Err(e) = tp_btf_of(&mut ebpf, name)?.attach() {
+                        log::debug!("{name} refused: {e}");
+                        degraded.add(Feature::TimeWaitExpiry);
+                        break;
                     }
                 }
-            };
-            // The indexed route's listeners get their records from iter/tcp.
-            if seed == seed::Route::Indexed {
-                if let Err(e) = load_iter(&mut ebpf, names::PROG_SEED_ADOPT, "tcp", &btf) {
-                    log::debug!("{} refused: {e}", names::PROG_SEED_ADOPT);
-                    seed = seed::Route::None;
-                }
             }
-            if seed == seed::Route::None {
-                degraded.add(Feature::OwnerSeed);
-            }
+        }
+        if let Some(w) = walk_loaded {
+            w?;
+        }
+        let seed = seed.unwrap_or(seed::Route::None);
+        if opts.flags & FLAG_OWNERS != 0 && seed == seed::Route::None {
+            degraded.add(Feature::OwnerSeed);
         }
         // What this kernel gave, in one line (the kernel matrix reports it).
         log::info!(
@@ -399,6 +431,37 @@ impl Probe {
     }
 }
 
+/// An `EbpfLoader` without the vmlinux BTF that `EbpfLoader::new()` always parses for
+/// CO-RE (5.6 MB in 4 KiB sysfs reads and ~16 MB parsed: 60-105 ms here, about half
+/// of startup), which the probe does not use: its offsets come from [`offsets`]. aya
+/// has no other constructor, so the loader is made on a thread of its own whose root
+/// (`unshare(CLONE_FS)`, then `chroot`) is a directory without `sys/kernel/btf`: there
+/// `Btf::from_sys_fs()` fails and the loader starts without BTF. Without
+/// CAP_SYS_CHROOT (serve's unit does not grant it), the parse, dropped at once.
+fn loader_without_vmlinux() -> EbpfLoader<'static> {
+    let made = std::thread::spawn(|| {
+        // SAFETY: plain syscalls; after unshare(CLONE_FS) this thread's root and cwd
+        // are its own, and the thread ends right after.
+        let rooted = unsafe {
+            libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(c"/proc/self/fdinfo".as_ptr()) == 0
+        };
+        rooted.then(EbpfLoader::new)
+    })
+    .join()
+    .ok()
+    .flatten();
+    made.unwrap_or_else(|| {
+        log::debug!("chroot refused: aya parses the vmlinux BTF it will not use");
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        // Hand that copy back before anything else is allocated, so that this
+        // transient sets the peak alone.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        loader
+    })
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory
 /// cgroup. Raising it needs CAP_SYS_RESOURCE, so a failure is not an error.
 fn raise_memlock() {
@@ -440,18 +503,91 @@ impl Probe {
     }
 }
 
+/// One program of the object, taken out of it so that it can be loaded on another
+/// thread than the others.
+struct Prog<'a> {
+    name: &'static str,
+    prog: &'a mut Program,
+}
+
+/// The object's programs, to be taken one by one.
+struct Programs<'a>(std::collections::HashMap<&'a str, &'a mut Program>);
+
+impl<'a> Programs<'a> {
+    fn of(ebpf: &'a mut Ebpf) -> Self {
+        Self(ebpf.programs_mut().collect())
+    }
+
+    fn take(&mut self, name: &'static str) -> Result<Prog<'a>, LoadError> {
+        let prog = self.0.remove(name).ok_or(LoadError::Missing(name))?;
+        Ok(Prog { name, prog })
+    }
+}
+
+impl<'a> Prog<'a> {
+    fn tp_btf(self) -> Result<&'a mut BtfTracePoint, LoadError> {
+        let name = self.name;
+        self.prog
+            .try_into()
+            .map_err(prog_err(format!("tp_btf {name}"), name))
+    }
+}
+
+/// Milliseconds since `t`.
+fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Verifies one of the two transition programs.
+fn load_set_state(p: Prog, btf: &aya::Btf) -> Result<(), LoadError> {
+    let name = p.name;
+    let started = std::time::Instant::now();
+    let prog = p.tp_btf()?;
+    prog.load("inet_sock_set_state", btf)
+        .map_err(prog_err(format!("loading tp_btf {name}"), name))?;
+    // What the verifier's time went into: it grows with the paths the settings leave.
+    let insns = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
+    log::debug!(
+        "{name} verified in {:.1} ms ({} instructions processed)",
+        ms(started),
+        insns.map_or("?".to_string(), |n| n.to_string())
+    );
+    Ok(())
+}
+
+/// The owner seed writes socket records: only commands that keep them. Where the
+/// verifier refuses the direct route, the two-step one (see seed).
+fn seed_route(direct: Prog, index: Prog, adopt: Prog, btf: &aya::Btf) -> seed::Route {
+    let refused = |name: &str, e: LoadError| log::debug!("{name} refused: {e}");
+    let (direct_name, index_name, adopt_name) = (direct.name, index.name, adopt.name);
+    match load_iter(direct, "task_file", btf) {
+        Ok(()) => return seed::Route::Direct,
+        Err(e) => refused(direct_name, e),
+    }
+    if let Err(e) = load_iter(index, "task_file", btf) {
+        refused(index_name, e);
+        return seed::Route::None;
+    }
+    // The indexed route's listeners get their records from iter/tcp.
+    match load_iter(adopt, "tcp", btf) {
+        Ok(()) => seed::Route::Indexed,
+        Err(e) => {
+            refused(adopt_name, e);
+            seed::Route::None
+        }
+    }
+}
+
 /// Loads an iterator program of the object. With the test hook
 /// ([`test_refuses`]) it is loaded as the other kind of iterator, whose context does
 /// not fit, so that the kernel itself refuses it.
-fn load_iter(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    target: &'static str,
-    btf: &aya::Btf,
-) -> Result<(), LoadError> {
-    let iter: &mut Iter = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::Missing(name))?
+fn load_iter(p: Prog, target: &'static str, btf: &aya::Btf) -> Result<(), LoadError> {
+    let name = p.name;
+    let iter: &mut Iter = p
+        .prog
         .try_into()
         .map_err(prog_err(format!("iterator {name}"), name))?;
     let target = match (test_refuses(name), target) {
@@ -459,12 +595,26 @@ fn load_iter(
         (true, _) => "tcp",
         (false, t) => t,
     };
+    let started = std::time::Instant::now();
     iter.load(target, btf)
-        .map_err(prog_err(format!("loading iter/{target} {name}"), name))
+        .map_err(prog_err(format!("loading iter/{target} {name}"), name))?;
+    let insns = iter
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
+    log::debug!(
+        "{name} verified in {:.1} ms ({} instructions processed)",
+        ms(started),
+        insns.map_or("?".to_string(), |n| n.to_string())
+    );
+    Ok(())
 }
 
 /// A BTF tracepoint program of the object, by name.
-fn tp_btf<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, LoadError> {
+fn tp_btf_of<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::Missing(name))?
         .try_into()
