@@ -142,10 +142,39 @@ fn index_queue(
     owner.owner_from = OWNER_LISTENER;
     rec.how = SEED_INDEXED;
     for_each_queued(c, sk, |child| {
-        owner.cookie = unsafe { read(child, c.sk_cookie)? };
-        index_one(seq, child, owner, rec);
+        if tcpstate_index_queued(child as u64, owner) == 1 {
+            write(seq, rec);
+        }
         Ok(())
     })
+}
+
+/// A queued connection `child` indexed under `owner` (its cookie read here): 1 when
+/// it was, so that the caller writes its record. A global function (external
+/// linkage: BTF_FUNC_GLOBAL), checked once by the verifier on its own instead of in
+/// each of the queue walk's 64 iterations.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_index_queued(child: u64, owner: *mut SeedOwner) -> i32 {
+    if owner.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's owner.
+    let owner = unsafe { &mut *owner };
+    let c = cfg();
+    let Ok(cookie) = (unsafe { read(child as *const u8, c.sk_cookie) }) else {
+        return -1;
+    };
+    owner.cookie = cookie;
+    match SEED_OWNERS.insert(&child, owner, BPF_NOEXIST as u64) {
+        Ok(()) => 1,
+        Err(e) if e == -EEXIST => 0,
+        Err(_) => {
+            count(counter::TABLE_FULL);
+            0
+        }
+    }
 }
 
 #[inline(always)]
