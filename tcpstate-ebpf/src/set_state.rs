@@ -286,7 +286,9 @@ fn handle(sk: *const u8, old: i32, new: i32, backup: Option<&mut u64>) -> Result
     finish(sk, &mut ev)
 }
 
-/// Takes the owner the startup seed indexed for this socket, if any.
+/// Takes the owner the startup seed indexed for this socket, if any. (Not a global
+/// function like `hist::tcpstate_add_sample`: the socket's address is a pointer to
+/// the verifier, which a global function cannot take.)
 // Map keys by reference: by value they are copied onto the BPF stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]

@@ -23,9 +23,24 @@ use crate::{
 /// A TIME_WAIT hand-over (`candidate`) or a new connection that may take a timewait
 /// socket's 4-tuple.
 // Map keys and values by reference: by value they are copied onto the BPF stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
-#[inline(never)]
+#[inline(always)]
 pub fn timewait_step(ev: &Event, candidate: bool) {
+    tcpstate_timewait_step(ev, u32::from(candidate));
+}
+
+/// [`timewait_step`]'s body as a global function (external linkage:
+/// BTF_FUNC_GLOBAL), checked once by the verifier on its own (see
+/// `hist::tcpstate_add_sample`). `ev` may be NULL as far as the verifier knows.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_timewait_step(ev: *const Event, candidate: u32) -> i32 {
+    if ev.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's event.
+    let ev = unsafe { &*ev };
+    let candidate = candidate != 0;
     let tuple = TwKey {
         family: ev.family,
         sport: ev.sport,
@@ -67,6 +82,7 @@ pub fn timewait_step(ev: &Event, candidate: bool) {
             hist_addr(cfg().hist_by, &live.comm, &ev.daddr),
         );
     }
+    0
 }
 
 /// Local and remote address of a timewait socket (struct sock's sock_common layout).
