@@ -44,7 +44,17 @@ pub extern "C" fn tcpstate_add_sample(
     hi: u64,
 ) -> i32 {
     let (st, pid) = ((st_pid >> 32) as u32, st_pid as u32);
-    let addr = &(u128::from(hi) << 64 | u128::from(lo)).to_le_bytes();
+    let addr = (u128::from(hi) << 64 | u128::from(lo)).to_le_bytes();
+    add_sample_here(st, dur_ns, pid, dest, &addr);
+    0
+}
+
+/// [`add_sample`] inlined, for the global functions that add a sample themselves:
+/// a call from one to another adds both frames to the caller's stack, and 6.1's
+/// verifier counts global functions' frames in the chain, which may not pass 512
+/// bytes (`check_max_stack_depth()`: it counted 544).
+#[inline(always)]
+pub fn add_sample_here(st: u32, dur_ns: u64, pid: u32, dest: u32, addr: &[u8; 16]) {
     let c = cfg();
     let (family, dport) = ((dest >> 16) as u16, dest as u16);
     let gen = GEN.get(0).copied().unwrap_or(0);
@@ -76,7 +86,7 @@ pub extern "C" fn tcpstate_add_sample(
             };
             match found.or_else(spill) {
                 Some(h) => h,
-                None => return 0,
+                None => return,
             }
         }
     };
@@ -93,5 +103,4 @@ pub extern "C" fn tcpstate_add_sample(
     if b < HIST_BUCKETS {
         add(&mut h.buckets[b], 1);
     }
-    0
 }

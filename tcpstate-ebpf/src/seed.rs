@@ -156,18 +156,20 @@ fn index_queue(
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn tcpstate_index_queued(child: u64, owner: *mut SeedOwner) -> i32 {
+pub extern "C" fn tcpstate_index_queued(child: u64, owner: *const SeedOwner) -> i32 {
     if owner.is_null() {
         return 0;
     }
+    // A copy on this function's stack: 6.1 takes no map value from a pointer
+    // argument ("R3 type=mem expected=fp, pkt, pkt_meta, map_key, map_value").
     // SAFETY: the caller's owner.
-    let owner = unsafe { &mut *owner };
+    let mut own = unsafe { core::ptr::read_volatile(owner) };
     let c = cfg();
     let Ok(cookie) = (unsafe { read(child as *const u8, c.sk_cookie) }) else {
         return -1;
     };
-    owner.cookie = cookie;
-    match SEED_OWNERS.insert(&child, owner, BPF_NOEXIST as u64) {
+    own.cookie = cookie;
+    match SEED_OWNERS.insert(&child, &own, BPF_NOEXIST as u64) {
         Ok(()) => 1,
         Err(e) if e == -EEXIST => 0,
         Err(_) => {

@@ -16,7 +16,7 @@ use tcpstate_common::{
 use crate::{
     config::{cfg, count, load, read},
     diag,
-    hist::{add_sample, dest},
+    hist::{add_sample, add_sample_here, dest},
     maps::{TWS, TW_FN},
 };
 
@@ -74,7 +74,7 @@ pub extern "C" fn tcpstate_timewait_step(ev: *const Event, candidate: u32) -> i3
         // (tcp_tw_reuse) or tcp_timewait_state_process (a new SYN) killed it.
         let _ = TWS.remove(&tuple);
         count(counter::TW_REUSED);
-        add_sample(
+        add_sample_here(
             HIST_TW_REUSED,
             ev.ts_ns.saturating_sub(live.start_ns),
             live.pid,
