@@ -281,11 +281,11 @@ impl Probe {
                 None
             }
         };
-        // Verification is most of startup (here the primary and the backup ~30 ms
-        // each, seed_index ~35 ms). Each BPF_PROG_LOAD verifies on the calling thread,
-        // and privileged loads share no lock (bpf_check() takes bpf_verifier_lock only
-        // for unprivileged ones), so the loads run on three threads: the primary and
-        // the optional programs, the backup, the owner seed.
+        // Verification is most of startup (here the primary and the backup 35-55 ms
+        // each, the owner seed 10-20 ms). Each BPF_PROG_LOAD verifies on the calling
+        // thread, and privileged loads share no lock (bpf_check() takes
+        // bpf_verifier_lock only for unprivileged ones), so the loads run on three
+        // threads: the primary and the optional programs, the backup, the owner seed.
         // Both tracepoint programs are verified before either is attached: a run the
         // kernel skips while the primary is attached alone is unrecoverable, so that
         // window is kept to one syscall, and the misses in it are not counted (they
