@@ -545,17 +545,18 @@ fn load_set_state(p: Prog, btf: &aya::Btf) -> Result<(), LoadError> {
     let prog = p.tp_btf()?;
     prog.load("inet_sock_set_state", btf)
         .map_err(prog_err(format!("loading tp_btf {name}"), name))?;
-    // What the verifier's time went into: it grows with the paths the settings leave.
-    let insns = prog
-        .info()
-        .ok()
-        .and_then(|i| i.verified_instruction_count());
+    log_verified(name, started, prog.info().ok());
+    Ok(())
+}
+
+/// What a program's verification took: it grows with the paths the settings leave.
+fn log_verified(name: &str, started: std::time::Instant, info: Option<aya::programs::ProgramInfo>) {
+    let insns = info.and_then(|i| i.verified_instruction_count());
     log::debug!(
         "{name} verified in {:.1} ms ({} instructions processed)",
         ms(started),
         insns.map_or("?".to_string(), |n| n.to_string())
     );
-    Ok(())
 }
 
 /// The owner seed writes socket records: only commands that keep them. Where the
@@ -598,15 +599,7 @@ fn load_iter(p: Prog, target: &'static str, btf: &aya::Btf) -> Result<(), LoadEr
     let started = std::time::Instant::now();
     iter.load(target, btf)
         .map_err(prog_err(format!("loading iter/{target} {name}"), name))?;
-    let insns = iter
-        .info()
-        .ok()
-        .and_then(|i| i.verified_instruction_count());
-    log::debug!(
-        "{name} verified in {:.1} ms ({} instructions processed)",
-        ms(started),
-        insns.map_or("?".to_string(), |n| n.to_string())
-    );
+    log_verified(name, started, iter.info().ok());
     Ok(())
 }
 
